@@ -1,0 +1,158 @@
+"""The streaming generate loop, and the command line: `python -m engine.generate --prompt TEXT`."""
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.errors import EngineError
+from engine.sampler import Sampler, SamplingParams
+
+
+@dataclass
+class GenerationStats:
+    """What one generation did. finish_reason: "stop" (EOS or a stop string) or "length" (max_tokens or a full
+    context)."""
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    finish_reason: str | None = None
+
+    @property
+    def prefill_tps(self) -> float:
+        return (self.prompt_tokens - self.cached_tokens) / self.prefill_s if self.prefill_s else 0.0
+
+    @property
+    def decode_tps(self) -> float:
+        return (self.completion_tokens - 1) / self.decode_s if self.decode_s and self.completion_tokens > 1 else 0.0
+
+
+def generate_tokens(model, cache, ids: list[int], params: SamplingParams, max_tokens: int, eos_ids,
+                    stats: GenerationStats):
+    """Yield sampled token ids after ids. The cache may already hold a prefix of ids; only the rest is run.
+
+    Prefill time ends when the first token is sampled; decode time covers the tokens after it.
+    """
+    sampler = Sampler(params)
+    keep = min(cache.length, len(ids) - 1)  # at least one token must run to get logits
+    cache.truncate(keep)
+    stats.cached_tokens = keep
+    history = list(ids)
+    t0 = time.perf_counter()
+    new = np.asarray(history[keep:])
+    logits = model.forward(new, np.arange(keep, keep + len(new)), cache, last_only=True)
+    stats.finish_reason = "length"
+    for n in range(max_tokens):
+        token = sampler(np.asarray(logits[-1]), history)
+        now = time.perf_counter()
+        if n == 0:
+            stats.prefill_s = now - t0
+        else:
+            stats.decode_s = now - t0 - stats.prefill_s
+        if token in eos_ids:
+            stats.finish_reason = "stop"
+            return
+        stats.completion_tokens += 1
+        history.append(token)
+        yield token
+        if n + 1 == max_tokens or cache.length >= cache.max_len:
+            return
+        logits = model.forward(np.asarray([token]), np.asarray([cache.length]), cache, last_only=True)
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """Length of the longest tail of text that is the start of some stop string (it may still become one)."""
+    return max((k for s in stops for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])),
+               default=0)
+
+
+def stream_text(model, tokenizer, cache, ids, params, max_tokens, stops, stats):
+    """Text pieces of the generated tokens: UTF-8 safe, and cut before the first stop string."""
+    from engine.tokenizer import StreamDecoder
+    decoder = StreamDecoder(tokenizer)
+    pending = ""
+    for token in generate_tokens(model, cache, ids, params, max_tokens, tokenizer.eos_ids, stats):
+        pending += decoder.push(token)
+        hits = [i for i in (pending.find(s) for s in stops) if i >= 0]
+        if hits:
+            stats.finish_reason = "stop"
+            if min(hits):
+                yield pending[:min(hits)]
+            return
+        cut = len(pending) - _held_back(pending, stops)
+        if cut:
+            yield pending[:cut]
+            pending = pending[cut:]
+    pending += decoder.flush()
+    hits = [i for i in (pending.find(s) for s in stops) if i >= 0]
+    if hits:
+        stats.finish_reason = "stop"
+        pending = pending[:min(hits)]
+    if pending:
+        yield pending
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m engine.generate", description=__doc__)
+    p.add_argument("--model", default=None, help="registry id, .gguf path, HF-style directory or HF repo id "
+                   "(default: the embedded SmolLM2-135M-Instruct Q4_1)")
+    p.add_argument("--prompt", required=True, help="the prompt (with --chat: the user message)")
+    p.add_argument("--system", default=None, help="system message (chat mode)")
+    chat = p.add_mutually_exclusive_group()
+    chat.add_argument("--chat", dest="chat", action="store_true", default=None,
+                      help="render the prompt with the model's chat template (default when it has one)")
+    chat.add_argument("--raw", dest="chat", action="store_false", help="use the prompt as it is")
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--min-p", type=float, default=None)
+    p.add_argument("--repeat-penalty", type=float, default=1.0)
+    p.add_argument("--repeat-last-n", type=int, default=64)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    p.add_argument("--ctx-size", type=int, default=None, help="context length (default: the model's)")
+    p.add_argument("--threads", type=int, default=None, help="worker threads (default: ENGINE_THREADS or all cores)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from kernels import backend
+    backend.set_threads(args.threads or int(os.environ.get("ENGINE_THREADS", 0)) or None)
+    import engine
+    try:
+        llm = engine.load(args.model, n_ctx=args.ctx_size)
+        print(f"loaded {llm.source.id} ({llm.config.arch}, {llm.weight_bytes / 1e6:.0f} MB) in {llm.load_s:.2f} s",
+              file=sys.stderr)
+        use_chat = args.chat if args.chat is not None else llm.template is not None
+        if use_chat:
+            messages = ([{"role": "system", "content": args.system}] if args.system else [])
+            messages.append({"role": "user", "content": args.prompt})
+            ids = llm.encode_chat(llm.apply_chat_template(messages))
+        else:
+            ids = llm.encode_prompt(args.prompt)
+        params = SamplingParams(args.temperature, args.top_k, args.top_p, args.min_p, args.repeat_penalty,
+                                args.repeat_last_n, args.seed)
+        for piece in llm.stream(ids, llm.new_cache(), params, args.max_tokens, args.stop):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        s = llm.last_stats
+        print(f"prompt: {s.prompt_tokens} tokens, {s.prefill_tps:.1f} tok/s | generated: {s.completion_tokens} "
+              f"tokens, {s.decode_tps:.1f} tok/s | finish: {s.finish_reason}", file=sys.stderr)
+    except EngineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

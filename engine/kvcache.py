@@ -1,0 +1,42 @@
+"""KVCache: keys and values of every layer for one sequence, preallocated once."""
+from kernels import backend
+from engine.errors import ContextOverflowError
+
+
+class KVCache:
+    """k, v: [L, H_kv, T_max, Dh] float32; positions 0 .. length-1 are valid.
+
+    The arrays are allocated zeroed up front; the operating system commits pages only as positions are
+    written, so a long max_len costs address space, not memory, until it is used.
+    """
+
+    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, max_len: int, dtype="float32"):
+        xp = backend.xp
+        self.k = xp.zeros((n_layers, n_kv_heads, max_len, head_dim), dtype=dtype)
+        self.v = xp.zeros((n_layers, n_kv_heads, max_len, head_dim), dtype=dtype)
+        self.max_len = max_len
+        self.length = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of both arrays at full length."""
+        return self.k.nbytes + self.v.nbytes
+
+    def store(self, layer: int, start: int, k, v) -> None:
+        """Write new keys/values k, v: [T, H_kv, Dh] at positions start .. start+T-1 of a layer."""
+        end = start + k.shape[0]
+        if end > self.max_len:
+            raise ContextOverflowError(f"{end} positions do not fit in the {self.max_len}-token context; shorten "
+                                       "the prompt or max_tokens, or load the model with a larger n_ctx.")
+        self.k[layer, :, start:end] = k.transpose(1, 0, 2)
+        self.v[layer, :, start:end] = v.transpose(1, 0, 2)
+
+    def layer(self, layer: int, end: int):
+        """(k, v) of a layer for positions 0 .. end-1, each [H_kv, end, Dh] (views)."""
+        return self.k[layer, :, :end], self.v[layer, :, :end]
+
+    def truncate(self, n: int) -> None:
+        """Forget every position from n on (keep the first n)."""
+        if not 0 <= n <= self.max_len:
+            raise ValueError(f"cannot truncate a {self.max_len}-position cache to {n}")
+        self.length = min(self.length, n)

@@ -1,0 +1,116 @@
+"""The public API: `engine.load(model)` → `LLM` with tokenizer, logits() and a streaming generate()."""
+import time
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from engine import hub
+from engine.errors import ContextOverflowError, InvalidRequestError, TemplateError
+from engine.generate import GenerationStats, stream_text
+from engine.kvcache import KVCache
+from engine.loader import load_source
+from engine.sampler import SamplingParams
+
+
+class LLM:
+    """A loaded model ready to run.
+
+    tokenizer: engine.tokenizer.Tokenizer; config: models.ModelConfig; template: ChatTemplate or None;
+    n_ctx: context length of each sequence's KV cache; last_stats: GenerationStats of the latest generate().
+    """
+
+    def __init__(self, loaded, source, n_ctx: int | None = None, load_s: float = 0.0):
+        self.model = loaded.model
+        self.config = loaded.config
+        self.tokenizer = loaded.tokenizer
+        self.template = loaded.template
+        self.metadata = loaded.metadata
+        self.weight_bytes = loaded.weight_bytes
+        self.source = source
+        self.n_ctx = int(n_ctx or self.config.max_context)
+        if self.n_ctx < 1:
+            raise InvalidRequestError(f"n_ctx must be positive, got {n_ctx}")
+        self.load_s = load_s
+        self.last_stats: GenerationStats | None = None
+
+    def new_cache(self, max_len: int | None = None) -> KVCache:
+        """An empty KV cache for one sequence of up to max_len (default n_ctx) positions."""
+        c = self.config
+        return KVCache(c.n_layers, c.n_kv_heads, c.head_dim, max_len or self.n_ctx)
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits [len(ids), vocab] float32 of one forward over ids on a fresh cache."""
+        ids = self._check_ids(ids)
+        cache = self.new_cache(len(ids))
+        return np.asarray(self.model.forward(np.asarray(ids), np.arange(len(ids)), cache))
+
+    def encode_prompt(self, prompt: str | Sequence[int]) -> list[int]:
+        """Token ids of a raw prompt: text is tokenized with BOS as the model wants and special tokens parsed."""
+        if isinstance(prompt, str):
+            if not prompt:
+                raise InvalidRequestError("the prompt is empty; pass some text to continue.")
+            return self.tokenizer.encode(prompt, add_special=True, parse_special=True)
+        return self._check_ids(prompt)
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs) -> str:
+        """Render messages [{"role", "content"}, ...] with the model's chat template."""
+        if self.template is None:
+            raise TemplateError("this model has no chat template; use a raw prompt (no --chat), or a model "
+                                "whose tokenizer_config.json / GGUF metadata carries one.")
+        return self.template.render(messages, add_generation_prompt=add_generation_prompt, **kwargs)
+
+    def encode_chat(self, rendered: str) -> list[int]:
+        """Token ids of a rendered chat: special tokens parsed; BOS added only if the template did not write it."""
+        ids = self.tokenizer.encode(rendered, add_special=False, parse_special=True)
+        bos = self.tokenizer.bos_id
+        if self.tokenizer.add_bos and bos is not None and (not ids or ids[0] != bos):
+            ids = [bos] + ids
+        return ids
+
+    def generate(self, prompt: str | Sequence[int], max_tokens: int = 64, temperature: float = 0.0,
+                 top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
+                 repeat_penalty: float = 1.0, repeat_last_n: int = 64, seed: int | None = None,
+                 stop: str | Sequence[str] | None = None) -> Iterator[str]:
+        """Stream the continuation of prompt (text or token ids) as text pieces.
+
+        Stops at an end-of-sequence token, after max_tokens tokens, at a full context, or before any stop
+        string (which is never emitted). Statistics land in self.last_stats.
+        """
+        params = SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
+        ids = self.encode_prompt(prompt)
+        return self.stream(ids, self.new_cache(), params, max_tokens, stop)
+
+    def stream(self, ids: list[int], cache: KVCache, params: SamplingParams, max_tokens: int,
+               stop: str | Sequence[str] | None = None) -> Iterator[str]:
+        """Generate after ids, reusing whatever prefix of ids the cache already holds."""
+        if len(ids) > cache.max_len:
+            raise ContextOverflowError(f"the prompt is {len(ids)} tokens but the context holds {cache.max_len}; "
+                                       "shorten the prompt or load the model with a larger n_ctx "
+                                       f"(the model supports up to {self.config.max_context}).")
+        if max_tokens < 1:
+            raise InvalidRequestError(f"max_tokens must be at least 1, got {max_tokens}")
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if any(not s for s in stops):
+            raise InvalidRequestError("stop strings must be non-empty")
+        stats = self.last_stats = GenerationStats(prompt_tokens=len(ids))
+        return stream_text(self.model, self.tokenizer, cache, ids, params, max_tokens, stops, stats)
+
+    def _check_ids(self, ids) -> list[int]:
+        ids = [int(i) for i in ids]
+        if not ids:
+            raise InvalidRequestError("the prompt is empty; pass at least one token.")
+        bad = [i for i in ids if not 0 <= i < self.config.vocab_size]
+        if bad:
+            raise InvalidRequestError(f"token id(s) {bad[:5]} are outside the vocabulary (0..{self.config.vocab_size - 1})")
+        if len(ids) > self.n_ctx:
+            raise ContextOverflowError(f"{len(ids)} tokens do not fit in the {self.n_ctx}-token context.")
+        return ids
+
+
+def load(model: str | None = None, n_ctx: int | None = None) -> LLM:
+    """Load a model: a registry id (`smollm2`, `qwen3.4b_q4`), a .gguf path, an HF-style directory or an HF repo
+    id (`org/name`, or `org/name:file.gguf`). None loads the embedded default (SmolLM2-135M-Instruct Q4_1)."""
+    t0 = time.perf_counter()
+    source = hub.resolve(model)
+    loaded = load_source(source)
+    return LLM(loaded, source, n_ctx, load_s=time.perf_counter() - t0)

@@ -1,0 +1,72 @@
+"""From local files (a hub.ModelSource) to a ready model, tokenizer and chat template."""
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import ModelFileError, TokenizerError
+from engine.gguf import GGUFFile
+from engine.safetensors import load_hf_dir
+from engine.template import ChatTemplate
+from engine.tokenizer import Tokenizer
+from models import ARCHITECTURES, ModelConfig
+
+
+@dataclass
+class Loaded:
+    """Everything load_source() builds. metadata: GGUF metadata, or the HF config.json dict."""
+    config: ModelConfig
+    model: object
+    tokenizer: Tokenizer
+    template: ChatTemplate | None
+    metadata: dict
+    weight_bytes: int
+
+
+def _accessor(tensors, where: str):
+    """weights(name, shape, optional) for a model constructor: checks presence and shape."""
+    def weights(name: str, shape: tuple, optional: bool = False):
+        if name not in tensors:
+            if optional:
+                return None
+            raise ModelFileError(f"{where}: weight {name!r} is missing; the model file is incomplete or not a "
+                                 "model of the architecture it declares.")
+        t = tensors[name] if isinstance(tensors, dict) else tensors.tensor(name)
+        if tuple(t.shape) != tuple(shape):
+            raise ModelFileError(f"{where}: weight {name!r} has shape {tuple(t.shape)}, expected {tuple(shape)} "
+                                 "from the model's configuration; the file is inconsistent.")
+        return t
+    return weights
+
+
+def _tokenizer_from_dir(d: Path | None) -> Tokenizer | None:
+    if d is not None and (Path(d) / "tokenizer.json").is_file():
+        return Tokenizer.from_file(Path(d) / "tokenizer.json", Path(d))
+    return None
+
+
+def load_source(source) -> Loaded:
+    """Build the model named by a hub.ModelSource (gguf_paths, or hf_dir; tokenizer_dir optional)."""
+    if source.gguf_paths:
+        g = GGUFFile(source.gguf_paths[0])
+        where = str(source.gguf_paths[0])
+        config = ModelConfig.from_gguf(g.metadata, g.infos)
+        model = ARCHITECTURES[config.arch](config, _accessor(g, where))
+        metadata = g.metadata
+        tokenizer = (Tokenizer.from_gguf(metadata) if "tokenizer.ggml.tokens" in metadata
+                     else _tokenizer_from_dir(source.tokenizer_dir))
+        weight_bytes = sum(i.nbytes for i in g.infos.values())
+    else:
+        where = str(source.hf_dir)
+        metadata, tensors = load_hf_dir(source.hf_dir)
+        config = ModelConfig.from_hf(metadata)
+        model = ARCHITECTURES[config.arch](config, _accessor(tensors, where))
+        tokenizer = _tokenizer_from_dir(source.hf_dir) or _tokenizer_from_dir(source.tokenizer_dir)
+        weight_bytes = sum(t.nbytes for t in tensors.values())
+    if tokenizer is None:
+        raise TokenizerError(f"{where}: no tokenizer found (no tokenizer in the GGUF metadata and no "
+                             "tokenizer.json beside the weights). Put tokenizer.json (and tokenizer_config.json) "
+                             "in the model directory, or use a GGUF file that embeds its tokenizer.")
+    template = ChatTemplate.from_sources(metadata if source.gguf_paths else None,
+                                         source.tokenizer_dir or source.hf_dir,
+                                         tokenizer.bos_token, tokenizer.eos_token)
+    return Loaded(config, model, tokenizer, template, metadata, weight_bytes)
+

@@ -1,0 +1,147 @@
+"""Transformer operators in plain array code: the readable reference, and the CPU path.
+
+Every function takes arrays of the backend's module (NumPy here; CuPy arrays work the same) and returns float32.
+Shapes: T tokens, D model width, H query heads, H_kv key/value heads, Dh head width, S cached positions.
+"""
+import numpy as np
+
+from kernels.qtensor import QTensor
+
+TILE_ELEMS = 1 << 20  # rows of a quantized matrix dequantized per step: ~4 MB of float32
+
+
+def _xp(a):
+    """The array module a belongs to (numpy or cupy)."""
+    mod = type(a).__module__
+    if mod.startswith("cupy"):
+        import cupy
+        return cupy
+    return np
+
+
+def rms_norm(x, weight, eps: float):
+    """x: [..., D] float32, weight: [D] → x / sqrt(mean(x²) + eps) * weight."""
+    xp = _xp(x)
+    ms = xp.mean(xp.square(x), axis=-1, keepdims=True)
+    return (x / xp.sqrt(ms + eps)) * weight
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None = None, freq_factors=None) -> np.ndarray:
+    """Inverse frequencies [Dh/2] float64: theta^(-2i/Dh), then scaled.
+
+    scaling: {"rope_type": "linear", "factor"} divides every frequency; {"rope_type": "llama3", ...} applies
+    Llama 3's wavelength-dependent scaling. freq_factors (GGUF rope_freqs.weight) divide frequencies one by one.
+    """
+    inv = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    if freq_factors is not None:
+        inv = inv / np.asarray(freq_factors, dtype=np.float64)
+    kind = (scaling or {}).get("rope_type")
+    if kind == "linear":
+        inv = inv / scaling["factor"]
+    elif kind == "llama3":
+        factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_ctx = scaling["original_max_position_embeddings"]
+        wavelen = 2 * np.pi / inv
+        smooth = (old_ctx / wavelen - low) / (high - low)
+        scaled = np.where(wavelen > old_ctx / low, inv / factor, inv)
+        medium = (wavelen <= old_ctx / low) & (wavelen >= old_ctx / high)
+        inv = np.where(medium, (1 - smooth) * inv / factor + smooth * inv, scaled)
+    return inv
+
+
+def rope_cos_sin(positions, inv_freq: np.ndarray):
+    """positions: [T] int, inv_freq: [Dh/2] → (cos, sin), each [T, Dh/2] float32. Angles are taken in float64."""
+    xp = _xp(positions)
+    angles = xp.asarray(positions, dtype=xp.float64)[:, None] * xp.asarray(inv_freq)[None, :]
+    return xp.cos(angles).astype(xp.float32), xp.sin(angles).astype(xp.float32)
+
+
+def rope(x, cos, sin, interleaved: bool):
+    """Rotate x: [T, H, Dh] by position. cos, sin: [T, Dh/2].
+
+    interleaved=False (HF, Qwen, GPT-NeoX): pairs (i, i + Dh/2). interleaved=True (llama.cpp's Llama layout,
+    GGUF llama Q/K are stored permuted for it): pairs (2i, 2i + 1).
+    """
+    xp = _xp(x)
+    c, s = cos[:, None, :], sin[:, None, :]
+    out = xp.empty_like(x)
+    if interleaved:
+        a, b = x[..., 0::2], x[..., 1::2]
+        out[..., 0::2] = a * c - b * s
+        out[..., 1::2] = b * c + a * s
+    else:
+        half = x.shape[-1] // 2
+        a, b = x[..., :half], x[..., half:]
+        out[..., :half] = a * c - b * s
+        out[..., half:] = b * c + a * s
+    return out
+
+
+def silu(x):
+    """x * sigmoid(x), float32."""
+    xp = _xp(x)
+    with np.errstate(over="ignore"):
+        return x / (1.0 + xp.exp(-x))
+
+
+def swiglu(gate, up):
+    """SwiGLU feed-forward gate: silu(gate) * up. gate, up: [T, F]."""
+    return silu(gate) * up
+
+
+def softmax(x, axis: int = -1):
+    """Numerically stable softmax along axis (masked entries may be -inf)."""
+    xp = _xp(x)
+    e = xp.exp(x - xp.max(x, axis=axis, keepdims=True))
+    return e / xp.sum(e, axis=axis, keepdims=True)
+
+
+def attention(q, k, v, start: int, window: int | None = None):
+    """Causal grouped-query attention of new queries against the cache.
+
+    q: [T, H, Dh] float32 — queries at positions start .. start+T-1.
+    k, v: [H_kv, S, Dh] — cached keys/values for positions 0 .. S-1 (S = start + T; the new ones included).
+    window: sliding-window size (a query at p sees keys p-window+1 .. p), or None for full causal.
+    Query head h uses key/value head h // (H / H_kv). Returns [T, H, Dh] float32.
+    """
+    xp = _xp(q)
+    t, h, dh = q.shape
+    h_kv, s, _ = k.shape
+    group = h // h_kv
+    qg = q.reshape(t, h_kv, group, dh).transpose(1, 2, 0, 3).reshape(h_kv, group * t, dh)
+    scores = (qg @ k.transpose(0, 2, 1)) * np.float32(1.0 / np.sqrt(dh))  # [H_kv, G*T, S]
+    scores = scores.reshape(h_kv, group, t, s)
+    q_pos = xp.arange(start, start + t)[:, None]
+    k_pos = xp.arange(s)[None, :]
+    allowed = k_pos <= q_pos
+    if window is not None:
+        allowed &= k_pos > q_pos - window
+    if not bool(allowed.all()):
+        scores = xp.where(allowed, scores, np.float32(-np.inf))
+    probs = softmax(scores).reshape(h_kv, group * t, s)
+    out = probs @ v  # [H_kv, G*T, Dh]
+    return out.reshape(h_kv, group, t, dh).transpose(2, 0, 1, 3).reshape(t, h, dh)
+
+
+def matmul_transb(x, w):
+    """x @ wᵀ. x: [T, K] float32; w: [N, K] float32 array or QTensor → [T, N] float32.
+
+    A QTensor is dequantized a tile of rows at a time into float32, so the full matrix never exists in memory.
+    """
+    if not isinstance(w, QTensor):
+        return x @ w.T
+    xp = _xp(x)
+    n, k = w.shape
+    out = xp.empty((x.shape[0], n), dtype=xp.float32)
+    step = max(1, TILE_ELEMS // k)
+    for i in range(0, n, step):
+        j = min(n, i + step)
+        out[:, i:j] = x @ w.rows(slice(i, j)).T
+    return out
+
+
+def embedding(ids, table):
+    """Rows of the embedding table. ids: [T] int; table: [V, D] float32 array or QTensor → [T, D] float32."""
+    if isinstance(table, QTensor):
+        return table.rows(np.asarray(ids))
+    return table[ids].astype(np.float32)

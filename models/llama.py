@@ -1,0 +1,78 @@
+"""The Llama family: Llama 2/3, Mistral, SmolLM, Qwen2 (q/k/v bias) and Qwen3 (q/k RMSNorm), one forward.
+
+Weights use GGUF tensor names (`blk.{i}.attn_q.weight`, ...); HF checkpoints are renamed on load. Differences
+between the members are flags of ModelConfig, not copies of the forward.
+"""
+import numpy as np
+
+from kernels import backend
+from kernels.ops import (attention, embedding, matmul_transb, rms_norm, rope, rope_cos_sin, rope_inv_freq,
+                         swiglu)
+from models.config import ModelConfig
+
+
+class Llama:
+    """Decoder-only transformer. `weights(name)` returns a float32 array or a QTensor for a GGUF-style name."""
+
+    def __init__(self, config: ModelConfig, weights):
+        """weights(name, shape, optional=False) -> float32 array | QTensor | None, checked against shape."""
+        self.config = c = config
+        self.tok_embd = weights("token_embd.weight", (c.vocab_size, c.hidden_size))
+        self.output_norm = weights("output_norm.weight", (c.hidden_size,))
+        self.output = self.tok_embd if c.tie_embeddings else weights("output.weight", (c.vocab_size, c.hidden_size))
+        self.layers = [self._layer(weights, i) for i in range(c.n_layers)]
+        freq_factors = weights("rope_freqs.weight", (c.head_dim // 2,), optional=True)
+        self.inv_freq = backend.xp.asarray(
+            rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling, None if freq_factors is None
+                          else np.asarray(freq_factors)))
+
+    def _layer(self, weights, i: int) -> dict:
+        c = self.config
+        d, q_dim, kv_dim = c.hidden_size, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+        shapes = {"attn_norm": (d,), "attn_q": (q_dim, d), "attn_k": (kv_dim, d), "attn_v": (kv_dim, d),
+                  "attn_output": (d, q_dim), "ffn_norm": (d,), "ffn_gate": (c.intermediate_size, d),
+                  "ffn_up": (c.intermediate_size, d), "ffn_down": (d, c.intermediate_size)}
+        if c.qk_norm:
+            shapes.update(attn_q_norm=(c.head_dim,), attn_k_norm=(c.head_dim,))
+        layer = {n: weights(f"blk.{i}.{n}.weight", shape) for n, shape in shapes.items()}
+        if c.qkv_bias:
+            for n, size in (("attn_q", q_dim), ("attn_k", kv_dim), ("attn_v", kv_dim)):
+                layer[f"{n}_bias"] = weights(f"blk.{i}.{n}.bias", (size,))
+        return layer
+
+    def forward(self, tokens, positions, cache, last_only: bool = False):
+        """tokens: [T] int; positions: [T] int, contiguous from cache.length; cache: KVCache.
+
+        Returns logits [T, vocab] float32 (or [1, vocab] for the last token when last_only). Advances cache.length.
+        """
+        c = self.config
+        t = len(tokens)
+        start = cache.length
+        if t and int(positions[0]) != start:
+            raise ValueError(f"positions start at {int(positions[0])} but the cache holds {start} positions")
+        x = embedding(tokens, self.tok_embd)
+        cos, sin = rope_cos_sin(positions, self.inv_freq)
+        for i, w in enumerate(self.layers):
+            h = rms_norm(x, w["attn_norm"], c.rms_eps)
+            q, k, v = (matmul_transb(h, w[n]) for n in ("attn_q", "attn_k", "attn_v"))
+            if c.qkv_bias:
+                q, k, v = q + w["attn_q_bias"], k + w["attn_k_bias"], v + w["attn_v_bias"]
+            q = q.reshape(t, c.n_heads, c.head_dim)
+            k = k.reshape(t, c.n_kv_heads, c.head_dim)
+            v = v.reshape(t, c.n_kv_heads, c.head_dim)
+            if c.qk_norm:
+                q = rms_norm(q, w["attn_q_norm"], c.rms_eps)
+                k = rms_norm(k, w["attn_k_norm"], c.rms_eps)
+            q = rope(q, cos, sin, c.rope_interleaved)
+            k = rope(k, cos, sin, c.rope_interleaved)
+            cache.store(i, start, k, v)
+            keys, values = cache.layer(i, start + t)
+            a = attention(q, keys, values, start, c.sliding_window)
+            x = x + matmul_transb(a.reshape(t, c.n_heads * c.head_dim), w["attn_output"])
+            h = rms_norm(x, w["ffn_norm"], c.rms_eps)
+            x = x + matmul_transb(swiglu(matmul_transb(h, w["ffn_gate"]), matmul_transb(h, w["ffn_up"])),
+                                  w["ffn_down"])
+        cache.length = start + t
+        if last_only:
+            x = x[-1:]
+        return matmul_transb(rms_norm(x, self.output_norm, c.rms_eps), self.output)
