@@ -48,7 +48,7 @@ def load_source(source) -> Loaded:
     if source.gguf_paths:
         g = GGUFFile(source.gguf_paths[0])
         where = str(source.gguf_paths[0])
-        config = ModelConfig.from_gguf(g.metadata, g.infos)
+        config = ModelConfig.from_gguf(g.metadata, {n: i.shape for n, i in g.infos.items()})
         model = ARCHITECTURES[config.arch](config, _accessor(g, where))
         metadata = g.metadata
         tokenizer = (Tokenizer.from_gguf(metadata) if "tokenizer.ggml.tokens" in metadata

@@ -44,8 +44,8 @@ class ModelConfig:
             raise ModelFileError(f"{self.n_heads} attention heads is not a multiple of {self.n_kv_heads} KV heads.")
 
     @classmethod
-    def from_gguf(cls, metadata: dict, tensor_names) -> "ModelConfig":
-        """From GGUF keys `{arch}.block_count`, `{arch}.embedding_length`, ... and the tensor names present."""
+    def from_gguf(cls, metadata: dict, tensor_shapes: dict) -> "ModelConfig":
+        """From GGUF keys `{arch}.block_count`, `{arch}.embedding_length`, ... and {tensor name: shape}."""
         arch = metadata.get("general.architecture")
         _check_arch(arch, "general.architecture")
 
@@ -64,14 +64,13 @@ class ModelConfig:
         elif scale_type not in ("none", None):
             raise UnsupportedModelError(f"RoPE scaling type {scale_type!r} is not supported (supported: linear, "
                                         "llama3 via rope_freqs.weight).")
-        tokens = metadata.get("tokenizer.ggml.tokens")
-        vocab = metadata.get(f"{arch}.vocab_size", len(tokens) if tokens else None)
-        if vocab is None:
-            raise ModelFileError(f"GGUF metadata lacks {arch}.vocab_size and a tokenizer token list.")
+        embd = tensor_shapes.get("token_embd.weight")
+        if embd is None:
+            raise ModelFileError("GGUF file has no token_embd.weight tensor; it is not a complete model.")
         window = metadata.get(f"{arch}.attention.sliding_window")
         return cls(
             arch=arch,
-            vocab_size=int(vocab),
+            vocab_size=int(embd[0]),
             hidden_size=hidden,
             n_layers=int(key("block_count")),
             n_heads=n_heads,
@@ -83,9 +82,9 @@ class ModelConfig:
             max_context=int(key("context_length")),
             rope_interleaved=arch in ("llama", "mistral"),
             rope_scaling=scaling,
-            qkv_bias="blk.0.attn_q.bias" in tensor_names,
-            qk_norm="blk.0.attn_q_norm.weight" in tensor_names,
-            tie_embeddings="output.weight" not in tensor_names,
+            qkv_bias="blk.0.attn_q.bias" in tensor_shapes,
+            qk_norm="blk.0.attn_q_norm.weight" in tensor_shapes,
+            tie_embeddings="output.weight" not in tensor_shapes,
             sliding_window=int(window) if window else None,
         )
 

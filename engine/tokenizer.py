@@ -1,0 +1,574 @@
+"""Tokenizers: from a GGUF file's metadata (llama.cpp's rules) or from a Hugging Face tokenizer.json.
+
+Both kinds end up as a `tokenizers.Tokenizer` (Rust) that does the encoding; decoding is ours, from a table of
+the exact bytes each token stands for, so that `decode` and the incremental `StreamDecoder` agree byte for byte.
+
+GGUF (`Tokenizer.from_gguf(metadata)`) follows llama.cpp's `llama-vocab.cpp`:
+
+* `tokenizer.ggml.model == "gpt2"`: byte-level BPE with the GGUF merges. The pre-tokenizer is the list of
+  regexes llama.cpp picks for `tokenizer.ggml.pre` (see `_PRE_TOKENIZERS`), each applied as an "isolated" split
+  to the pieces of the previous one, then the GPT-2 byte-to-unicode mapping. `llama-bpe` & co. match a whole
+  pre-token against the vocabulary before merging (llama.cpp's `ignore_merges`).
+* `tokenizer.ggml.model == "llama"`: SentencePiece BPE. llama.cpp repeatedly merges the adjacent pair whose
+  concatenation is the vocabulary entry with the highest score; that is BPE with every (left, right) split of
+  every token as a merge, ranked by the token's score. Characters not in the vocabulary become `<0xXX>` byte
+  tokens. Spaces become "▁", and a "▁" is put in front of every run of text that starts the input or follows a
+  special token when `tokenizer.ggml.add_space_prefix` is true (the default for this model type).
+* Token types 3 (CONTROL) and 2 (UNKNOWN) are special tokens: written in the text they become their ids only with
+  `parse_special=True`; type 4 (USER_DEFINED) tokens are always matched, as llama.cpp does. When decoding, control
+  and unknown tokens give their text unless `skip_special`; user-defined tokens always give their text; unused
+  tokens give nothing.
+* BOS/EOS come from `tokenizer.ggml.{bos,eos}_token_id`; `tokenizer.ggml.add_{bos,eos}_token` say whether
+  `encode(add_special=True)` adds them (defaults as llama.cpp's). `eos_ids` is llama.cpp's end-of-generation set:
+  EOS, EOT, EOM and the tokens llama.cpp recognises by their text ("<|im_end|>", "<|eot_id|>", ...).
+
+Decoding follows llama.cpp's `llama_detokenize` without its `clean_spaces` pass (so decode(encode(t)) == t): when
+the vocabulary adds a space prefix, one leading space of the first token is dropped.
+"""
+from __future__ import annotations
+
+import codecs
+import json
+import re
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
+from tokenizers import Tokenizer as HFTokenizer
+
+from engine.errors import TokenizerError
+
+__all__ = ["Tokenizer", "StreamDecoder", "SUPPORTED_PRE_TOKENIZERS"]
+
+# GGUF token types (gguf.TokenType / llama.cpp's llama_token_type)
+_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pre-tokenizer regexes, copied from llama.cpp's llm_tokenizer_bpe (llama-vocab.cpp). Each list is applied in
+# order: every regex splits each piece left by the previous one, matches and the text between them both kept.
+# ----------------------------------------------------------------------------------------------------------------
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_LLAMA3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+           r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+          r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_DEFAULT = [r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"]
+
+# name -> (regexes, ignore_merges, add_bos default)
+_PRE_TOKENIZERS: dict[str, tuple[list[str], bool, bool]] = {}
+for _names, _spec in [
+    (("default",), (_DEFAULT, False, False)),
+    (("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2"),
+     ([_LLAMA3], True, True)),
+    (("dbrx", "smaug-bpe"), ([_LLAMA3], False, False)),
+    (("qwen2", "deepseek-r1-qwen", "stablelm2", "hunyuan", "solar-open", "kormo", "f2llmv2"), ([_QWEN2], False, False)),
+    # llama.cpp's SMOLLM / STARCODER / REFACT / COMMAND_R group: single digits, then the GPT-2 regex
+    (("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b"),
+     ([r"\p{N}", _GPT2], False, False)),
+    (("gpt-2", "gpt2", "phi-2", "mpt", "olmo", "jais", "trillion", "granite-docling"), ([_GPT2], False, False)),
+    (("falcon",), ([r"[\p{P}\$\+<=>\^~\|`]+", _GPT2, r"[0-9][0-9][0-9]"], False, False)),
+]:
+    for _n in _names:
+        _PRE_TOKENIZERS[_n] = _spec
+
+SUPPORTED_PRE_TOKENIZERS = tuple(sorted(_PRE_TOKENIZERS))
+
+# Tokens llama.cpp treats as end of generation by their text (llama_vocab::impl::load, special_eog_ids).
+_EOG_TEXTS = frozenset([
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>", "<end_of_turn>",
+    "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>",
+    "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>", "<｜end▁of▁sentence｜>", "[e~[",
+])
+# Tokens llama.cpp takes for EOT (when tokenizer.ggml.eot_token_id is absent) and for the FIM kinds, by text;
+# FIM pad / repo / file-separator tokens are end-of-generation too.
+_EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>",
+              "_<EOT>", "[EOT]", "<｜end▁of▁sentence｜>", "<end_of_utterance>")
+_FIM_KINDS = (
+    ("pre", ["tokenizer.ggml.prefix_token_id"],
+     ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>", "<|code_prefix|>",
+      "<|prefix|>")),
+    ("suf", ["tokenizer.ggml.suffix_token_id"],
+     ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>", "<|code_suffix|>",
+      "<|suffix|>")),
+    ("mid", ["tokenizer.ggml.middle_token_id"],
+     ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>", "<|code_middle|>",
+      "<|middle|>")),
+    ("pad", [], ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]")),
+    ("rep", [], ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>")),
+    ("sep", [], ("<|file_sep|>",)),
+)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character map (the one byte-level BPE vocabularies are written in)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+_BYTE_ENCODER = _bytes_to_unicode()
+_BYTE_DECODER = {c: b for b, c in _BYTE_ENCODER.items()}
+_BYTE_TOKEN = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+
+
+_BYTE_LEVEL_TABLE = str.maketrans({c: chr(b) for c, b in _BYTE_DECODER.items()})
+
+
+def _byte_level_bytes(text: str) -> bytes:
+    """Bytes of a byte-level BPE token (characters outside the map are kept as UTF-8, as a fallback)."""
+    try:
+        return text.translate(_BYTE_LEVEL_TABLE).encode("latin-1")
+    except UnicodeEncodeError:
+        return b"".join(bytes([_BYTE_DECODER[c]]) if c in _BYTE_DECODER else c.encode("utf-8") for c in text)
+
+
+def _spm_bytes(text: str) -> bytes:
+    m = _BYTE_TOKEN.match(text)
+    if m:
+        return bytes([int(m.group(1), 16)])
+    return text.replace("\u2581", " ").encode("utf-8")
+
+
+class Tokenizer:
+    """Text <-> token ids. Build with `from_gguf(metadata)` or `from_file(tokenizer.json)`."""
+
+    def __init__(self, *, hf: HFTokenizer, tokens: Sequence[str],
+                 pieces: Sequence[bytes], special_ids: Iterable[int], bos_id: int | None, eos_id: int | None,
+                 eos_ids: Iterable[int], add_bos: bool, add_eos: bool, strip_first_space: bool,
+                 use_post_processor: bool = False, kind: str = ""):
+        self._hf = hf
+        # encode_special_tokens is a setting of the tokenizers object: flip it under a lock for parse_special=False
+        self._lock = threading.Lock()
+        self._tokens = list(tokens)
+        self._token_to_id = {t: i for i, t in enumerate(self._tokens)}
+        self._pieces = list(pieces)
+        self._special_ids = frozenset(special_ids)
+        self.bos_id = bos_id
+        self.eos_id = eos_id
+        self.eos_ids = frozenset(i for i in eos_ids if i is not None)
+        self.add_bos = bool(add_bos)
+        self.add_eos = bool(add_eos)
+        self._strip_first_space = strip_first_space
+        self._use_post_processor = use_post_processor
+        self.kind = kind
+        self.vocab_size = len(self._tokens)
+
+    # -- construction -------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_gguf(cls, metadata: dict[str, Any]) -> "Tokenizer":
+        """Build the tokenizer a GGUF file describes (its `tokenizer.ggml.*` metadata)."""
+        tokens = metadata.get("tokenizer.ggml.tokens")
+        model = metadata.get("tokenizer.ggml.model")
+        if not tokens or model in (None, "none", "no_vocab"):
+            raise TokenizerError(
+                "the GGUF file has no tokenizer (no 'tokenizer.ggml.tokens' / 'tokenizer.ggml.model' metadata); "
+                "pass a tokenizer.json (from the model's Hugging Face repository) instead.")
+        if model not in ("gpt2", "llama"):
+            raise TokenizerError(
+                f"unsupported GGUF tokenizer model {model!r} (tokenizer.ggml.model); supported: 'gpt2' "
+                "(byte-level BPE) and 'llama' (SentencePiece). Pass a tokenizer.json for this model instead.")
+        n = len(tokens)
+        tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]  # as llama.cpp
+        types = metadata.get("tokenizer.ggml.token_type")
+        if types is None:
+            types = [_NORMAL] * n
+        if len(types) < n:
+            raise TokenizerError(f"GGUF metadata: tokenizer.ggml.token_type has {len(types)} entries for {n} tokens.")
+        types = list(types[:n])
+        if len(set(tokens)) != n:
+            raise TokenizerError("GGUF metadata: tokenizer.ggml.tokens holds duplicate tokens; the file is corrupt.")
+        vocab = {t: i for i, t in enumerate(tokens)}
+        pre = metadata.get("tokenizer.ggml.pre")
+
+        if model == "gpt2":
+            pre_name = pre or "default"  # llama.cpp: a missing pre-tokenizer type means 'default'
+            if pre_name not in _PRE_TOKENIZERS:
+                raise TokenizerError(
+                    f"unsupported GGUF pre-tokenizer {pre_name!r} (tokenizer.ggml.pre); supported: "
+                    f"{', '.join(SUPPORTED_PRE_TOKENIZERS)}. Pass a tokenizer.json for this model instead.")
+            regexes, ignore_merges, default_add_bos = _PRE_TOKENIZERS[pre_name]
+            merges_raw = metadata.get("tokenizer.ggml.merges")
+            if not merges_raw:
+                raise TokenizerError("GGUF metadata: a 'gpt2' (BPE) tokenizer without 'tokenizer.ggml.merges'; "
+                                     "pass a tokenizer.json instead.")
+            merges = []
+            for m in merges_raw:
+                k = m.find(" ", 1)
+                if k < 0:
+                    continue
+                a, b = m[:k], m[k + 1:]
+                if a in vocab and b in vocab and a + b in vocab:
+                    merges.append((a, b))
+            bpe = models.BPE(vocab=vocab, merges=merges, ignore_merges=ignore_merges)
+            hf = HFTokenizer(bpe)
+            hf.pre_tokenizer = pre_tokenizers.Sequence(
+                [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
+                + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+            hf.decoder = decoders.ByteLevel()
+            add_space_prefix = bool(metadata.get("tokenizer.ggml.add_space_prefix", False))
+            default_bos = default_eos = None
+            default_add_eos = False
+            kind = f"gguf-bpe:{pre_name}"
+
+            def piece(i: int) -> bytes:
+                t = tokens[i]
+                if types[i] == _BYTE and _BYTE_TOKEN.match(t):
+                    return _spm_bytes(t)
+                return _byte_level_bytes(t)
+        else:  # "llama": SentencePiece
+            scores = metadata.get("tokenizer.ggml.scores")
+            if scores is None:
+                scores = [0.0] * n
+            if len(scores) < n:
+                raise TokenizerError(f"GGUF metadata: tokenizer.ggml.scores has {len(scores)} entries for {n} tokens.")
+            ranked = []
+            for i, t in enumerate(tokens):
+                for k in range(1, len(t)):
+                    a, b = t[:k], t[k:]
+                    if a in vocab and b in vocab:
+                        ranked.append((-float(scores[i]), i, k, a, b))
+            ranked.sort()
+            merges = [(a, b) for _, _, _, a, b in ranked]
+            unk_id = metadata.get("tokenizer.ggml.unknown_token_id", 0)
+            unk = tokens[unk_id] if isinstance(unk_id, int) and 0 <= unk_id < n else None
+            bpe = models.BPE(vocab=vocab, merges=merges, unk_token=unk, byte_fallback=True, fuse_unk=False)
+            hf = HFTokenizer(bpe)
+            add_space_prefix = bool(metadata.get("tokenizer.ggml.add_space_prefix", True))
+            steps = [normalizers.Prepend("\u2581")] if add_space_prefix else []
+            hf.normalizer = normalizers.Sequence(steps + [normalizers.Replace(" ", "\u2581")])
+            hf.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+                                           + ([decoders.Strip(" ", 1, 0)] if add_space_prefix else []))
+            default_bos, default_eos = 1, 2
+            default_add_bos, default_add_eos = True, False
+            kind = "gguf-spm"
+
+            def piece(i: int) -> bytes:
+                t, ty = tokens[i], types[i]
+                if ty == _BYTE:
+                    return _spm_bytes(t)
+                if ty in (_CONTROL, _UNKNOWN, _USER_DEFINED):
+                    return t.encode("utf-8")
+                return t.replace("\u2581", " ").encode("utf-8")
+
+        # special tokens
+        def tid(key: str, default: int | None) -> int | None:
+            v = metadata.get(key)
+            if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n:
+                return v
+            return default if default is not None and 0 <= default < n else None
+
+        bos_id = tid("tokenizer.ggml.bos_token_id", default_bos)
+        eos_id = tid("tokenizer.ggml.eos_token_id", default_eos)
+        eot_id = tid("tokenizer.ggml.eot_token_id", None)
+        eom_id = tid("tokenizer.ggml.eom_token_id", None)
+        add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", default_add_bos))
+        add_eos = bool(metadata.get("tokenizer.ggml.add_eos_token", default_add_eos))
+
+        # llama.cpp's end-of-generation set; tokens it recognises by their text are made CONTROL
+        def detect(key_ids: Sequence[str], names: Sequence[str]) -> int | None:
+            for key in key_ids:
+                v = tid(key, None)
+                if v is not None:
+                    return v
+            for name in names:
+                if name in vocab:
+                    i = vocab[name]
+                    if types[i] != _CONTROL:
+                        types[i] = _CONTROL
+                    return i
+            return None
+
+        fim = {kind: detect([f"tokenizer.ggml.fim_{kind}_token_id"] + extra, names)
+               for kind, extra, names in _FIM_KINDS}
+        if eot_id is None:
+            eot_id = detect([], _EOT_TEXTS)
+        if eom_id is None:
+            eom_id = detect([], ("<|eom_id|>",))
+        eog = {fim[k] for k in ("pad", "rep", "sep") if fim[k] is not None}
+        for name in _EOG_TEXTS:
+            if name in vocab:
+                i = vocab[name]
+                eog.add(i)
+                if types[i] != _CONTROL:
+                    types[i] = _CONTROL
+        eog.update(i for i in (eos_id, eot_id, eom_id) if i is not None)
+        texts = {tokens[i] for i in eog}
+        if "<|end|>" in texts and (("<|return|>" in texts and "<|call|>" in texts)
+                                   or {"<|calls|>", "<|flush|>"} <= texts):
+            eog.discard(vocab["<|end|>"])
+            types[vocab["<|end|>"]] = _USER_DEFINED
+        if "</s>" in texts and {"<|tool_response>", "<|plamo:eos|>"} & texts:
+            eog.discard(vocab["</s>"])
+            types[vocab["</s>"]] = _NORMAL
+        for name in ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"):  # gpt-oss: always rendered
+            if name in vocab:
+                types[vocab[name]] = _USER_DEFINED
+
+        # Phi-3: llama.cpp strips whitespace after its special tokens (by model name)
+        model_name = str(metadata.get("general.name", "")).lower()
+        rstrip_ids: set[int] = set()
+        if "phi-3" in model_name or "phi3" in model_name:
+            rstrip_ids = {i for i, ty in enumerate(types) if ty in (_CONTROL, _USER_DEFINED, _UNKNOWN)}
+            if "</s>" in vocab:
+                rstrip_ids.add(vocab["</s>"])
+            rstrip_ids -= {vocab[t] for t in ("<unk>", "<s>", "<|endoftext|>") if t in vocab}
+
+        added = [AddedToken(tokens[i], special=(ty in (_CONTROL, _UNKNOWN)), normalized=False,
+                            rstrip=(i in rstrip_ids), lstrip=False, single_word=False)
+                 for i, ty in enumerate(types) if ty in (_CONTROL, _UNKNOWN, _USER_DEFINED)]
+        if added:
+            hf.add_tokens(added)
+        pieces = []
+        for i, ty in enumerate(types):
+            pieces.append(b"" if ty in (_UNUSED,) or (ty not in (_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _BYTE))
+                          else piece(i))
+        special_ids = {i for i, ty in enumerate(types) if ty in (_CONTROL, _UNKNOWN)}
+        return cls(hf=hf, tokens=tokens, pieces=pieces, special_ids=special_ids,
+                   bos_id=bos_id, eos_id=eos_id, eos_ids=eog, add_bos=add_bos, add_eos=add_eos,
+                   strip_first_space=add_space_prefix, kind=kind)
+
+    @classmethod
+    def from_file(cls, tokenizer_json: str | Path, config_dir: Path | None = None) -> "Tokenizer":
+        """A Hugging Face tokenizer.json; BOS/EOS and add_bos from tokenizer_config.json, generation_config.json
+        and config.json in `config_dir` (default: the tokenizer.json's folder) where present."""
+        path = Path(tokenizer_json)
+        try:
+            hf = HFTokenizer.from_file(str(path))
+        except FileNotFoundError:
+            raise TokenizerError(f"{path}: no such tokenizer file.") from None
+        except Exception as e:  # tokenizers raises plain Exception on bad JSON / unknown components
+            raise TokenizerError(f"{path}: not a usable tokenizer.json ({e}).") from e
+        cdir = Path(config_dir) if config_dir is not None else path.parent
+
+        def load(name: str) -> dict:
+            p = cdir / name
+            if not p.is_file():
+                return {}
+            try:
+                with open(p, encoding="utf-8") as f:
+                    d = json.load(f)
+            except (OSError, ValueError) as e:
+                raise TokenizerError(f"{p}: unreadable JSON ({e}).") from e
+            return d if isinstance(d, dict) else {}
+
+        tok_cfg, gen_cfg, model_cfg = load("tokenizer_config.json"), load("generation_config.json"), load("config.json")
+
+        full_vocab = hf.get_vocab(with_added_tokens=True)
+        n = max(hf.get_vocab_size(with_added_tokens=True), max(full_vocab.values(), default=-1) + 1)
+        id_to_tok = {i: t for t, i in full_vocab.items()}
+        tokens = [id_to_tok.get(i, f"[MISSING_{i}]") for i in range(n)]
+        added = hf.get_added_tokens_decoder()
+
+        def token_id(v: Any) -> int | None:
+            if isinstance(v, dict):
+                v = v.get("content")
+            if isinstance(v, str):
+                return hf.token_to_id(v)
+            return None
+
+        def ids_of(v: Any) -> list[int]:
+            if isinstance(v, bool):
+                return []
+            if isinstance(v, int):
+                return [v]
+            if isinstance(v, list):
+                return [x for x in v if isinstance(x, int) and not isinstance(x, bool)]
+            return []
+
+        bos_id = token_id(tok_cfg.get("bos_token"))
+        if bos_id is None:
+            bos_id = next(iter(ids_of(gen_cfg.get("bos_token_id")) + ids_of(model_cfg.get("bos_token_id"))), None)
+        eos_list = ids_of(gen_cfg.get("eos_token_id")) + ids_of(model_cfg.get("eos_token_id"))
+        eos_id = token_id(tok_cfg.get("eos_token"))
+        if eos_id is None:
+            eos_id = next(iter(eos_list), None)
+        eos_ids = {i for i in [eos_id, *eos_list] if i is not None and 0 <= i < n}
+
+        # add_bos/add_eos: tokenizer_config.json's flags if given, else whatever the post-processor does (and the
+        # token it puts first / last is the BOS / EOS if the configs name none).
+        use_post = "add_bos_token" not in tok_cfg and "add_eos_token" not in tok_cfg
+        if use_post:
+            with_sp = hf.encode("a", add_special_tokens=True).ids
+            without = hf.encode("a", add_special_tokens=False).ids
+            k = next((j for j in range(len(with_sp) - len(without) + 1)
+                      if with_sp[j:j + len(without)] == without), 0)
+            add_bos, add_eos = k > 0, len(with_sp) > k + len(without)
+            if add_bos and bos_id is None:
+                bos_id = with_sp[0]
+            if add_eos and eos_id is None:
+                eos_id = with_sp[-1]
+                eos_ids.add(eos_id)
+        else:
+            add_bos = bool(tok_cfg.get("add_bos_token", False))
+            add_eos = bool(tok_cfg.get("add_eos_token", False))
+
+        # decoding table, from the decoder's kind
+        dec = json.loads(hf.decoder.__getstate__()) if hf.decoder is not None else {}
+        dec_types = _decoder_types(dec)
+        strip_first = "Strip" in dec_types or ("Metaspace" in dec_types and _metaspace_prepends(dec))
+        if "ByteLevel" in dec_types:
+            def piece(i: int) -> bytes:
+                return _byte_level_bytes(tokens[i])
+        elif dec_types & {"Replace", "ByteFallback", "Metaspace"}:
+            def piece(i: int) -> bytes:
+                return _spm_bytes(tokens[i])
+        else:
+            def piece(i: int) -> bytes:
+                return hf.decode([i], skip_special_tokens=False).encode("utf-8")
+        pieces = []
+        for i in range(n):
+            if i in added:
+                pieces.append(added[i].content.encode("utf-8"))
+            elif i in id_to_tok:
+                pieces.append(piece(i))
+            else:
+                pieces.append(b"")
+        special_ids = {i for i, t in added.items() if t.special}
+        return cls(hf=hf, tokens=tokens, pieces=pieces, special_ids=special_ids,
+                   bos_id=bos_id, eos_id=eos_id, eos_ids=eos_ids, add_bos=add_bos, add_eos=add_eos,
+                   strip_first_space=strip_first, use_post_processor=use_post, kind="tokenizer.json")
+
+    # -- encode / decode ----------------------------------------------------------------------------------------
+
+    def encode(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        """Token ids of `text`. add_special: add BOS/EOS as the model's settings say. parse_special: special
+        tokens written in the text (e.g. "<|im_start|>") become their ids; otherwise they are tokenized as text."""
+        if not isinstance(text, str):
+            raise TokenizerError(f"encode() takes a str, not {type(text).__name__}.")
+        with self._lock:
+            hf = self._hf
+            hf.encode_special_tokens = not parse_special
+            try:
+                if self._use_post_processor:
+                    return list(hf.encode(text, add_special_tokens=add_special).ids)
+                ids = list(hf.encode(text, add_special_tokens=False).ids) if text else []
+            finally:
+                hf.encode_special_tokens = False
+        if add_special:
+            if self.add_bos and self.bos_id is not None:
+                ids.insert(0, self.bos_id)
+            if self.add_eos and self.eos_id is not None:
+                ids.append(self.eos_id)
+        return ids
+
+    def token_bytes(self, token_id: int, skip_special: bool = False) -> bytes:
+        """The bytes a token stands for (its text for special tokens, b"" for them when skip_special)."""
+        if not 0 <= token_id < len(self._pieces):
+            raise TokenizerError(f"token id {token_id} is outside the vocabulary (size {len(self._pieces)}).")
+        if skip_special and token_id in self._special_ids:
+            return b""
+        return self._pieces[token_id]
+
+    def decode_bytes(self, ids: Iterable[int], skip_special: bool = False) -> bytes:
+        out = []
+        first = True
+        for i in ids:
+            b = self.token_bytes(int(i), skip_special)
+            if first:
+                if self._strip_first_space and b.startswith(b" "):
+                    b = b[1:]
+                first = False
+            out.append(b)
+        return b"".join(out)
+
+    def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
+        """Text of `ids` (invalid UTF-8 becomes U+FFFD). skip_special drops control tokens (BOS, <|im_end|>...)."""
+        return self.decode_bytes(ids, skip_special).decode("utf-8", errors="replace")
+
+    def id_to_piece(self, token_id: int, skip_special: bool = False) -> str:
+        """Text of one token on its own (llama.cpp's token_to_piece); a partial UTF-8 sequence shows as U+FFFD."""
+        return self.token_bytes(token_id, skip_special).decode("utf-8", errors="replace")
+
+    def id_to_token(self, token_id: int) -> str:
+        """The vocabulary entry of a token, as stored ("Ġhello", "▁Hello", "<|im_start|>", "<0x0A>")."""
+        if not 0 <= token_id < len(self._tokens):
+            raise TokenizerError(f"token id {token_id} is outside the vocabulary (size {len(self._tokens)}).")
+        return self._tokens[token_id]
+
+    def token_to_id(self, text: str) -> int | None:
+        """Id of a vocabulary entry ("<|im_start|>", "Ġhello"), or None."""
+        return self._token_to_id.get(text)
+
+    def is_special(self, token_id: int) -> bool:
+        """Control/unknown token (BOS, EOS, <|im_start|>...): dropped by decode(skip_special=True)."""
+        return token_id in self._special_ids
+
+    def is_eos(self, token_id: int) -> bool:
+        return token_id in self.eos_ids
+
+    @property
+    def bos_token(self) -> str | None:
+        return self._tokens[self.bos_id] if self.bos_id is not None else None
+
+    @property
+    def eos_token(self) -> str | None:
+        return self._tokens[self.eos_id] if self.eos_id is not None else None
+
+    @property
+    def hf_tokenizer(self) -> HFTokenizer:
+        """The underlying `tokenizers.Tokenizer` (without the BOS/EOS rule; special tokens in the text parsed)."""
+        return self._hf
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def __repr__(self) -> str:
+        return (f"Tokenizer({self.kind}, vocab_size={self.vocab_size}, bos={self.bos_token!r}, "
+                f"eos={self.eos_token!r}, add_bos={self.add_bos})")
+
+
+def _decoder_types(dec: dict) -> set[str]:
+    out = set()
+    if not isinstance(dec, dict):
+        return out
+    t = dec.get("type")
+    if t:
+        out.add(t)
+    for d in dec.get("decoders") or []:
+        out |= _decoder_types(d)
+    return out
+
+
+def _metaspace_prepends(dec: dict) -> bool:
+    if dec.get("type") == "Metaspace":
+        return dec.get("prepend_scheme", "always") != "never" and dec.get("add_prefix_space", True) is not False
+    return any(_metaspace_prepends(d) for d in dec.get("decoders") or [])
+
+
+class StreamDecoder:
+    """Incremental detokenizer for generated tokens.
+
+    push(token_id) returns the text completed by that token: a character whose UTF-8 bytes are spread over several
+    byte-level tokens comes out once, whole, with the token that completes it (never a U+FFFD for a sequence
+    still incomplete). flush() returns what is left (an incomplete sequence at the end becomes U+FFFD, as in
+    decode). The concatenation of all pushes and the flush equals tokenizer.decode(ids, skip_special).
+    """
+
+    def __init__(self, tokenizer: Tokenizer, skip_special: bool = False):
+        self.tokenizer = tokenizer
+        self.skip_special = skip_special
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._first = True
+
+    def push(self, token_id: int) -> str:
+        b = self.tokenizer.token_bytes(int(token_id), self.skip_special)
+        if self._first:
+            if self.tokenizer._strip_first_space and b.startswith(b" "):
+                b = b[1:]
+            self._first = False
+        return self._utf8.decode(b)
+
+    def flush(self) -> str:
+        out = self._utf8.decode(b"", final=True)
+        self._utf8.reset()
+        self._first = True
+        return out

@@ -1,0 +1,127 @@
+"""Shared pytest fixtures. (Several people add fixtures here: append, don't rewrite.)"""
+
+from pathlib import Path
+
+import pytest
+
+
+# --- hub / template (tests/engine/test_hub.py, tests/engine/test_template.py) ---------------------------------
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The embedded default model's GGUF (SmolLM2-135M-Instruct Q4_1), fetched from PyPI once if needed."""
+    from engine.hub import smollm2_path
+
+    return smollm2_path()
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf_metadata(smollm2_gguf) -> dict:
+    """String/number metadata of the SmolLM2 GGUF read with gguf-py's GGUFReader (arrays left out)."""
+    import gguf
+
+    reader = gguf.GGUFReader(smollm2_gguf)
+    meta = {}
+    for name, f in reader.fields.items():
+        if f.types and f.types[0] == gguf.GGUFValueType.ARRAY:
+            continue
+        meta[name] = f.contents()
+    return meta
+
+
+# --- tokenizer (tests/engine/test_tokenizer.py) -----------------------------------------------------------------
+
+# llama.cpp's tokenizer test vectors (models/ggml-vocab-*.gguf + .inp/.out) ship in the llama-cpp-python sdist.
+LLAMA_CPP_SDIST = "llama_cpp_python-0.3.36.tar.gz"
+LLAMA_CPP_SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+LLAMA_VOCABS = ("llama-bpe", "qwen2", "gpt-2", "llama-spm", "phi-3", "starcoder", "refact", "mpt", "falcon")
+
+
+def _engine_test_cache() -> Path:
+    import os
+
+    return Path(os.path.expanduser(os.environ.get("ENGINE_TEST_CACHE") or "~/.cache/engine-tests"))
+
+
+def _fetch_llama_cpp_sdist(dest: Path) -> Path:
+    """Download the pinned sdist into dest/ and check its sha256: the file URL comes from the package index's
+    simple page (no build step); `pip download` (which prepares metadata, slowly) is the fallback."""
+    import hashlib
+    import os
+    import re
+    import subprocess
+    import sys
+    import urllib.request
+
+    dest.mkdir(parents=True, exist_ok=True)
+    out = dest / LLAMA_CPP_SDIST
+    errors = []
+    index = (os.environ.get("PIP_INDEX_URL") or "https://pypi.org/simple").rstrip("/")
+    try:
+        with urllib.request.urlopen(f"{index}/llama-cpp-python/", timeout=60) as r:
+            page = r.read().decode("utf-8", "replace")
+        m = re.search(r'href="([^"#]*/' + re.escape(LLAMA_CPP_SDIST) + r')(?:#[^"]*)?"', page)
+        if not m:
+            raise RuntimeError(f"{LLAMA_CPP_SDIST} not listed on {index}")
+        url = m.group(1).replace("&amp;", "&")
+        if url.startswith("/"):
+            url = re.match(r"https?://[^/]+", index).group(0) + url
+        tmp = out.with_suffix(".part")
+        h = hashlib.sha256()
+        with urllib.request.urlopen(url, timeout=120) as r, open(tmp, "wb") as f:
+            while chunk := r.read(1 << 20):
+                h.update(chunk)
+                f.write(chunk)
+        if h.hexdigest() != LLAMA_CPP_SDIST_SHA256:
+            tmp.unlink()
+            raise RuntimeError(f"sha256 mismatch for {url}")
+        tmp.replace(out)
+        return out
+    except Exception as e:  # noqa: BLE001 - try the next way
+        errors.append(f"index download: {e}")
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                        "llama-cpp-python==0.3.36", "-d", str(dest)], check=True, capture_output=True, timeout=900)
+        if hashlib.sha256(out.read_bytes()).hexdigest() != LLAMA_CPP_SDIST_SHA256:
+            raise RuntimeError("sha256 mismatch")
+        return out
+    except Exception as e:  # noqa: BLE001
+        errors.append(f"pip download: {e}")
+    pytest.skip("could not fetch the llama-cpp-python sdist for llama.cpp's tokenizer test vectors: "
+                + "; ".join(errors))
+
+
+@pytest.fixture(scope="session")
+def llama_vocab_dir() -> Path:
+    """Folder with llama.cpp's ggml-vocab-{name}.gguf(.inp/.out) for the names in LLAMA_VOCABS, extracted once
+    from the llama-cpp-python 0.3.36 sdist into ${ENGINE_TEST_CACHE:-~/.cache/engine-tests}."""
+    import tarfile
+
+    root = _engine_test_cache() / "llama.cpp-vocab-0.3.36"
+    wanted = {f"ggml-vocab-{n}.gguf{ext}" for n in LLAMA_VOCABS for ext in ("", ".inp", ".out")}
+    if all((root / w).is_file() for w in wanted):
+        return root
+    sdist = _fetch_llama_cpp_sdist(_engine_test_cache() / "downloads")
+    root.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(sdist, "r:gz") as tar:
+        for member in tar:
+            name = member.name.rsplit("/", 1)[-1]
+            if member.isfile() and name in wanted and "/vendor/llama.cpp/models/" in member.name:
+                data = tar.extractfile(member).read()
+                tmp = root / (name + ".part")
+                tmp.write_bytes(data)
+                tmp.replace(root / name)
+    sdist.unlink(missing_ok=True)
+    missing = sorted(w for w in wanted if not (root / w).is_file())
+    assert not missing, f"not in {LLAMA_CPP_SDIST}: {missing}"
+    return root
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_gguf):
+    """engine.tokenizer.Tokenizer built from the SmolLM2 GGUF's metadata."""
+    from engine.gguf import read_metadata
+    from engine.tokenizer import Tokenizer
+
+    return Tokenizer.from_gguf(read_metadata(smollm2_gguf))

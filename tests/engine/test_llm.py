@@ -1,0 +1,132 @@
+"""engine.load / LLM: the public API on tiny fixtures and the real SmolLM2, and its errors."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import engine
+from engine.errors import (ContextOverflowError, InvalidRequestError, ModelFileError, TokenizerError,
+                           UnsupportedModelError)
+from gguf_copy import copy_gguf
+from reference import gguf_logits
+
+TINY = Path(__file__).parent.parent / "fixtures" / "tiny"
+ROOT = Path(__file__).parent.parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return engine.load(str(TINY / "qwen2" / "model-Q8_0.gguf"), n_ctx=48)
+
+
+def test_logits_api_shape_and_values(tiny):
+    ids = [3, 50, 7, 120]
+    out = tiny.logits(ids)
+    assert out.shape == (4, tiny.config.vocab_size) and out.dtype == np.float32
+    np.testing.assert_array_less(np.abs(out - gguf_logits(TINY / "qwen2" / "model-Q8_0.gguf", ids)).max(), 5e-3)
+
+
+def test_generate_streams_text_that_decodes_the_greedy_tokens(tiny):
+    prompt = "the cat"
+    pieces = list(tiny.generate(prompt, max_tokens=12))
+    ids = tiny.tokenizer.encode(prompt)
+    expected, history = [], list(ids)
+    for _ in range(12):  # greedy by full recompute through the public logits()
+        nxt = int(np.argmax(tiny.logits(history)[-1]))
+        if nxt in tiny.tokenizer.eos_ids:
+            break
+        expected.append(nxt)
+        history.append(nxt)
+    assert "".join(pieces) == tiny.tokenizer.decode(expected)
+    assert tiny.last_stats.completion_tokens == len(expected)
+    assert tiny.last_stats.prompt_tokens == len(ids)
+
+
+def test_stop_string_is_never_emitted_even_across_tokens(tiny):
+    full = "".join(tiny.generate("the cat", max_tokens=20))
+    assert len(full) > 6
+    stop = full[3:6]  # ends generation; likely spans a token boundary
+    text = "".join(tiny.generate("the cat", max_tokens=20, stop=[stop]))
+    assert text == full[:full.index(stop)]
+    assert tiny.last_stats.finish_reason == "stop"
+
+
+def test_seed_makes_sampling_reproducible(tiny):
+    kw = dict(max_tokens=10, temperature=1.5, top_k=50, top_p=0.95, seed=123)
+    assert list(tiny.generate("the cat", **kw)) == list(tiny.generate("the cat", **kw))
+
+
+def test_full_context_stops_with_length(tiny):
+    text = list(tiny.generate([1] * 46, max_tokens=10))
+    assert tiny.last_stats.completion_tokens <= 3 and tiny.last_stats.finish_reason in ("length", "stop")
+    assert isinstance(text, list)
+
+
+def test_bad_requests(tiny):
+    with pytest.raises(InvalidRequestError, match="empty"):
+        tiny.generate("")
+    with pytest.raises(InvalidRequestError, match="empty"):
+        tiny.logits([])
+    with pytest.raises(ContextOverflowError, match="context"):
+        tiny.generate("word " * 200)
+    with pytest.raises(InvalidRequestError, match="vocabulary"):
+        tiny.logits([tiny.config.vocab_size])
+    with pytest.raises(InvalidRequestError, match="temperature"):
+        tiny.generate("hi", temperature=-1)
+    with pytest.raises(InvalidRequestError, match="max_tokens"):
+        tiny.generate("hi", max_tokens=0)
+
+
+def test_unknown_architecture(tmp_path):
+    copy_gguf(TINY / "qwen2" / "model-Q8_0.gguf", tmp_path / "m.gguf", {"general.architecture": "rwkv9"})
+    with pytest.raises(UnsupportedModelError, match="rwkv9.*Supported architectures: llama"):
+        engine.load(str(tmp_path / "m.gguf"))
+
+
+def test_missing_tokenizer(tmp_path):
+    copy_gguf(TINY / "qwen2" / "model-Q8_0.gguf", tmp_path / "m.gguf", drop_prefixes=("tokenizer.",))
+    with pytest.raises(TokenizerError, match="no tokenizer"):
+        engine.load(str(tmp_path / "m.gguf"))
+    hf = tmp_path / "hf"
+    shutil.copytree(TINY / "qwen2" / "hf", hf)
+    (hf / "tokenizer.json").unlink()
+    with pytest.raises(TokenizerError, match="tokenizer"):
+        engine.load(str(hf))
+
+
+def test_truncated_safetensors(tmp_path):
+    hf = tmp_path / "hf"
+    shutil.copytree(TINY / "llama" / "hf", hf)
+    data = (hf / "model.safetensors").read_bytes()
+    (hf / "model.safetensors").write_bytes(data[:len(data) // 2])
+    with pytest.raises(ModelFileError, match="truncated"):
+        engine.load(str(hf))
+
+
+def test_smollm2_says_paris(smollm2_gguf):
+    llm = engine.load(str(smollm2_gguf))
+    text = "".join(llm.generate("The capital of France is", max_tokens=1))
+    assert text == " Paris"
+
+
+def test_cli_streams_and_reports(tmp_path):
+    model = TINY / "qwen3" / "model-Q8_0.gguf"
+    r = subprocess.run([sys.executable, "-m", "engine.generate", "--model", str(model), "--prompt", "hello",
+                        "--max-tokens", "5", "--raw", "--threads", "1"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "loaded" in r.stderr and "tok/s" in r.stderr
+    llm = engine.load(str(model))
+    assert r.stdout == "".join(llm.generate("hello", max_tokens=5)) + "\n"
+
+
+def test_cli_error_is_one_clean_line(tmp_path):
+    bad = tmp_path / "x.gguf"
+    bad.write_bytes(b"nope" * 10)
+    r = subprocess.run([sys.executable, "-m", "engine.generate", "--model", str(bad), "--prompt", "hi"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.strip().startswith("error:") and "Traceback" not in r.stderr
