@@ -39,8 +39,9 @@ class Sampler:
         self.params = params
         self.rng = np.random.default_rng(params.seed)
 
-    def __call__(self, logits: np.ndarray, history: list[int]) -> int:
-        """logits: [V] float32; history: token ids so far (prompt + generated). Returns the next id."""
+    def distribution(self, logits: np.ndarray, history: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The candidates and their probabilities after every filter: (ids [n] int, probs [n] float64), most
+        likely first. logits: [V] float32; history: token ids so far (prompt + generated)."""
         p = self.params
         logits = np.asarray(logits, dtype=np.float32)
         if p.repeat_penalty != 1.0 and p.repeat_last_n and history:
@@ -49,11 +50,13 @@ class Sampler:
             picked = logits[seen]
             logits[seen] = np.where(picked > 0, picked / p.repeat_penalty, picked * p.repeat_penalty)
         if p.temperature == 0:
-            return int(np.argmax(logits))
+            return np.array([int(np.argmax(logits))]), np.ones(1)
         scaled = logits.astype(np.float64) / p.temperature
-        order = np.argsort(-scaled, kind="stable")
-        if p.top_k is not None:
-            order = order[:p.top_k]
+        if p.top_k is not None and p.top_k < len(scaled):
+            top = np.argpartition(-scaled, p.top_k - 1)[:p.top_k]
+            order = top[np.argsort(-scaled[top], kind="stable")]
+        else:
+            order = np.argsort(-scaled, kind="stable")
         probs = np.exp(scaled[order] - scaled[order[0]])
         probs /= probs.sum()
         keep = len(order)
@@ -61,5 +64,9 @@ class Sampler:
             keep = min(keep, int(np.searchsorted(np.cumsum(probs), p.top_p)) + 1)
         if p.min_p:
             keep = min(keep, max(1, int(np.sum(probs >= p.min_p * probs[0]))))
-        probs = probs[:keep] / probs[:keep].sum()
-        return int(order[self.rng.choice(keep, p=probs)])
+        return order[:keep], probs[:keep] / probs[:keep].sum()
+
+    def __call__(self, logits: np.ndarray, history: list[int]) -> int:
+        """Draw the next token id. logits: [V] float32; history: token ids so far."""
+        ids, probs = self.distribution(logits, history)
+        return int(ids[0]) if len(ids) == 1 else int(ids[self.rng.choice(len(ids), p=probs)])
