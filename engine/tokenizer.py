@@ -143,7 +143,8 @@ class Tokenizer:
     def __init__(self, *, hf: HFTokenizer, tokens: Sequence[str],
                  pieces: Sequence[bytes], special_ids: Iterable[int], bos_id: int | None, eos_id: int | None,
                  eos_ids: Iterable[int], add_bos: bool, add_eos: bool, strip_first_space: bool,
-                 use_post_processor: bool = False, kind: str = ""):
+                 use_post_processor: bool = False, kind: str = "",
+                 rstrip_patterns: dict[bool, re.Pattern] | None = None):
         self._hf = hf
         # encode_special_tokens is a setting of the tokenizers object: flip it under a lock for parse_special=False
         self._lock = threading.Lock()
@@ -159,6 +160,7 @@ class Tokenizer:
         self._strip_first_space = strip_first_space
         self._use_post_processor = use_post_processor
         self.kind = kind
+        self._rstrip = rstrip_patterns or {}
         self.vocab_size = len(self._tokens)
 
     # -- construction -------------------------------------------------------------------------------------------
@@ -220,8 +222,10 @@ class Tokenizer:
             kind = f"gguf-bpe:{pre_name}"
 
             def piece(i: int) -> bytes:
-                t = tokens[i]
-                if types[i] == _BYTE and _BYTE_TOKEN.match(t):
+                t, ty = tokens[i], types[i]
+                if ty in (_CONTROL, _UNKNOWN, _USER_DEFINED):  # stored as plain text, not byte-level encoded
+                    return t.encode("utf-8")
+                if ty == _BYTE and _BYTE_TOKEN.match(t):
                     return _spm_bytes(t)
                 return _byte_level_bytes(t)
         else:  # "llama": SentencePiece
@@ -323,10 +327,17 @@ class Tokenizer:
             rstrip_ids -= {vocab[t] for t in ("<unk>", "<s>", "<|endoftext|>") if t in vocab}
 
         added = [AddedToken(tokens[i], special=(ty in (_CONTROL, _UNKNOWN)), normalized=False,
-                            rstrip=(i in rstrip_ids), lstrip=False, single_word=False)
+                            rstrip=False, lstrip=False, single_word=False)
                  for i, ty in enumerate(types) if ty in (_CONTROL, _UNKNOWN, _USER_DEFINED)]
         if added:
             hf.add_tokens(added)
+        # llama.cpp strips ASCII whitespace (isspace) after these tokens; the tokenizers rstrip option would also
+        # strip Unicode spaces (U+00A0, U+3000...), so we do it on the text: {parse_special: pattern}
+        rstrip = {}
+        for parse in (True, False):
+            texts_ = sorted((tokens[i] for i in rstrip_ids if parse or types[i] == _USER_DEFINED), key=len, reverse=True)
+            if texts_:
+                rstrip[parse] = re.compile("(" + "|".join(map(re.escape, texts_)) + ")[ \t\n\v\f\r]+")
         pieces = []
         for i, ty in enumerate(types):
             pieces.append(b"" if ty in (_UNUSED,) or (ty not in (_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _BYTE))
@@ -334,7 +345,7 @@ class Tokenizer:
         special_ids = {i for i, ty in enumerate(types) if ty in (_CONTROL, _UNKNOWN)}
         return cls(hf=hf, tokens=tokens, pieces=pieces, special_ids=special_ids,
                    bos_id=bos_id, eos_id=eos_id, eos_ids=eog, add_bos=add_bos, add_eos=add_eos,
-                   strip_first_space=add_space_prefix, kind=kind)
+                   strip_first_space=add_space_prefix, kind=kind, rstrip_patterns=rstrip)
 
     @classmethod
     def from_file(cls, tokenizer_json: str | Path, config_dir: Path | None = None) -> "Tokenizer":
@@ -444,6 +455,9 @@ class Tokenizer:
         tokens written in the text (e.g. "<|im_start|>") become their ids; otherwise they are tokenized as text."""
         if not isinstance(text, str):
             raise TokenizerError(f"encode() takes a str, not {type(text).__name__}.")
+        pat = self._rstrip.get(bool(parse_special))
+        if pat is not None:
+            text = pat.sub(r"\1", text)
         with self._lock:
             hf = self._hf
             hf.encode_special_tokens = not parse_special

@@ -275,3 +275,23 @@ def test_from_file_sentencepiece(tmp_path, llama_vocab):
         assert tok.encode(text, add_special=False, parse_special=False) == want, text
         assert tok.encode(text) == g.encode(text)
         assert tok.decode(want) == text
+
+
+def test_user_defined_and_rstrip(llama_vocab):
+    # Phi-3 (by model name, as llama.cpp): ASCII whitespace after its special tokens is dropped, other spaces kept
+    phi3, _ = llama_vocab("phi-3")
+    user = phi3.token_to_id("<|user|>")
+    assert phi3.encode("<|user|> \n\tHi", add_special=False) == phi3.encode("<|user|>Hi", add_special=False)
+    assert phi3.encode("<|user|>\u00a0Hi", add_special=False) != phi3.encode("<|user|>Hi", add_special=False)
+    assert phi3.encode("<|user|>Hi", add_special=False)[0] == user
+    assert user not in phi3.encode("<|user|>Hi", add_special=False, parse_special=False)
+    # user-defined tokens (type 4) are matched even with parse_special=False and decode to their plain text (they
+    # are not byte-level encoded); control tokens (type 3) only with parse_special, and skip_special drops them
+    meta = _gpt2_meta(**{"tokenizer.ggml.tokens": ["a", "b", "ab", "Ġ", "<｜user▁x｜>", "<c>", "<", "c", ">"],
+                         "tokenizer.ggml.token_type": [1, 1, 1, 1, 4, 3, 1, 1, 1]})
+    tok = Tokenizer.from_gguf(meta)
+    text = "ab<｜user▁x｜> a<c>"
+    assert tok.encode(text, parse_special=False) == [2, 4, 3, 0, 6, 7, 8]
+    assert tok.encode(text) == [2, 4, 3, 0, 5]
+    assert tok.decode(tok.encode(text)) == text
+    assert tok.decode(tok.encode(text), skip_special=True) == "ab<｜user▁x｜> a"
