@@ -335,9 +335,9 @@ class Tokenizer:
         # strip Unicode spaces (U+00A0, U+3000...), so we do it on the text: {parse_special: pattern}
         rstrip = {}
         for parse in (True, False):
-            texts_ = sorted((tokens[i] for i in rstrip_ids if parse or types[i] == _USER_DEFINED), key=len, reverse=True)
-            if texts_:
-                rstrip[parse] = re.compile("(" + "|".join(map(re.escape, texts_)) + ")[ \t\n\v\f\r]+")
+            names = sorted((tokens[i] for i in rstrip_ids if parse or types[i] == _USER_DEFINED), key=len, reverse=True)
+            if names:
+                rstrip[parse] = re.compile("(" + "|".join(map(re.escape, names)) + ")[ \t\n\v\f\r]+")
         pieces = []
         for i, ty in enumerate(types):
             pieces.append(b"" if ty in (_UNUSED,) or (ty not in (_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _BYTE))

@@ -1,0 +1,228 @@
+"""Compiled (numba) kernels over GGUF blocks: dequantize rows, and the fused dequantize-and-dot mat-vec.
+
+One `_row_<type>(row, out)` per type turns a row of stored blocks (uint8) into float32; the mat-vec and the tile
+dequantizer call it per row, spread over rows on all threads. kernels/quants.py holds the NumPy twins and the
+block layouts; the tests check both agree. Activations stay float32: no activation quantization here.
+
+f16 scales are read through a 65536-entry table (as ggml does), so no float16 arithmetic is needed.
+"""
+import numpy as np
+from numba import njit, prange
+
+from kernels.quants import GGMLType
+
+F16_TABLE = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+
+Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 = int(GGMLType.Q8_0), int(GGMLType.Q4_0), int(GGMLType.Q4_1), int(GGMLType.Q5_0), \
+    int(GGMLType.Q5_1)
+Q4_K, Q5_K, Q6_K, F16, BF16 = int(GGMLType.Q4_K), int(GGMLType.Q5_K), int(GGMLType.Q6_K), int(GGMLType.F16), \
+    int(GGMLType.BF16)
+TYPES = frozenset({Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, F16, BF16})
+
+
+@njit(cache=True, inline="always")
+def _f16(row, o):
+    """The little-endian float16 at byte o, as float32."""
+    return F16_TABLE[np.int32(row[o]) | (np.int32(row[o + 1]) << 8)]
+
+
+@njit(cache=True, inline="always")
+def _u32(row, o):
+    return (np.uint32(row[o]) | (np.uint32(row[o + 1]) << 8) | (np.uint32(row[o + 2]) << 16)
+            | (np.uint32(row[o + 3]) << 24))
+
+
+@njit(cache=True)
+def _row_q8_0(row, out):
+    """Q8_0, 34 bytes / 32 values: f16 d, int8 q[32]; v = d·q."""
+    for b in range(out.shape[0] // 32):
+        o, k = b * 34, b * 32
+        d = _f16(row, o)
+        for j in range(32):
+            out[k + j] = d * np.float32(np.int8(row[o + 2 + j]))
+
+
+@njit(cache=True)
+def _row_q4_0(row, out):
+    """Q4_0, 18 bytes / 32 values: f16 d, 16 bytes of nibbles (low: values 0-15, high: 16-31); v = d·(q-8)."""
+    for b in range(out.shape[0] // 32):
+        o, k = b * 18, b * 32
+        d = _f16(row, o)
+        for j in range(16):
+            q = np.int32(row[o + 2 + j])
+            out[k + j] = d * np.float32((q & 15) - 8)
+            out[k + 16 + j] = d * np.float32((q >> 4) - 8)
+
+
+@njit(cache=True)
+def _row_q4_1(row, out):
+    """Q4_1, 20 bytes / 32 values: f16 d, f16 m, 16 bytes of nibbles; v = d·q + m."""
+    for b in range(out.shape[0] // 32):
+        o, k = b * 20, b * 32
+        d, m = _f16(row, o), _f16(row, o + 2)
+        for j in range(16):
+            q = np.int32(row[o + 4 + j])
+            out[k + j] = d * np.float32(q & 15) + m
+            out[k + 16 + j] = d * np.float32(q >> 4) + m
+
+
+@njit(cache=True)
+def _row_q5_0(row, out):
+    """Q5_0, 22 bytes / 32 values: f16 d, u32 high bits, 16 bytes of nibbles; v = d·(q-16)."""
+    for b in range(out.shape[0] // 32):
+        o, k = b * 22, b * 32
+        d = _f16(row, o)
+        qh = _u32(row, o + 2)
+        for j in range(16):
+            q = np.int32(row[o + 6 + j])
+            h0 = np.int32((qh >> np.uint32(j)) & np.uint32(1)) << 4
+            h1 = np.int32((qh >> np.uint32(j + 16)) & np.uint32(1)) << 4
+            out[k + j] = d * np.float32(((q & 15) | h0) - 16)
+            out[k + 16 + j] = d * np.float32(((q >> 4) | h1) - 16)
+
+
+@njit(cache=True)
+def _row_q5_1(row, out):
+    """Q5_1, 24 bytes / 32 values: f16 d, f16 m, u32 high bits, 16 bytes of nibbles; v = d·q + m."""
+    for b in range(out.shape[0] // 32):
+        o, k = b * 24, b * 32
+        d, m = _f16(row, o), _f16(row, o + 2)
+        qh = _u32(row, o + 4)
+        for j in range(16):
+            q = np.int32(row[o + 8 + j])
+            h0 = np.int32((qh >> np.uint32(j)) & np.uint32(1)) << 4
+            h1 = np.int32((qh >> np.uint32(j + 16)) & np.uint32(1)) << 4
+            out[k + j] = d * np.float32((q & 15) | h0) + m
+            out[k + 16 + j] = d * np.float32((q >> 4) | h1) + m
+
+
+@njit(cache=True, inline="always")
+def _scale_min_k4(row, s, j):
+    """6-bit scale and min of sub-block j from the 12 packed bytes at s (Q4_K, Q5_K)."""
+    if j < 4:
+        return np.int32(row[s + j]) & 63, np.int32(row[s + j + 4]) & 63
+    sc = (np.int32(row[s + j + 4]) & 15) | ((np.int32(row[s + j - 4]) >> 6) << 4)
+    m = (np.int32(row[s + j + 4]) >> 4) | ((np.int32(row[s + j]) >> 6) << 4)
+    return sc, m
+
+
+@njit(cache=True)
+def _row_q4_k(row, out):
+    """Q4_K, 144 bytes / 256 values: f16 d, f16 dmin, 12 bytes of 6-bit scales/mins for 8 sub-blocks of 32,
+    128 bytes of nibbles (each 32 bytes: low nibbles → sub-block 2i, high → 2i+1); v = (d·sc)·q − (dmin·m)."""
+    for b in range(out.shape[0] // 256):
+        o, k = b * 144, b * 256
+        d, dmin = _f16(row, o), _f16(row, o + 2)
+        for i in range(4):
+            sc1, m1 = _scale_min_k4(row, o + 4, 2 * i)
+            sc2, m2 = _scale_min_k4(row, o + 4, 2 * i + 1)
+            d1, dm1 = d * np.float32(sc1), dmin * np.float32(m1)
+            d2, dm2 = d * np.float32(sc2), dmin * np.float32(m2)
+            for j in range(32):
+                q = np.int32(row[o + 16 + 32 * i + j])
+                out[k + 64 * i + j] = d1 * np.float32(q & 15) - dm1
+                out[k + 64 * i + 32 + j] = d2 * np.float32(q >> 4) - dm2
+
+
+@njit(cache=True)
+def _row_q5_k(row, out):
+    """Q5_K, 176 bytes / 256 values: f16 d, f16 dmin, 12 bytes of scales/mins, 32 bytes of high bits (bit 2i of
+    byte j: value j of sub-block 2i), 128 bytes of nibbles as Q4_K; v = (d·sc)·q − (dmin·m)."""
+    for b in range(out.shape[0] // 256):
+        o, k = b * 176, b * 256
+        d, dmin = _f16(row, o), _f16(row, o + 2)
+        for i in range(4):
+            sc1, m1 = _scale_min_k4(row, o + 4, 2 * i)
+            sc2, m2 = _scale_min_k4(row, o + 4, 2 * i + 1)
+            d1, dm1 = d * np.float32(sc1), dmin * np.float32(m1)
+            d2, dm2 = d * np.float32(sc2), dmin * np.float32(m2)
+            for j in range(32):
+                q = np.int32(row[o + 48 + 32 * i + j])
+                h = np.int32(row[o + 16 + j]) >> (2 * i)
+                out[k + 64 * i + j] = d1 * np.float32((q & 15) | ((h & 1) << 4)) - dm1
+                out[k + 64 * i + 32 + j] = d2 * np.float32((q >> 4) | ((h & 2) << 3)) - dm2
+
+
+@njit(cache=True)
+def _row_q6_k(row, out):
+    """Q6_K, 210 bytes / 256 values: 128 bytes low nibbles, 64 bytes of 2-bit high parts, 16 int8 scales (one per
+    16 values), f16 d; v = (d·sc)·(q − 32)."""
+    for b in range(out.shape[0] // 256):
+        o, k = b * 210, b * 256
+        d = _f16(row, o + 208)
+        for n in range(2):
+            ql, qh, sc, y = o + 64 * n, o + 128 + 32 * n, o + 192 + 8 * n, k + 128 * n
+            for j in range(32):
+                s = j // 16
+                lo, hi, h = np.int32(row[ql + j]), np.int32(row[ql + 32 + j]), np.int32(row[qh + j])
+                out[y + j] = d * np.float32(np.int8(row[sc + s])) * np.float32(((lo & 15) | ((h & 3) << 4)) - 32)
+                out[y + 32 + j] = (d * np.float32(np.int8(row[sc + s + 2]))
+                                   * np.float32(((hi & 15) | (((h >> 2) & 3) << 4)) - 32))
+                out[y + 64 + j] = (d * np.float32(np.int8(row[sc + s + 4]))
+                                   * np.float32(((lo >> 4) | (((h >> 4) & 3) << 4)) - 32))
+                out[y + 96 + j] = (d * np.float32(np.int8(row[sc + s + 6]))
+                                   * np.float32(((hi >> 4) | (((h >> 6) & 3) << 4)) - 32))
+
+
+@njit(cache=True)
+def _row_f16(row, out):
+    """F16: two little-endian bytes per value."""
+    for j in range(out.shape[0]):
+        out[j] = _f16(row, 2 * j)
+
+
+@njit(cache=True)
+def _row_bf16(row, out):
+    """BF16: the upper 16 bits of a float32, two little-endian bytes per value."""
+    bits = out.view(np.uint32)
+    for j in range(out.shape[0]):
+        bits[j] = (np.uint32(row[2 * j]) << 16) | (np.uint32(row[2 * j + 1]) << 24)
+
+
+@njit(cache=True)
+def dequantize_row(t, row, out):
+    """Dequantize one row of stored blocks (uint8) of GGML type t into out (float32, row length)."""
+    if t == Q8_0:
+        _row_q8_0(row, out)
+    elif t == Q4_0:
+        _row_q4_0(row, out)
+    elif t == Q4_1:
+        _row_q4_1(row, out)
+    elif t == Q5_0:
+        _row_q5_0(row, out)
+    elif t == Q5_1:
+        _row_q5_1(row, out)
+    elif t == Q4_K:
+        _row_q4_k(row, out)
+    elif t == Q5_K:
+        _row_q5_k(row, out)
+    elif t == Q6_K:
+        _row_q6_k(row, out)
+    elif t == F16:
+        _row_f16(row, out)
+    elif t == BF16:
+        _row_bf16(row, out)
+
+
+@njit(parallel=True, cache=True)
+def dequantize_rows(raw, t, out):
+    """raw: [n, row_bytes] uint8 of type t → out: [n, K] float32, rows spread over threads."""
+    for r in prange(raw.shape[0]):
+        dequantize_row(t, raw[r], out[r])
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def matvec(raw, t, x, out):
+    """out[n] = Σ_k W[n, k]·x[k] with W: [N, row_bytes] uint8 of type t, x: [K] float32, out: [N] float32.
+
+    Each row is dequantized into a small float32 buffer that stays in L1 and dotted with x at once, so every
+    weight byte is read from memory once.
+    """
+    k = x.shape[0]
+    for r in prange(raw.shape[0]):
+        buf = np.empty(k, np.float32)
+        dequantize_row(t, raw[r], buf)
+        acc = np.float32(0.0)
+        for j in range(k):
+            acc += buf[j] * x[j]
+        out[r] = acc
