@@ -73,7 +73,7 @@ def _held_back(text: str, stops: list[str]) -> int:
 def stream_text(model, tokenizer, cache, ids, params, max_tokens, stops, stats):
     """Text pieces of the generated tokens: UTF-8 safe, and cut before the first stop string."""
     from engine.tokenizer import StreamDecoder
-    decoder = StreamDecoder(tokenizer)
+    decoder = StreamDecoder(tokenizer, continuation=True)
     pending = ""
     for token in generate_tokens(model, cache, ids, params, max_tokens, tokenizer.eos_ids, stats):
         pending += decoder.push(token)

@@ -565,13 +565,15 @@ class StreamDecoder:
     byte-level tokens comes out once, whole, with the token that completes it (never a U+FFFD for a sequence
     still incomplete). flush() returns what is left (an incomplete sequence at the end becomes U+FFFD, as in
     decode). The concatenation of all pushes and the flush equals tokenizer.decode(ids, skip_special).
+    continuation=True is for tokens that continue a prompt: the first token keeps its leading space even where
+    decode() drops it (SentencePiece vocabularies), so prompt text + pieces reads as one text.
     """
 
-    def __init__(self, tokenizer: Tokenizer, skip_special: bool = False):
+    def __init__(self, tokenizer: Tokenizer, skip_special: bool = False, continuation: bool = False):
         self.tokenizer = tokenizer
         self.skip_special = skip_special
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._first = True
+        self._first = not continuation
 
     def push(self, token_id: int) -> str:
         b = self.tokenizer.token_bytes(int(token_id), self.skip_special)
@@ -584,5 +586,4 @@ class StreamDecoder:
     def flush(self) -> str:
         out = self._utf8.decode(b"", final=True)
         self._utf8.reset()
-        self._first = True
         return out
