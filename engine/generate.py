@@ -127,8 +127,8 @@ def main(argv=None) -> int:
     import engine
     try:
         llm = engine.load(args.model, n_ctx=args.ctx_size)
-        print(f"loaded {llm.source.id} ({llm.config.arch}, {llm.weight_bytes / 1e6:.0f} MB) in {llm.load_s:.2f} s",
-              file=sys.stderr)
+        print(f"loaded {llm.source.id} ({llm.config.arch}, {llm.weight_bytes / 1e6:.0f} MB) in {llm.load_s:.2f} s; "
+              f"{backend.describe()}", file=sys.stderr)
         use_chat = args.chat if args.chat is not None else llm.template is not None
         if use_chat:
             messages = ([{"role": "system", "content": args.system}] if args.system else [])

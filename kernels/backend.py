@@ -21,9 +21,24 @@ def use(module_name: str) -> None:
 
 
 def set_threads(n: int | None) -> int:
-    """Limit BLAS and compiled kernels to n worker threads (None: all cores). Returns the count in force."""
+    """Limit BLAS and the compiled kernels to n worker threads (None: all cores). Returns the count in force."""
     import os
     from threadpoolctl import threadpool_limits
-    n = n or os.cpu_count() or 1
+    n = max(1, min(n or os.cpu_count() or 1, os.cpu_count() or 1))
     threadpool_limits(n)
+    from kernels import cpu
+    if cpu.available:
+        import numba
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     return n
+
+
+def describe() -> str:
+    """One line saying which compute path runs."""
+    from kernels import cpu
+    if name == "cupy":
+        return "kernels: CUDA (CuPy)"
+    if cpu.available:
+        import numba
+        return f"kernels: numba fused quantized mat-vec, {numba.get_num_threads()} threads"
+    return "kernels: NumPy reference (slow; install numba for the fast path)"

@@ -5,6 +5,7 @@ Shapes: T tokens, D model width, H query heads, H_kv key/value heads, Dh head wi
 """
 import numpy as np
 
+from kernels import cpu
 from kernels.qtensor import QTensor
 
 TILE_ELEMS = 1 << 20  # rows of a quantized matrix dequantized per step: ~4 MB of float32
@@ -127,9 +128,12 @@ def matmul_transb(x, w):
     """x @ wᵀ. x: [T, K] float32; w: [N, K] float32 array or QTensor → [T, N] float32.
 
     A QTensor is dequantized a tile of rows at a time into float32, so the full matrix never exists in memory.
+    On the CPU the compiled kernels of kernels/cpu do this when available; the loop below is their reference.
     """
     if not isinstance(w, QTensor):
         return x @ w.T
+    if cpu.available and isinstance(x, np.ndarray):
+        return cpu.matmul_transb(x, w)
     xp = _xp(x)
     n, k = w.shape
     out = xp.empty((x.shape[0], n), dtype=xp.float32)
@@ -143,5 +147,7 @@ def matmul_transb(x, w):
 def embedding(ids, table):
     """Rows of the embedding table. ids: [T] int; table: [V, D] float32 array or QTensor → [T, D] float32."""
     if isinstance(table, QTensor):
+        if cpu.available:
+            return cpu.dequantize_rows(table, ids)
         return table.rows(np.asarray(ids))
     return table[ids].astype(np.float32)

@@ -1,0 +1,47 @@
+"""Fast CPU kernels for quantized weights (numba), with kernels/ops.py's NumPy code as their reference.
+
+`matmul_transb(x, w)` is the entry point: one token → the fused dequantize-and-dot mat-vec; several tokens →
+rows dequantized a tile at a time into a reused float32 buffer, then BLAS. `available` says whether numba could
+be imported; ENGINE_KERNELS=numpy forces the NumPy reference path.
+"""
+import os
+
+import numpy as np
+
+try:
+    from kernels.cpu import quant_kernels
+except ImportError:  # numba missing or broken: the NumPy path runs
+    quant_kernels = None
+
+available = quant_kernels is not None and os.environ.get("ENGINE_KERNELS", "numba") != "numpy"
+TILE_BYTES = 8 << 20  # float32 rows dequantized per BLAS call in prefill
+_tile = np.empty(0, np.float32)
+
+
+def matmul_transb(x: np.ndarray, w) -> np.ndarray:
+    """x: [T, K] float32, w: QTensor [N, K] → x @ wᵀ: [T, N] float32."""
+    global _tile
+    n, k = w.shape
+    t = int(w.ggml_type)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty((x.shape[0], n), dtype=np.float32)
+    if x.shape[0] == 1:
+        quant_kernels.matvec(w.raw, t, x[0], out[0])
+        return out
+    rows = max(1, min(n, TILE_BYTES // (4 * k)))
+    if _tile.size < rows * k:
+        _tile = np.empty(rows * k, np.float32)
+    for i in range(0, n, rows):
+        j = min(n, i + rows)
+        tile = _tile[:(j - i) * k].reshape(j - i, k)
+        quant_kernels.dequantize_rows(w.raw[i:j], t, tile)
+        np.matmul(x, tile.T, out=out[:, i:j])
+    return out
+
+
+def dequantize_rows(w, index) -> np.ndarray:
+    """Rows of a QTensor as float32 [n, K] (embedding lookups). index: int array."""
+    raw = w.raw[np.asarray(index)]
+    out = np.empty((raw.shape[0], w.shape[1]), np.float32)
+    quant_kernels.dequantize_rows(raw, int(w.ggml_type), out)
+    return out

@@ -179,6 +179,135 @@ def _row_bf16(row, out):
         bits[j] = (np.uint32(row[2 * j]) << 16) | (np.uint32(row[2 * j + 1]) << 24)
 
 
+@njit(cache=True, fastmath=True)
+def _dot_q8_0(row, x, acc):
+    for b in range(x.shape[0] // 32):
+        o = b * 34
+        d = _f16(row, o)
+        q = row[o + 2:o + 34].view(np.int8)
+        xs = x[b * 32:b * 32 + 32]
+        for j in range(32):
+            acc[j] += d * np.float32(q[j]) * xs[j]
+
+
+@njit(cache=True, fastmath=True)
+def _dot_q4_0(row, x, acc):
+    for b in range(x.shape[0] // 32):
+        o = b * 18
+        d = _f16(row, o)
+        q = row[o + 2:o + 18]
+        xs = x[b * 32:b * 32 + 32]
+        for j in range(16):
+            acc[j] += d * np.float32((np.int32(q[j]) & 15) - 8) * xs[j]
+            acc[16 + j] += d * np.float32((np.int32(q[j]) >> 4) - 8) * xs[16 + j]
+
+
+@njit(cache=True, fastmath=True)
+def _dot_q4_1(row, x, acc):
+    for b in range(x.shape[0] // 32):
+        o = b * 20
+        d, m = _f16(row, o), _f16(row, o + 2)
+        q = row[o + 4:o + 20]
+        xs = x[b * 32:b * 32 + 32]
+        for j in range(16):
+            acc[j] += (d * np.float32(np.int32(q[j]) & 15) + m) * xs[j]
+            acc[16 + j] += (d * np.float32(np.int32(q[j]) >> 4) + m) * xs[16 + j]
+
+
+@njit(cache=True, fastmath=True)
+def _dot_q5_0(row, x, acc):
+    for b in range(x.shape[0] // 32):
+        o = b * 22
+        d = _f16(row, o)
+        qh = _u32(row, o + 2)
+        q = row[o + 6:o + 22]
+        xs = x[b * 32:b * 32 + 32]
+        for j in range(16):
+            h0 = np.int32((qh >> np.uint32(j)) & np.uint32(1)) << 4
+            h1 = np.int32((qh >> np.uint32(j + 16)) & np.uint32(1)) << 4
+            acc[j] += d * np.float32(((np.int32(q[j]) & 15) | h0) - 16) * xs[j]
+            acc[16 + j] += d * np.float32(((np.int32(q[j]) >> 4) | h1) - 16) * xs[16 + j]
+
+
+@njit(cache=True, fastmath=True)
+def _dot_q5_1(row, x, acc):
+    for b in range(x.shape[0] // 32):
+        o = b * 24
+        d, m = _f16(row, o), _f16(row, o + 2)
+        qh = _u32(row, o + 4)
+        q = row[o + 8:o + 24]
+        xs = x[b * 32:b * 32 + 32]
+        for j in range(16):
+            h0 = np.int32((qh >> np.uint32(j)) & np.uint32(1)) << 4
+            h1 = np.int32((qh >> np.uint32(j + 16)) & np.uint32(1)) << 4
+            acc[j] += (d * np.float32((np.int32(q[j]) & 15) | h0) + m) * xs[j]
+            acc[16 + j] += (d * np.float32((np.int32(q[j]) >> 4) | h1) + m) * xs[16 + j]
+
+
+@njit(cache=True, fastmath=True)
+def _dot_q4_k(row, x, acc):
+    for b in range(x.shape[0] // 256):
+        o = b * 144
+        d, dmin = _f16(row, o), _f16(row, o + 2)
+        for i in range(4):
+            sc1, m1 = _scale_min_k4(row, o + 4, 2 * i)
+            sc2, m2 = _scale_min_k4(row, o + 4, 2 * i + 1)
+            d1, dm1 = d * np.float32(sc1), dmin * np.float32(m1)
+            d2, dm2 = d * np.float32(sc2), dmin * np.float32(m2)
+            q = row[o + 16 + 32 * i:o + 48 + 32 * i]
+            xa = x[b * 256 + 64 * i:b * 256 + 64 * i + 32]
+            xb = x[b * 256 + 64 * i + 32:b * 256 + 64 * i + 64]
+            for j in range(32):
+                acc[j] += (d1 * np.float32(np.int32(q[j]) & 15) - dm1) * xa[j]
+                acc[j] += (d2 * np.float32(np.int32(q[j]) >> 4) - dm2) * xb[j]
+
+
+@njit(cache=True, fastmath=True)
+def _dot_q5_k(row, x, acc):
+    for b in range(x.shape[0] // 256):
+        o = b * 176
+        d, dmin = _f16(row, o), _f16(row, o + 2)
+        qh = row[o + 16:o + 48]
+        for i in range(4):
+            sc1, m1 = _scale_min_k4(row, o + 4, 2 * i)
+            sc2, m2 = _scale_min_k4(row, o + 4, 2 * i + 1)
+            d1, dm1 = d * np.float32(sc1), dmin * np.float32(m1)
+            d2, dm2 = d * np.float32(sc2), dmin * np.float32(m2)
+            q = row[o + 48 + 32 * i:o + 80 + 32 * i]
+            xa = x[b * 256 + 64 * i:b * 256 + 64 * i + 32]
+            xb = x[b * 256 + 64 * i + 32:b * 256 + 64 * i + 64]
+            for j in range(32):
+                h = np.int32(qh[j]) >> (2 * i)
+                acc[j] += (d1 * np.float32((np.int32(q[j]) & 15) | ((h & 1) << 4)) - dm1) * xa[j]
+                acc[j] += (d2 * np.float32((np.int32(q[j]) >> 4) | ((h & 2) << 3)) - dm2) * xb[j]
+
+
+@njit(cache=True, fastmath=True)
+def _dot_q6_k(row, x, acc):
+    for b in range(x.shape[0] // 256):
+        o = b * 210
+        d = _f16(row, o + 208)
+        for n in range(2):
+            sc = row[o + 192 + 8 * n:o + 200 + 8 * n].view(np.int8)
+            y = b * 256 + 128 * n
+            for half in range(2):
+                lo = row[o + 64 * n + 16 * half:o + 64 * n + 16 * half + 16]
+                hi = row[o + 64 * n + 32 + 16 * half:o + 64 * n + 48 + 16 * half]
+                hb = row[o + 128 + 32 * n + 16 * half:o + 144 + 32 * n + 16 * half]
+                s1, s2 = d * np.float32(sc[half]), d * np.float32(sc[half + 2])
+                s3, s4 = d * np.float32(sc[half + 4]), d * np.float32(sc[half + 6])
+                x1 = x[y + 16 * half:y + 16 * half + 16]
+                x2 = x[y + 32 + 16 * half:y + 48 + 16 * half]
+                x3 = x[y + 64 + 16 * half:y + 80 + 16 * half]
+                x4 = x[y + 96 + 16 * half:y + 112 + 16 * half]
+                for j in range(16):
+                    a, c, h = np.int32(lo[j]), np.int32(hi[j]), np.int32(hb[j])
+                    acc[j] += s1 * np.float32(((a & 15) | ((h & 3) << 4)) - 32) * x1[j]
+                    acc[16 + j] += s2 * np.float32(((c & 15) | (((h >> 2) & 3) << 4)) - 32) * x2[j]
+                    acc[j] += s3 * np.float32(((a >> 4) | (((h >> 4) & 3) << 4)) - 32) * x3[j]
+                    acc[16 + j] += s4 * np.float32(((c >> 4) | (((h >> 6) & 3) << 4)) - 32) * x4[j]
+
+
 @njit(cache=True)
 def dequantize_row(t, row, out):
     """Dequantize one row of stored blocks (uint8) of GGML type t into out (float32, row length)."""
@@ -204,6 +333,36 @@ def dequantize_row(t, row, out):
         _row_bf16(row, out)
 
 
+@njit(cache=True, fastmath=True)
+def dot_row(t, row, x, acc, buf):
+    """Σ_k W_row[k]·x[k] for one stored row of type t. acc: [32] float32 scratch (zeroed here); buf: [K] float32
+    scratch used by the 16-bit types, which are converted first and then dotted."""
+    acc[:] = 0.0
+    if t == Q8_0:
+        _dot_q8_0(row, x, acc)
+    elif t == Q4_0:
+        _dot_q4_0(row, x, acc)
+    elif t == Q4_1:
+        _dot_q4_1(row, x, acc)
+    elif t == Q5_0:
+        _dot_q5_0(row, x, acc)
+    elif t == Q5_1:
+        _dot_q5_1(row, x, acc)
+    elif t == Q4_K:
+        _dot_q4_k(row, x, acc)
+    elif t == Q5_K:
+        _dot_q5_k(row, x, acc)
+    elif t == Q6_K:
+        _dot_q6_k(row, x, acc)
+    else:
+        dequantize_row(t, row, buf)
+        total = np.float32(0.0)
+        for j in range(x.shape[0]):
+            total += buf[j] * x[j]
+        return total
+    return acc.sum()
+
+
 @njit(parallel=True, cache=True)
 def dequantize_rows(raw, t, out):
     """raw: [n, row_bytes] uint8 of type t → out: [n, K] float32, rows spread over threads."""
@@ -211,18 +370,17 @@ def dequantize_rows(raw, t, out):
         dequantize_row(t, raw[r], out[r])
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, cache=True)
 def matvec(raw, t, x, out):
     """out[n] = Σ_k W[n, k]·x[k] with W: [N, row_bytes] uint8 of type t, x: [K] float32, out: [N] float32.
 
-    Each row is dequantized into a small float32 buffer that stays in L1 and dotted with x at once, so every
-    weight byte is read from memory once.
+    Fused: each weight is unpacked in registers and multiplied into 32 running float32 sums, so every weight
+    byte is read from memory once. Rows are split into chunks, one scratch set per chunk.
     """
-    k = x.shape[0]
-    for r in prange(raw.shape[0]):
+    n, k = raw.shape[0], x.shape[0]
+    chunks = min(n, 64)
+    for c in prange(chunks):
+        acc = np.empty(32, np.float32)
         buf = np.empty(k, np.float32)
-        dequantize_row(t, raw[r], buf)
-        acc = np.float32(0.0)
-        for j in range(k):
-            acc += buf[j] * x[j]
-        out[r] = acc
+        for r in range(c * n // chunks, (c + 1) * n // chunks):
+            out[r] = dot_row(t, raw[r], x, acc, buf)

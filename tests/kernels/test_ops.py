@@ -149,6 +149,8 @@ def test_matmul_transb_f32():
 @pytest.mark.parametrize("qtype", [GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.F16])
 @pytest.mark.parametrize("T", [1, 5])
 def test_matmul_transb_quantized_in_tiles(qtype, T, monkeypatch):
+    """The NumPy reference path (kernels/cpu is tested against the same references in test_cpu_kernels)."""
+    monkeypatch.setattr(ops.cpu, "available", False)
     monkeypatch.setattr(ops, "TILE_ELEMS", 64 * 3)  # force several (uneven) tiles
     n, k = 13, 64
     w = randn(n, k)
@@ -160,7 +162,8 @@ def test_matmul_transb_quantized_in_tiles(qtype, T, monkeypatch):
     np.testing.assert_allclose(got, (t(x) @ t(ref_w).T).numpy(), rtol=1e-5, atol=1e-4)
 
 
-def test_embedding_rows_from_quantized_table():
+def test_embedding_rows_from_quantized_table(monkeypatch):
+    monkeypatch.setattr(ops.cpu, "available", False)
     table = randn(10, 64)
     raw = np.frombuffer(gguf.quants.quantize(table, gguf.GGMLQuantizationType.Q8_0).tobytes(), np.uint8)
     raw = raw.reshape(10, -1)

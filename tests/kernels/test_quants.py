@@ -7,15 +7,7 @@ from gguf import quants as gq
 from engine.errors import UnsupportedModelError
 from kernels.qtensor import QTensor
 from kernels.quants import SUPPORTED, GGMLType, block_shape, dequantize, quantize
-
-K_QUANTS = {GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K}
-# byte offsets of the f16 super-block scales (d, dmin) inside one K-quant block
-K_F16_FIELDS = {GGMLType.Q4_K: (0, 2), GGMLType.Q5_K: (0, 2), GGMLType.Q6_K: (208,)}
-
-
-def _gguf_bytes(t: GGMLType, x: np.ndarray) -> np.ndarray:
-    """Encode float32 x with gguf-py, as uint8 [..., row_bytes]."""
-    return np.ascontiguousarray(gq.quantize(x, GQ(int(t)))).view(np.uint8)
+from quant_blocks import K_QUANTS, gguf_bytes, make_blocks
 
 
 def _reference(t: GGMLType, raw: np.ndarray) -> np.ndarray:
@@ -28,22 +20,6 @@ def _assert_bits_equal(a: np.ndarray, b: np.ndarray) -> None:
     np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
 
 
-def _make_raw(t: GGMLType, n_rows: int, row_elems: int, rng: np.random.Generator) -> np.ndarray:
-    """Random uint8 [n_rows, row_bytes] holding valid blocks of type t."""
-    block_elems, block_bytes = block_shape(t)
-    if t in K_QUANTS:
-        n_blocks = n_rows * row_elems // block_elems
-        raw = rng.integers(0, 256, size=(n_blocks, block_bytes), dtype=np.uint8)
-        for off in K_F16_FIELDS[t]:  # finite f16 scales; everything else stays arbitrary random bytes
-            d = (rng.standard_normal(n_blocks) * 10.0 ** rng.integers(-4, 2, n_blocks)).astype(np.float16)
-            raw[:, off:off + 2] = d.view(np.uint8).reshape(n_blocks, 2)
-        return raw.reshape(n_rows, row_elems // block_elems * block_bytes)
-    x = rng.standard_normal((n_rows, row_elems)).astype(np.float32)
-    x *= np.float32(10.0) ** rng.integers(-3, 3, size=(n_rows, 1)).astype(np.float32)
-    x[:, ::7] = 0.0  # exact zeros and a zero in every block
-    return _gguf_bytes(t, x)
-
-
 def _row_lengths(t: GGMLType) -> tuple[int, ...]:
     return (256, 512) if t in K_QUANTS else (32, 96, 256)
 
@@ -53,7 +29,7 @@ def test_dequantize_matches_gguf(t):
     rng = np.random.default_rng(int(t))
     for n_rows in (1, 3, 7):
         for row_elems in _row_lengths(t):
-            raw = _make_raw(t, n_rows, row_elems, rng)
+            raw = make_blocks(t, n_rows, row_elems, rng)
             got = dequantize(raw, t)
             assert got.shape == (n_rows, row_elems)
             _assert_bits_equal(got, _reference(t, raw))
@@ -73,7 +49,7 @@ def test_float_types_arbitrary_bits(t):
 def test_strided_and_batched_input(t):
     rng = np.random.default_rng(100 + int(t))
     row_elems = 512 if t in K_QUANTS else 64
-    big = _make_raw(t, 12, row_elems, rng)
+    big = make_blocks(t, 12, row_elems, rng)
     every_other = big[1::2]  # non-contiguous rows, like picking rows out of a memmap
     assert not every_other.flags.c_contiguous
     _assert_bits_equal(dequantize(every_other, t), _reference(t, every_other))
@@ -85,7 +61,7 @@ def test_strided_and_batched_input(t):
 
 def test_dequantize_memmap(tmp_path):
     t = GGMLType.Q4_K
-    raw = _make_raw(t, 6, 256, np.random.default_rng(7))
+    raw = make_blocks(t, 6, 256, np.random.default_rng(7))
     path = tmp_path / "w.bin"
     raw.tofile(path)
     mm = np.memmap(path, dtype=np.uint8, mode="r", shape=raw.shape)
@@ -116,7 +92,7 @@ def test_quantize_matches_gguf(t):
     x[5, 0] = -127.0
     got = quantize(x, t)
     assert got.dtype == np.uint8 and got.shape == (7, 256 // block_shape(t)[0] * block_shape(t)[1])
-    np.testing.assert_array_equal(got, _gguf_bytes(t, x))
+    np.testing.assert_array_equal(got, gguf_bytes(t, x))
     # batched input
     xb = x[:6].reshape(2, 3, 256)
     np.testing.assert_array_equal(quantize(xb, t), got[:6].reshape(2, 3, -1))
@@ -126,7 +102,7 @@ def test_quantize_bf16_specials_match_gguf():
     bits = np.array([0x7F800000, 0xFF800000, 0x7F800001, 0xFFFFFFFF, 0x7FC00000, 0x00000001,
                      0x3F808000, 0x3F818000, 0x7F7FFFFF, 0xFF7FFFFF, 0x80000000, 0], dtype=np.uint32)
     x = bits.view(np.float32).reshape(1, -1)
-    np.testing.assert_array_equal(quantize(x, GGMLType.BF16), _gguf_bytes(GGMLType.BF16, x))
+    np.testing.assert_array_equal(quantize(x, GGMLType.BF16), gguf_bytes(GGMLType.BF16, x))
 
 
 @pytest.mark.parametrize("t, levels", [(GGMLType.Q8_0, 127), (GGMLType.Q4_0, 8)], ids=["Q8_0", "Q4_0"])
@@ -177,7 +153,7 @@ def test_ggml_type_names():
 def test_qtensor(t):
     rng = np.random.default_rng(400 + int(t))
     n, k = 9, 512
-    raw = _make_raw(t, n, k, rng)
+    raw = make_blocks(t, n, k, rng)
     qt = QTensor(raw, int(t), (n, k))
     assert qt.ggml_type is t and qt.type_name == t.name and qt.nbytes == raw.nbytes
     ref = _reference(t, raw).reshape(n, k)

@@ -1,0 +1,74 @@
+"""kernels/cpu (numba) against gguf-py dequantization + NumPy matmul, for every type, thread count and shape."""
+import numba
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as GQ
+from gguf import quants as gq
+
+from kernels import cpu, ops
+from kernels.cpu import quant_kernels
+from kernels.qtensor import QTensor
+from kernels.quants import SUPPORTED, GGMLType
+from quant_blocks import K_QUANTS, make_blocks
+
+TYPES = sorted(SUPPORTED - {GGMLType.F32})
+pytestmark = pytest.mark.skipif(not cpu.available, reason="numba kernels unavailable (ENGINE_KERNELS=numpy)")
+
+
+def reference(t, raw):
+    return gq.dequantize(np.ascontiguousarray(raw), GQ(int(t)))
+
+
+def weights(t, n, k, seed=0):
+    raw = make_blocks(t, n, k, np.random.default_rng(seed + int(t)))
+    return QTensor(raw, t, (n, k)), reference(t, raw).reshape(n, k)
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(request.param, numba.config.NUMBA_NUM_THREADS))
+    yield
+    numba.set_num_threads(before)
+
+
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+def test_dequantize_rows_bit_exact(t, threads):
+    w, ref = weights(t, 7, 512 if t in K_QUANTS else 96)
+    out = np.empty(ref.shape, np.float32)
+    quant_kernels.dequantize_rows(w.raw, int(t), out)
+    np.testing.assert_array_equal(out.view(np.uint32), ref.view(np.uint32))
+
+
+@pytest.mark.parametrize("T", [1, 3, 17])
+@pytest.mark.parametrize("n", [1, 5, 67])
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+def test_matmul_transb_matches_dequantized_reference(t, n, T, threads):
+    k = 512 if t in K_QUANTS else 160
+    w, ref = weights(t, n, k)
+    x = np.random.default_rng(T).standard_normal((T, k)).astype(np.float32)
+    expected = x.astype(np.float64) @ ref.T.astype(np.float64)
+    got = cpu.matmul_transb(x, w)
+    scale = np.abs(x).astype(np.float64) @ np.abs(ref).T.astype(np.float64)  # bound on rounding growth
+    assert got.shape == (T, n) and got.dtype == np.float32
+    assert np.all(np.abs(got - expected) <= 1e-5 * scale + 1e-30)
+
+
+def test_prefill_uses_several_tiles(monkeypatch):
+    monkeypatch.setattr(cpu, "TILE_BYTES", 3 * 256 * 4)  # 3 rows per tile, so 67 rows need 23 tiles
+    w, ref = weights(GGMLType.Q4_K, 67, 256)
+    x = np.random.default_rng(0).standard_normal((4, 256)).astype(np.float32)
+    np.testing.assert_allclose(cpu.matmul_transb(x, w), x @ ref.T, rtol=1e-4, atol=1e-4)
+
+
+def test_ops_dispatches_to_the_fast_path_and_the_reference_agrees(monkeypatch):
+    w, ref = weights(GGMLType.Q6_K, 9, 256)
+    x = np.random.default_rng(1).standard_normal((1, 256)).astype(np.float32)
+    fast = ops.matmul_transb(x, w)
+    monkeypatch.setattr(cpu, "available", False)
+    slow = ops.matmul_transb(x, w)
+    np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-4)
+    ids = np.array([0, 8, 3])
+    np.testing.assert_array_equal(ops.embedding(ids, w), ref[ids])
+    monkeypatch.setattr(cpu, "available", True)
+    np.testing.assert_array_equal(ops.embedding(ids, w), ref[ids])
