@@ -31,7 +31,7 @@ _NUMPY = {
     GGUFValueType.UINT32: "<u4", GGUFValueType.INT32: "<i4", GGUFValueType.FLOAT32: "<f4", GGUFValueType.BOOL: "?",
     GGUFValueType.UINT64: "<u8", GGUFValueType.INT64: "<i8", GGUFValueType.FLOAT64: "<f8",
 }
-SPLIT_NAME = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+SPLIT_NAME = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -134,17 +134,24 @@ def _parse(path: Path, buf) -> tuple[dict, list[TensorInfo]]:
     return metadata, infos
 
 
+def split_gguf_parts(name: str) -> list[str] | None:
+    """`m-00002-of-00003.gguf` → the names of all three parts in order; None when name is not a split part."""
+    m = SPLIT_NAME.match(name)
+    if not m or not 1 <= int(m["no"]) <= int(m["count"]):
+        return None
+    return [f"{m['stem']}-{i:05d}-of-{m['count']}.gguf" for i in range(1, int(m["count"]) + 1)]
+
+
 def split_parts(path: Path) -> list[Path]:
-    """All parts of a split GGUF given any one part (`name-00002-of-00003.gguf`), in order; [path] otherwise."""
-    m = SPLIT_NAME.match(path.name)
-    if not m:
+    """All parts of a split GGUF given any one part, in order (each must exist); [path] otherwise."""
+    names = split_gguf_parts(path.name)
+    if names is None:
         return [path]
-    count = int(m["count"])
-    parts = [path.with_name(f"{m['stem']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+    parts = [path.with_name(n) for n in names]
     missing = [p.name for p in parts if not p.exists()]
     if missing:
-        raise ModelFileError(f"{path}: split GGUF is missing part(s) {', '.join(missing)}; put all {count} parts "
-                             "in the same directory.")
+        raise ModelFileError(f"{path}: split GGUF is missing part(s) {', '.join(missing)}; put all {len(parts)} "
+                             "parts in the same directory.")
     return parts
 
 

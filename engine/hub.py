@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import ModelFileError, ModelNotFoundError
+from engine.gguf import split_gguf_parts, split_parts
 
 __all__ = [
     "ModelSpec",
@@ -289,20 +290,7 @@ class ModelSource:
         return bool(self.gguf_paths)
 
 
-_SPLIT_RE = re.compile(r"^(?P<stem>.*)-(?P<idx>\d{5})-of-(?P<n>\d{5})\.gguf$", re.IGNORECASE)
 _REPO_RE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.\-]*/[\w.\-]+)(?::(?P<file>[^:]+))?$")
-
-
-def split_gguf_parts(name: str) -> list[str] | None:
-    """``"m-00002-of-00003.gguf"`` -> the three part names in order; None when not a split name."""
-    m = _SPLIT_RE.match(name)
-    if not m:
-        return None
-    n = int(m["n"])
-    width = len(m["idx"])
-    if n < 1 or int(m["idx"]) < 1 or int(m["idx"]) > n:
-        return None
-    return [f"{m['stem']}-{i:0{width}d}-of-{m['n']}.gguf" for i in range(1, n + 1)]
 
 
 def resolve(model: str | os.PathLike | None = None, *, registry: Registry | None = None,
@@ -391,21 +379,6 @@ def _resolve_repo(repo: str, filename: str | None, *, model_id: str) -> ModelSou
 # --- local paths -------------------------------------------------------------------------------------------
 
 
-def _gguf_parts_local(path: Path) -> list[Path]:
-    names = split_gguf_parts(path.name)
-    if names is None:
-        return [path]
-    parts = [path.parent / n for n in names]
-    missing = [p for p in parts if not p.is_file()]
-    if missing:
-        raise ModelFileError(
-            f"split GGUF {path.name}: part {missing[0]} is missing"
-            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-            + f"; all {len(parts)} parts must sit in {path.parent}."
-        )
-    return parts
-
-
 def _tokenizer_dir_of(d: Path) -> Path | None:
     return d if any((d / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")) else None
 
@@ -443,7 +416,7 @@ def _resolve_local(path: Path) -> ModelSource:
     path = path.resolve()
     if path.is_file():
         if path.suffix.lower() == ".gguf":
-            parts = _gguf_parts_local(path)
+            parts = split_parts(path)
             return ModelSource(id=str(parts[0]), gguf_paths=parts, tokenizer_dir=_tokenizer_dir_of(path.parent))
         if path.name == "config.json" or path.suffix == ".safetensors":
             return _resolve_local(path.parent)
@@ -454,7 +427,7 @@ def _resolve_local(path: Path) -> ModelSource:
     ggufs = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".gguf")
     firsts = [p for p in ggufs if split_gguf_parts(p.name) is None or split_gguf_parts(p.name)[0] == p.name]
     if len(firsts) == 1:
-        parts = _gguf_parts_local(firsts[0])
+        parts = split_parts(firsts[0])
         return ModelSource(id=str(parts[0]), gguf_paths=parts, tokenizer_dir=_tokenizer_dir_of(path))
     if not firsts:
         raise ModelFileError(f"{path} holds neither config.json (HF-style model) nor a .gguf file")
