@@ -148,15 +148,13 @@ def main(argv=None) -> None:
         write_weights(hf_dir / "model.safetensors")
 
     q8, q4, f16 = (out / f"{NAME}-{t}.gguf" for t in ("Q8_0", "Q4_K_M", "F16"))
-    if not q8.exists() or not q4.exists():
-        lcpp = llama_cpp_dir(args.llama_cpp_dir)
-        if not q8.exists():
-            convert(lcpp, hf_dir, q8, "q8_0")
-        if not q4.exists():
-            if not f16.exists():
-                convert(lcpp, hf_dir, f16, "f16")
-            quantize(f16, q4)
-            f16.unlink()
+    if not q8.exists():
+        convert(llama_cpp_dir(args.llama_cpp_dir), hf_dir, q8, "q8_0")
+    if not q4.exists():
+        if not f16.exists():
+            convert(llama_cpp_dir(args.llama_cpp_dir), hf_dir, f16, "f16")
+        quantize(f16, q4)
+        f16.unlink()
     for p in [*sorted(hf_dir.iterdir()), q8, q4]:
         print(f"{p.stat().st_size / 1e6:10.1f} MB  {p}")
 

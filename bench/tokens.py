@@ -4,8 +4,8 @@
         [--vs llama.cpp] [--vs transformers] [--hf-dir DIR] [--json out.json]
 
 Each engine runs in its own subprocess (so peak RSS is its own) on the same prompt: prompt-len pseudo-random
-ordinary token ids. Every engine first runs a short warm-up (8-token prompt, 2 decode steps) that is not timed:
-numba compilation and cache loading, first-call allocations. Then, best of --repeat runs on a fresh cache:
+ordinary token ids. Every engine first runs an untimed warm-up (the same prefill, then 2 decode steps): numba
+compilation and cache loading, first-call allocations. Then, best of --repeat runs on a fresh cache:
     prefill: one forward over the prompt, and the argmax of its last logits (time to first token);
     decode:  gen single-token forwards, each fed the previous argmax (greedy; end-of-sequence is ignored).
 GB/s = weight bytes read per decoded token × decode tok/s, next to a read bandwidth measured here (a parallel
@@ -17,6 +17,7 @@ the model itself when it is an HF directory; a GGUF is dequantized by transforme
 import argparse
 import importlib.util
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 ENGINES = ("ours", "llama.cpp", "transformers")
-WARMUP_PROMPT, WARMUP_GEN = 8, 2
+WARMUP_GEN = 2
 
 
 def prompt_ids(n: int, vocab: int) -> list[int]:
@@ -38,8 +39,7 @@ def prompt_ids(n: int, vocab: int) -> list[int]:
 
 def timed_runs(first_token, next_token, ids: list[int], gen: int, repeat: int) -> dict:
     """first_token(ids) -> argmax after a fresh prefill; next_token(tok) -> argmax after one more token."""
-    first_token(ids[:WARMUP_PROMPT])
-    tok = 0
+    tok = first_token(ids)  # warm-up, same shapes as the timed runs
     for _ in range(WARMUP_GEN):
         tok = next_token(tok)
     prefill, decode = [], []
@@ -107,10 +107,9 @@ def run_llama_cpp(path: str, a) -> dict:
 
 
 def run_transformers(path: str, a) -> dict:
+    os.environ["TQDM_DISABLE"] = "1"  # transformers' loading progress bars
     import torch
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging
-    logging.disable_progress_bar()
     torch.set_num_threads(a.threads)
 
     t0 = time.perf_counter()
@@ -166,7 +165,7 @@ def spawn(engine: str, path: str, a) -> dict | None:
 
 
 def read_bandwidth(threads: int, mb: int = 400) -> float:
-    """GB/s of a parallel sum over a float32 array of mb MB, best of 5."""
+    """GB/s of a parallel sum over a float32 array of mb MB, best of 10 (it varies run to run on a shared host)."""
     import numba
     numba.set_num_threads(threads)
 
@@ -180,16 +179,17 @@ def read_bandwidth(threads: int, mb: int = 400) -> float:
     a = np.ones(mb * 2**20 // 4, dtype=np.float32)
     total(a)
     best = float("inf")
-    for _ in range(5):
+    for _ in range(10):
         t0 = time.perf_counter()
         total(a)
         best = min(best, time.perf_counter() - t0)
     return a.nbytes / best / 1e9
 
 
-def report(results: dict, bw: float, a, model: str) -> dict:
+def report(results: dict, bw: float, load: float, a, model: str) -> dict:
     print(f"\nmodel {model} | prompt {a.prompt_len} tokens, {a.gen} generated | {a.threads} threads | best of "
-          f"{a.repeat} | warm-up excluded | measured read bandwidth {bw:.1f} GB/s")
+          f"{a.repeat} | warm-up excluded | measured read bandwidth {bw:.1f} GB/s | load average before "
+          f"{load:.2f}")
     print(f"{'engine':<13} {'prefill tok/s':>13} {'decode tok/s':>12} {'weights MB':>10} {'GB/s':>6} {'% bw':>5} "
           f"{'peak RSS MB':>11} {'load s':>6}")
     for name, r in results.items():
@@ -207,7 +207,7 @@ def report(results: dict, bw: float, a, model: str) -> dict:
                 print(f"ours / {peer}: prefill {x['prefill_tps']:.2f}x, decode {x['decode_tps']:.2f}x, "
                       f"peak RSS {x['peak_rss_mb']:.2f}x")
     return {"model": model, "prompt_len": a.prompt_len, "gen": a.gen, "threads": a.threads, "repeat": a.repeat,
-            "read_bandwidth_gbs": bw, "llama_cpp_kv_type": "f16 (default)", "transformers_dtype": "float32",
+            "read_bandwidth_gbs": bw, "load_average_before": load, "llama_cpp_kv_type": "f16 (default)", "transformers_dtype": "float32",
             "results": results, "ratios": ratios}
 
 
@@ -244,6 +244,7 @@ def main(argv=None) -> None:
             print(f"{peer}: skipped ({REQUIRES[peer]} cannot be imported; pip install -e '.[bench]')")
             engines.remove(peer)
 
+    load = os.getloadavg()[0]  # other work on the machine skews every figure
     bw = read_bandwidth(a.threads)
     results = {}
     for e in engines:
@@ -251,7 +252,7 @@ def main(argv=None) -> None:
         r = spawn(e, paths[e], a)
         if r:
             results[e] = r
-    out = report(results, bw, a, model_path)
+    out = report(results, bw, load, a, model_path)
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=2) + "\n")
 

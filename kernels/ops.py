@@ -144,6 +144,14 @@ def matmul_transb(x, w):
     return out
 
 
+def matmul_transb_many(x, ws):
+    """[x @ wᵀ for w in ws]: projections sharing one input (q/k/v, gate/up), fused into one launch when the
+    compiled kernels can."""
+    if cpu.available and isinstance(x, np.ndarray) and all(isinstance(w, QTensor) for w in ws):
+        return cpu.matmul_transb_many(x, ws)
+    return [matmul_transb(x, w) for w in ws]
+
+
 def embedding(ids, table):
     """Rows of the embedding table. ids: [T] int; table: [V, D] float32 array or QTensor → [T, D] float32."""
     if isinstance(table, QTensor):

@@ -6,8 +6,8 @@ between the members are flags of ModelConfig, not copies of the forward.
 import numpy as np
 
 from kernels import backend
-from kernels.ops import (attention, embedding, matmul_transb, rms_norm, rope, rope_cos_sin, rope_inv_freq,
-                         swiglu)
+from kernels.ops import (attention, embedding, matmul_transb, matmul_transb_many, rms_norm, rope, rope_cos_sin,
+                         rope_inv_freq, swiglu)
 from models.config import ModelConfig
 
 
@@ -54,7 +54,7 @@ class Llama:
         cos, sin = rope_cos_sin(positions, self.inv_freq)
         for i, w in enumerate(self.layers):
             h = rms_norm(x, w["attn_norm"], c.rms_eps)
-            q, k, v = (matmul_transb(h, w[n]) for n in ("attn_q", "attn_k", "attn_v"))
+            q, k, v = matmul_transb_many(h, [w["attn_q"], w["attn_k"], w["attn_v"]])
             if c.qkv_bias:
                 q, k, v = q + w["attn_q_bias"], k + w["attn_k_bias"], v + w["attn_v_bias"]
             q = q.reshape(t, c.n_heads, c.head_dim)
@@ -70,8 +70,7 @@ class Llama:
             a = attention(q, keys, values, start, c.sliding_window)
             x = x + matmul_transb(a.reshape(t, c.n_heads * c.head_dim), w["attn_output"])
             h = rms_norm(x, w["ffn_norm"], c.rms_eps)
-            x = x + matmul_transb(swiglu(matmul_transb(h, w["ffn_gate"]), matmul_transb(h, w["ffn_up"])),
-                                  w["ffn_down"])
+            x = x + matmul_transb(swiglu(*matmul_transb_many(h, [w["ffn_gate"], w["ffn_up"]])), w["ffn_down"])
         cache.length = start + t
         if last_only:
             x = x[-1:]

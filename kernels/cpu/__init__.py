@@ -8,6 +8,10 @@ import os
 
 import numpy as np
 
+# Idle OpenMP workers must sleep, not spin: with as many threads as cores, spinning workers starve the thread
+# that has work, and back-to-back kernel launches then take a scheduler time slice (~8 ms) each.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 try:
     from kernels.cpu import quant_kernels
 except ImportError:  # numba missing or broken: the NumPy path runs
@@ -18,16 +22,27 @@ TILE_BYTES = 8 << 20  # float32 rows dequantized per BLAS call in prefill
 _tile = np.empty(0, np.float32)
 
 
+def matmul_transb_many(x: np.ndarray, ws: list) -> list[np.ndarray]:
+    """[x @ wᵀ for w in ws] for QTensors sharing x: [T, K] float32. One token: a single parallel mat-vec launch
+    over all the matrices (q/k/v, gate/up)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.shape[0] != 1:
+        return [matmul_transb(x, w) for w in ws]
+    outs = tuple(np.empty((1, w.shape[0]), dtype=np.float32) for w in ws)
+    quant_kernels.matvec(tuple(w.raw for w in ws), tuple(int(w.ggml_type) for w in ws), x[0],
+                         tuple(o[0] for o in outs))
+    return list(outs)
+
+
 def matmul_transb(x: np.ndarray, w) -> np.ndarray:
     """x: [T, K] float32, w: QTensor [N, K] → x @ wᵀ: [T, N] float32."""
     global _tile
     n, k = w.shape
-    t = int(w.ggml_type)
     x = np.ascontiguousarray(x, dtype=np.float32)
-    out = np.empty((x.shape[0], n), dtype=np.float32)
     if x.shape[0] == 1:
-        quant_kernels.matvec(w.raw, t, x[0], out[0])
-        return out
+        return matmul_transb_many(x, [w])[0]
+    t = int(w.ggml_type)
+    out = np.empty((x.shape[0], n), dtype=np.float32)
     rows = max(1, min(n, TILE_BYTES // (4 * k)))
     if _tile.size < rows * k:
         _tile = np.empty(rows * k, np.float32)

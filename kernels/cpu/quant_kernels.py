@@ -370,17 +370,23 @@ def dequantize_rows(raw, t, out):
         dequantize_row(t, raw[r], out[r])
 
 
-@njit(parallel=True, cache=True)
-def matvec(raw, t, x, out):
-    """out[n] = Σ_k W[n, k]·x[k] with W: [N, row_bytes] uint8 of type t, x: [K] float32, out: [N] float32.
+CHUNKS = 32  # row chunks per matrix: the unit of work handed to a thread
 
-    Fused: each weight is unpacked in registers and multiplied into 32 running float32 sums, so every weight
-    byte is read from memory once. Rows are split into chunks, one scratch set per chunk.
+
+@njit(parallel=True, cache=True)
+def matvec(raws, types, x, outs):
+    """outs[i][n] = Σ_k W_i[n, k]·x[k] for several matrices sharing the input x, in one parallel launch.
+
+    raws: tuple of [N_i, row_bytes_i] uint8; types: tuple of GGML type ids; x: [K] float32; outs: tuple of [N_i]
+    float32. Fused: each weight is unpacked in registers and multiplied into 32 running float32 sums, so every
+    weight byte is read from memory once.
     """
-    n, k = raw.shape[0], x.shape[0]
-    chunks = min(n, 64)
-    for c in prange(chunks):
+    k = x.shape[0]
+    for c in prange(len(raws) * CHUNKS):
+        i, part = c // CHUNKS, c % CHUNKS
+        raw, out = raws[i], outs[i]
+        n = raw.shape[0]
         acc = np.empty(32, np.float32)
         buf = np.empty(k, np.float32)
-        for r in range(c * n // chunks, (c + 1) * n // chunks):
-            out[r] = dot_row(t, raw[r], x, acc, buf)
+        for r in range(part * n // CHUNKS, (part + 1) * n // CHUNKS):
+            out[r] = dot_row(types[i], raw[r], x, acc, buf)
