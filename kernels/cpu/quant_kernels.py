@@ -2,13 +2,15 @@
 
 One `_row_<type>(row, out)` per type turns a row of stored blocks (uint8) into float32; the mat-vec and the tile
 dequantizer call it per row, spread over rows on all threads. kernels/quants.py holds the NumPy twins and the
-block layouts; the tests check both agree. Activations stay float32: no activation quantization here.
+block layouts; the tests check both agree. Activations stay float32: no activation quantization here. The fused dot of the common types
+is built from the explicit-vector primitives of kernels/cpu/simd.py.
 
 f16 scales are read through a 65536-entry table (as ggml does), so no float16 arithmetic is needed.
 """
 import numpy as np
 from numba import njit, prange
 
+from kernels.cpu.simd import fma_int8_32, fma_nibble_16, fma_nibble_32, fma_nibble_high_bit_32, fma_six_bit_16
 from kernels.quants import GGMLType
 
 F16_TABLE = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
@@ -179,39 +181,35 @@ def _row_bf16(row, out):
         bits[j] = (np.uint32(row[2 * j]) << 16) | (np.uint32(row[2 * j + 1]) << 24)
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, inline="always")
+def _i8(v):
+    """uint8 byte → its int8 value."""
+    return (np.int32(v) ^ 128) - 128
+
+
+@njit(cache=True)
 def _dot_q8_0(row, x, acc):
     for b in range(x.shape[0] // 32):
         o = b * 34
-        d = _f16(row, o)
-        q = row[o + 2:o + 34].view(np.int8)
-        xs = x[b * 32:b * 32 + 32]
-        for j in range(32):
-            acc[j] += d * np.float32(q[j]) * xs[j]
+        fma_int8_32(acc, row, o + 2, x, b * 32, _f16(row, o), np.float32(0.0))
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True)
 def _dot_q4_0(row, x, acc):
     for b in range(x.shape[0] // 32):
         o = b * 18
         d = _f16(row, o)
-        q = row[o + 2:o + 18]
-        xs = x[b * 32:b * 32 + 32]
-        for j in range(16):
-            acc[j] += d * np.float32((np.int32(q[j]) & 15) - 8) * xs[j]
-            acc[16 + j] += d * np.float32((np.int32(q[j]) >> 4) - 8) * xs[16 + j]
+        fma_nibble_16(acc, row, o + 2, 0, x, b * 32, d, np.float32(-8.0) * d)
+        fma_nibble_16(acc, row, o + 2, 4, x, b * 32 + 16, d, np.float32(-8.0) * d)
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True)
 def _dot_q4_1(row, x, acc):
     for b in range(x.shape[0] // 32):
         o = b * 20
         d, m = _f16(row, o), _f16(row, o + 2)
-        q = row[o + 4:o + 20]
-        xs = x[b * 32:b * 32 + 32]
-        for j in range(16):
-            acc[j] += (d * np.float32(np.int32(q[j]) & 15) + m) * xs[j]
-            acc[16 + j] += (d * np.float32(np.int32(q[j]) >> 4) + m) * xs[16 + j]
+        fma_nibble_16(acc, row, o + 4, 0, x, b * 32, d, m)
+        fma_nibble_16(acc, row, o + 4, 4, x, b * 32 + 16, d, m)
 
 
 @njit(cache=True, fastmath=True)
@@ -244,7 +242,7 @@ def _dot_q5_1(row, x, acc):
             acc[16 + j] += (d * np.float32((np.int32(q[j]) >> 4) | h1) + m) * xs[16 + j]
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True)
 def _dot_q4_k(row, x, acc):
     for b in range(x.shape[0] // 256):
         o = b * 144
@@ -252,60 +250,39 @@ def _dot_q4_k(row, x, acc):
         for i in range(4):
             sc1, m1 = _scale_min_k4(row, o + 4, 2 * i)
             sc2, m2 = _scale_min_k4(row, o + 4, 2 * i + 1)
-            d1, dm1 = d * np.float32(sc1), dmin * np.float32(m1)
-            d2, dm2 = d * np.float32(sc2), dmin * np.float32(m2)
-            q = row[o + 16 + 32 * i:o + 48 + 32 * i]
-            xa = x[b * 256 + 64 * i:b * 256 + 64 * i + 32]
-            xb = x[b * 256 + 64 * i + 32:b * 256 + 64 * i + 64]
-            for j in range(32):
-                acc[j] += (d1 * np.float32(np.int32(q[j]) & 15) - dm1) * xa[j]
-                acc[j] += (d2 * np.float32(np.int32(q[j]) >> 4) - dm2) * xb[j]
+            q, y = o + 16 + 32 * i, b * 256 + 64 * i
+            fma_nibble_32(acc, row, q, 0, x, y, d * np.float32(sc1), -(dmin * np.float32(m1)))
+            fma_nibble_32(acc, row, q, 4, x, y + 32, d * np.float32(sc2), -(dmin * np.float32(m2)))
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True)
 def _dot_q5_k(row, x, acc):
     for b in range(x.shape[0] // 256):
         o = b * 176
         d, dmin = _f16(row, o), _f16(row, o + 2)
-        qh = row[o + 16:o + 48]
         for i in range(4):
             sc1, m1 = _scale_min_k4(row, o + 4, 2 * i)
             sc2, m2 = _scale_min_k4(row, o + 4, 2 * i + 1)
-            d1, dm1 = d * np.float32(sc1), dmin * np.float32(m1)
-            d2, dm2 = d * np.float32(sc2), dmin * np.float32(m2)
-            q = row[o + 48 + 32 * i:o + 80 + 32 * i]
-            xa = x[b * 256 + 64 * i:b * 256 + 64 * i + 32]
-            xb = x[b * 256 + 64 * i + 32:b * 256 + 64 * i + 64]
-            for j in range(32):
-                h = np.int32(qh[j]) >> (2 * i)
-                acc[j] += (d1 * np.float32((np.int32(q[j]) & 15) | ((h & 1) << 4)) - dm1) * xa[j]
-                acc[j] += (d2 * np.float32((np.int32(q[j]) >> 4) | ((h & 2) << 3)) - dm2) * xb[j]
+            q, y = o + 48 + 32 * i, b * 256 + 64 * i
+            fma_nibble_high_bit_32(acc, row, q, 0, o + 16, 2 * i, x, y, d * np.float32(sc1),
+                                   -(dmin * np.float32(m1)))
+            fma_nibble_high_bit_32(acc, row, q, 4, o + 16, 2 * i + 1, x, y + 32, d * np.float32(sc2),
+                                   -(dmin * np.float32(m2)))
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True)
 def _dot_q6_k(row, x, acc):
     for b in range(x.shape[0] // 256):
         o = b * 210
         d = _f16(row, o + 208)
         for n in range(2):
-            sc = row[o + 192 + 8 * n:o + 200 + 8 * n].view(np.int8)
-            y = b * 256 + 128 * n
+            sc, y = o + 192 + 8 * n, b * 256 + 128 * n
             for half in range(2):
-                lo = row[o + 64 * n + 16 * half:o + 64 * n + 16 * half + 16]
-                hi = row[o + 64 * n + 32 + 16 * half:o + 64 * n + 48 + 16 * half]
-                hb = row[o + 128 + 32 * n + 16 * half:o + 144 + 32 * n + 16 * half]
-                s1, s2 = d * np.float32(sc[half]), d * np.float32(sc[half + 2])
-                s3, s4 = d * np.float32(sc[half + 4]), d * np.float32(sc[half + 6])
-                x1 = x[y + 16 * half:y + 16 * half + 16]
-                x2 = x[y + 32 + 16 * half:y + 48 + 16 * half]
-                x3 = x[y + 64 + 16 * half:y + 80 + 16 * half]
-                x4 = x[y + 96 + 16 * half:y + 112 + 16 * half]
-                for j in range(16):
-                    a, c, h = np.int32(lo[j]), np.int32(hi[j]), np.int32(hb[j])
-                    acc[j] += s1 * np.float32(((a & 15) | ((h & 3) << 4)) - 32) * x1[j]
-                    acc[16 + j] += s2 * np.float32(((c & 15) | (((h >> 2) & 3) << 4)) - 32) * x2[j]
-                    acc[j] += s3 * np.float32(((a >> 4) | (((h >> 4) & 3) << 4)) - 32) * x3[j]
-                    acc[16 + j] += s4 * np.float32(((c >> 4) | (((h >> 6) & 3) << 4)) - 32) * x4[j]
+                lo, hi, h = o + 64 * n + 16 * half, o + 64 * n + 32 + 16 * half, o + 128 + 32 * n + 16 * half
+                for g in range(4):  # the four 16-value groups sharing these bytes
+                    s = d * np.float32(_i8(row[sc + half + 2 * g]))
+                    fma_six_bit_16(acc, row, lo if g % 2 == 0 else hi, 4 * (g // 2), h, 2 * g, x,
+                                   y + 32 * g + 16 * half, s, np.float32(-32.0) * s)
 
 
 @njit(cache=True)
