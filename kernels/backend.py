@@ -25,11 +25,12 @@ def set_threads(n: int | None) -> int:
     import os
     from threadpoolctl import threadpool_limits
     n = max(1, min(n or os.cpu_count() or 1, os.cpu_count() or 1))
-    threadpool_limits(n)
     from kernels import cpu
-    if cpu.available:
+    if cpu.available:  # the compiled kernels own the threads; BLAS stays at one (see kernels/cpu)
         import numba
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    else:
+        threadpool_limits(n, user_api="blas")
     return n
 
 

@@ -112,12 +112,12 @@ def attention(q, k, v, start: int, window: int | None = None):
     qg = q.reshape(t, h_kv, group, dh).transpose(1, 2, 0, 3).reshape(h_kv, group * t, dh)
     scores = (qg @ k.transpose(0, 2, 1)) * np.float32(1.0 / np.sqrt(dh))  # [H_kv, G*T, S]
     scores = scores.reshape(h_kv, group, t, s)
-    q_pos = xp.arange(start, start + t)[:, None]
-    k_pos = xp.arange(s)[None, :]
-    allowed = k_pos <= q_pos
-    if window is not None:
-        allowed &= k_pos > q_pos - window
-    if not bool(allowed.all()):
+    if t > 1 or (window is not None and s > window):  # one query at the end of the cache sees every key
+        q_pos = xp.arange(start, start + t)[:, None]
+        k_pos = xp.arange(s)[None, :]
+        allowed = k_pos <= q_pos
+        if window is not None:
+            allowed &= k_pos > q_pos - window
         scores = xp.where(allowed, scores, np.float32(-np.inf))
     probs = softmax(scores).reshape(h_kv, group * t, s)
     out = probs @ v  # [H_kv, G*T, Dh]

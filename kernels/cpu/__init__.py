@@ -18,6 +18,11 @@ except ImportError:  # numba missing or broken: the NumPy path runs
     quant_kernels = None
 
 available = quant_kernels is not None and os.environ.get("ENGINE_KERNELS", "numba") != "numpy"
+if available:
+    # BLAS runs single-threaded beside the kernels' own threads: OpenBLAS workers spin after each call and, with
+    # as many threads as cores, starve the kernels' threads (prefill ran 12x slower).
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(1, user_api="blas")
 TILE_BYTES = 8 << 20  # float32 rows dequantized per BLAS call in prefill
 _tile = np.empty(0, np.float32)
 

@@ -14,6 +14,7 @@ from numba import types
 from numba.extending import intrinsic
 
 _F32, _I8, _I32 = ir.FloatType(), ir.IntType(8), ir.IntType(32)
+_FMA = ("contract",)  # let LLVM fuse multiply-adds
 
 
 def _splat(builder, value, n):
@@ -30,11 +31,12 @@ def _pointer(context, builder, arrtype, arr, offset, elem, n):
 
 
 def _field(context, builder, arrtype, arr, offset, shift, mask, n):
-    """(row[offset : offset+n] >> shift) & mask, as <n x i32>; shift is a runtime int."""
+    """(row[offset : offset+n] >> shift) & mask, as <n x i32>; shift is a runtime int. Shift and mask act on the
+    bytes, before widening."""
     v = builder.load(_pointer(context, builder, arrtype, arr, offset, _I8, n), align=1)
-    v = builder.zext(v, ir.VectorType(_I32, n))
-    v = builder.lshr(v, _splat(builder, builder.trunc(shift, _I32), n))
-    return builder.and_(v, _splat(builder, ir.Constant(_I32, mask), n))
+    v = builder.lshr(v, _splat(builder, builder.trunc(shift, _I8), n))
+    v = builder.and_(v, _splat(builder, ir.Constant(_I8, mask), n))
+    return builder.zext(v, ir.VectorType(_I32, n))
 
 
 def _make(n, unpack, n_offsets):
@@ -53,10 +55,11 @@ def _make(n, unpack, n_offsets):
         x, xo, d, m = args[2 + n_offsets:]
         q = unpack(context, builder, sig.args[1], row, ints, n)
         q = builder.sitofp(q, ir.VectorType(_F32, n))
-        w = builder.fadd(builder.fmul(q, _splat(builder, d, n)), _splat(builder, m, n))
+        w = builder.fadd(builder.fmul(q, _splat(builder, d, n), flags=_FMA), _splat(builder, m, n), flags=_FMA)
         xv = builder.load(_pointer(context, builder, sig.args[2 + n_offsets], x, xo, _F32, n), align=4)
         acc_ptr = _pointer(context, builder, sig.args[0], acc, ir.Constant(ir.IntType(64), 0), _F32, n)
-        builder.store(builder.fadd(builder.load(acc_ptr, align=4), builder.fmul(w, xv)), acc_ptr, align=4)
+        total = builder.fadd(builder.load(acc_ptr, align=4), builder.fmul(w, xv, flags=_FMA), flags=_FMA)
+        builder.store(total, acc_ptr, align=4)
         return context.get_dummy_value()
 
     typer.__name__ = unpack.__name__
