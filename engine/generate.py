@@ -1,6 +1,5 @@
 """The streaming generate loop, and the command line: `python -m engine.generate --prompt TEXT`."""
 import argparse
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -122,11 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from kernels import backend
-    backend.set_threads(args.threads or int(os.environ.get("ENGINE_THREADS", 0)) or None)
     import engine
+    from kernels import backend
     try:
-        llm = engine.load(args.model, n_ctx=args.ctx_size)
+        llm = engine.load(args.model, n_ctx=args.ctx_size, threads=args.threads)
         print(f"loaded {llm.source.id} ({llm.config.arch}, {llm.weight_bytes / 1e6:.0f} MB) in {llm.load_s:.2f} s; "
               f"{backend.describe()}", file=sys.stderr)
         use_chat = args.chat if args.chat is not None else llm.template is not None

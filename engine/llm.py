@@ -1,4 +1,5 @@
 """The public API: `engine.load(model)` → `LLM` with tokenizer, logits() and a streaming generate()."""
+import os
 import time
 from collections.abc import Iterator, Sequence
 
@@ -10,6 +11,7 @@ from engine.generate import GenerationStats, stream_text
 from engine.kvcache import KVCache
 from engine.loader import load_source
 from engine.sampler import SamplingParams
+from kernels import backend
 
 
 class LLM:
@@ -107,10 +109,14 @@ class LLM:
         return ids
 
 
-def load(model: str | None = None, n_ctx: int | None = None) -> LLM:
+def load(model: str | None = None, n_ctx: int | None = None, threads: int | None = None) -> LLM:
     """Load a model: a registry id (`smollm2`, `qwen3.4b_q4`), a .gguf path, an HF-style directory or an HF repo
-    id (`org/name`, or `org/name:file.gguf`). None loads the embedded default (SmolLM2-135M-Instruct Q4_1)."""
+    id (`org/name`, or `org/name:file.gguf`). None loads the embedded default (SmolLM2-135M-Instruct Q4_1).
+
+    n_ctx: context length per sequence (default: the model's). threads: worker threads (default: ENGINE_THREADS,
+    else all cores)."""
     t0 = time.perf_counter()
+    backend.set_threads(threads or int(os.environ.get("ENGINE_THREADS", 0)) or None)
     source = hub.resolve(model)
     loaded = load_source(source)
     return LLM(loaded, source, n_ctx, load_s=time.perf_counter() - t0)

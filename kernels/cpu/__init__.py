@@ -1,10 +1,12 @@
 """Fast CPU kernels for quantized weights (numba), with kernels/ops.py's NumPy code as their reference.
 
 `matmul_transb(x, w)` is the entry point: one token → the fused dequantize-and-dot mat-vec; several tokens →
-rows dequantized a tile at a time into a reused float32 buffer, then BLAS. `available` says whether numba could
-be imported; ENGINE_KERNELS=numpy forces the NumPy reference path.
+rows dequantized a tile at a time into a reused float32 buffer, then BLAS. BLAS is kept single-threaded and the
+output columns of each product are split over a small thread pool instead (see below). `available` says whether
+numba could be imported; ENGINE_KERNELS=numpy forces the NumPy reference path.
 """
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -25,6 +27,32 @@ if available:
     threadpool_limits(1, user_api="blas")
 TILE_BYTES = 8 << 20  # float32 rows dequantized per BLAS call in prefill
 _tile = np.empty(0, np.float32)
+_pool: ThreadPoolExecutor | None = None
+
+
+def threads() -> int:
+    """Worker threads the kernels use (set by kernels.backend.set_threads)."""
+    import numba
+    return numba.get_num_threads()
+
+
+def matmul_f32(x: np.ndarray, w: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """x @ wᵀ for float32 x: [T, K], w: [N, K] with the N output columns split over the worker threads, each a
+    single-threaded BLAS call (NumPy releases the GIL inside it)."""
+    global _pool
+    n = w.shape[0]
+    if out is None:
+        out = np.empty((x.shape[0], n), dtype=np.float32)
+    workers = min(threads(), max(1, n // 64))
+    if workers == 1:
+        return np.matmul(x, w.T, out=out)
+    if _pool is None or _pool._max_workers < workers:
+        _pool = ThreadPoolExecutor(workers, thread_name_prefix="engine-gemm")
+    cuts = [n * i // workers for i in range(workers + 1)]
+    jobs = [_pool.submit(np.matmul, x, w[a:b].T, out=out[:, a:b]) for a, b in zip(cuts, cuts[1:])]
+    for job in jobs:
+        job.result()
+    return out
 
 
 def matmul_transb_many(x: np.ndarray, ws: list) -> list[np.ndarray]:
@@ -55,7 +83,7 @@ def matmul_transb(x: np.ndarray, w) -> np.ndarray:
         j = min(n, i + rows)
         tile = _tile[:(j - i) * k].reshape(j - i, k)
         quant_kernels.dequantize_rows(w.raw[i:j], t, tile)
-        np.matmul(x, tile.T, out=out[:, i:j])
+        matmul_f32(x, tile, out[:, i:j])
     return out
 
 
