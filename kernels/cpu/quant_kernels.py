@@ -10,7 +10,7 @@ f16 scales are read through a 65536-entry table (as ggml does), so no float16 ar
 import numpy as np
 from numba import njit, prange
 
-from kernels.cpu.simd import fma_int8_32, fma_nibble_16, fma_nibble_32, fma_nibble_high_bit_32, fma_six_bit_16
+from kernels.cpu.simd import fma_five_bit_32, fma_int8_32, fma_nibbles_16, fma_nibbles_32, fma_six_bit_16
 from kernels.quants import GGMLType
 
 F16_TABLE = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
@@ -191,7 +191,7 @@ def _i8(v):
 def _dot_q8_0(row, x, acc):
     for b in range(x.shape[0] // 32):
         o = b * 34
-        fma_int8_32(acc, row, o + 2, x, b * 32, _f16(row, o), np.float32(0.0))
+        fma_int8_32(acc, row, o + 2, x, b * 32, _f16(row, o))
 
 
 @njit(cache=True)
@@ -199,8 +199,8 @@ def _dot_q4_0(row, x, acc):
     for b in range(x.shape[0] // 32):
         o = b * 18
         d = _f16(row, o)
-        fma_nibble_16(acc, row, o + 2, 0, x, b * 32, d, np.float32(-8.0) * d)
-        fma_nibble_16(acc, row, o + 2, 4, x, b * 32 + 16, d, np.float32(-8.0) * d)
+        m = np.float32(-8.0) * d
+        fma_nibbles_16(acc, row, o + 2, x, b * 32, b * 32 + 16, d, m, d, m)
 
 
 @njit(cache=True)
@@ -208,8 +208,7 @@ def _dot_q4_1(row, x, acc):
     for b in range(x.shape[0] // 32):
         o = b * 20
         d, m = _f16(row, o), _f16(row, o + 2)
-        fma_nibble_16(acc, row, o + 4, 0, x, b * 32, d, m)
-        fma_nibble_16(acc, row, o + 4, 4, x, b * 32 + 16, d, m)
+        fma_nibbles_16(acc, row, o + 4, x, b * 32, b * 32 + 16, d, m, d, m)
 
 
 @njit(cache=True, fastmath=True)
@@ -250,9 +249,9 @@ def _dot_q4_k(row, x, acc):
         for i in range(4):
             sc1, m1 = _scale_min_k4(row, o + 4, 2 * i)
             sc2, m2 = _scale_min_k4(row, o + 4, 2 * i + 1)
-            q, y = o + 16 + 32 * i, b * 256 + 64 * i
-            fma_nibble_32(acc, row, q, 0, x, y, d * np.float32(sc1), -(dmin * np.float32(m1)))
-            fma_nibble_32(acc, row, q, 4, x, y + 32, d * np.float32(sc2), -(dmin * np.float32(m2)))
+            y = b * 256 + 64 * i
+            fma_nibbles_32(acc, row, o + 16 + 32 * i, x, y, y + 32, d * np.float32(sc1), -(dmin * np.float32(m1)),
+                           d * np.float32(sc2), -(dmin * np.float32(m2)))
 
 
 @njit(cache=True)
@@ -263,11 +262,9 @@ def _dot_q5_k(row, x, acc):
         for i in range(4):
             sc1, m1 = _scale_min_k4(row, o + 4, 2 * i)
             sc2, m2 = _scale_min_k4(row, o + 4, 2 * i + 1)
-            q, y = o + 48 + 32 * i, b * 256 + 64 * i
-            fma_nibble_high_bit_32(acc, row, q, 0, o + 16, 2 * i, x, y, d * np.float32(sc1),
-                                   -(dmin * np.float32(m1)))
-            fma_nibble_high_bit_32(acc, row, q, 4, o + 16, 2 * i + 1, x, y + 32, d * np.float32(sc2),
-                                   -(dmin * np.float32(m2)))
+            y = b * 256 + 64 * i
+            fma_five_bit_32(acc, row, o + 48 + 32 * i, o + 16, 2 * i, x, y, y + 32, d * np.float32(sc1),
+                            -(dmin * np.float32(m1)), d * np.float32(sc2), -(dmin * np.float32(m2)))
 
 
 @njit(cache=True)
@@ -276,13 +273,12 @@ def _dot_q6_k(row, x, acc):
         o = b * 210
         d = _f16(row, o + 208)
         for n in range(2):
-            sc, y = o + 192 + 8 * n, b * 256 + 128 * n
+            sc = o + 192 + 8 * n
             for half in range(2):
-                lo, hi, h = o + 64 * n + 16 * half, o + 64 * n + 32 + 16 * half, o + 128 + 32 * n + 16 * half
-                for g in range(4):  # the four 16-value groups sharing these bytes
-                    s = d * np.float32(_i8(row[sc + half + 2 * g]))
-                    fma_six_bit_16(acc, row, lo if g % 2 == 0 else hi, 4 * (g // 2), h, 2 * g, x,
-                                   y + 32 * g + 16 * half, s, np.float32(-32.0) * s)
+                fma_six_bit_16(acc, row, o + 64 * n + 16 * half, o + 64 * n + 32 + 16 * half,
+                               o + 128 + 32 * n + 16 * half, x, b * 256 + 128 * n + 16 * half,
+                               d * np.float32(_i8(row[sc + half])), d * np.float32(_i8(row[sc + half + 2])),
+                               d * np.float32(_i8(row[sc + half + 4])), d * np.float32(_i8(row[sc + half + 6])))
 
 
 @njit(cache=True)
