@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m engine.generate", description=__doc__)
     p.add_argument("--model", default=None, help="registry id, .gguf path, HF-style directory or HF repo id "
                    "(default: the embedded SmolLM2-135M-Instruct Q4_1)")
-    p.add_argument("--prompt", required=True, help="the prompt (with --chat: the user message)")
+    p.add_argument("--prompt", default=None, help="the prompt (with --chat: the user message; --chat without "
+                   "--prompt starts the interactive chat of python -m engine.chat)")
     p.add_argument("--system", default=None, help="system message (chat mode)")
     chat = p.add_mutually_exclusive_group()
     chat.add_argument("--chat", dest="chat", action="store_true", default=None,
@@ -120,7 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.prompt is None:
+        if not args.chat:
+            parser.error("--prompt is required (or pass --chat without --prompt for an interactive chat)")
+        from engine.chat import run_cli
+        return run_cli(args)
     import engine
     from kernels import backend
     try:

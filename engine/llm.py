@@ -82,6 +82,12 @@ class LLM:
         ids = self.encode_prompt(prompt)
         return self.stream(ids, self.new_cache(), params, max_tokens, stop)
 
+    def chat(self, system: str | None = None, enable_thinking: bool | None = None,
+             context_overflow: str = "truncate_oldest"):
+        """A multi-turn engine.chat.Chat whose KV cache is reused from turn to turn (see engine/chat.py)."""
+        from engine.chat import Chat
+        return Chat(self, system=system, enable_thinking=enable_thinking, context_overflow=context_overflow)
+
     def stream(self, ids: list[int], cache: KVCache, params: SamplingParams, max_tokens: int,
                stop: str | Sequence[str] | None = None) -> Iterator[str]:
         """Generate after ids, reusing whatever prefix of ids the cache already holds."""

@@ -1,0 +1,861 @@
+"""Multi-turn chat: `llm.chat()` → `Chat`, a conversation whose KV cache is reused from turn to turn.
+
+    chat = llm.chat(system="Be brief.")
+    for piece in chat.send("Hi!", max_tokens=64):          # Piece(text, kind): kind "content" | "reasoning"
+        print(piece.text, end="")
+    chat.last_usage                                         # prompt/cached/completion tokens, prefill/decode s
+
+Each turn renders the whole conversation through the model's chat template, tokenizes it, truncates the session's
+KV cache to the longest common prefix of the tokens it already holds and runs the model on the rest only. So a
+follow-up question costs its own tokens (plus whatever the template renders differently from what was generated),
+and undo / regenerate / a changed system prompt truncate the cache instead of recomputing it.
+
+Also here: `SessionStore` (many chats under one KV byte budget, least recently used caches evicted and recomputed
+on demand), Qwen3-style `<think>…</think>` reasoning split, `send_async` (generation on a worker thread, cancellable),
+save/load, and the REPL: `python -m engine.chat` (or `python -m engine.generate --chat` without `--prompt`).
+
+Cancellation (`chat.cancel()`, closing the `send` iterator early, cancelling the `send_async` task, Ctrl-C in the
+REPL): generation stops before the next token; the partial answer streamed so far stays in `messages` (so `/regen`
+and `undo` apply to it), and the cache holds exactly the tokens that were fed. A turn that is cancelled or fails
+before its first piece leaves no trace in `messages`.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine.errors import ContextOverflowError, EngineError, InvalidRequestError, TemplateError
+from engine.generate import GenerationStats, stream_text
+from engine.sampler import SamplingParams
+
+__all__ = ["Chat", "Piece", "Usage", "SessionStore", "ThinkSplitter", "main"]
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+OVERFLOW_POLICIES = ("truncate_oldest", "error")
+DEFAULT_MAX_TOKENS = 256
+_SAMPLING_DEFAULTS = dict(max_tokens=DEFAULT_MAX_TOKENS, temperature=0.0, top_k=None, top_p=None, min_p=None,
+                          repeat_penalty=1.0, repeat_last_n=64, seed=None, stop=None)
+SAVE_FORMAT = "engine-chat"
+
+# The kernels share process-wide scratch buffers and thread pools: one forward at a time in the whole process.
+# Chats (and SessionStore sessions on several threads) take this lock around every forward, so concurrent turns
+# interleave token by token.
+_COMPUTE_LOCK = threading.Lock()
+# send_async runs generation steps here: one worker thread, off the event loop.
+_WORKER: ThreadPoolExecutor | None = None
+_WORKER_LOCK = threading.Lock()
+
+
+# ---- pieces and the reasoning split -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A streamed piece of an answer. kind: "content" (the answer) or "reasoning" (inside <think>…</think>)."""
+    text: str
+    kind: str = "content"
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _partial_tail(text: str, tag: str) -> int:
+    """Length of the longest tail of text that is a proper prefix of tag (the tag may still be completing)."""
+    for k in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:k]):
+            return k
+    return 0
+
+
+class ThinkSplitter:
+    """Splits streamed text into reasoning and content at `<think>` / `</think>`, even when a tag arrives over
+    several pieces. The tags themselves are dropped, and so are the newlines right after a tag (Qwen3 writes
+    "<think>\\n…\\n</think>\\n\\n"). reasoning=True starts inside a think block (the prompt opened it)."""
+
+    def __init__(self, reasoning: bool = False):
+        self.kind = "reasoning" if reasoning else "content"
+        self._pending = ""
+        self._after_tag = reasoning
+
+    def feed(self, text: str) -> list[Piece]:
+        """Pieces completed by text (possibly none while a tag may be starting)."""
+        self._pending += text
+        out: list[Piece] = []
+        while True:
+            tag = THINK_CLOSE if self.kind == "reasoning" else THINK_OPEN
+            i = self._pending.find(tag)
+            if i < 0:
+                break
+            self._emit(out, self._pending[:i])
+            self._pending = self._pending[i + len(tag):]
+            self.kind = "content" if self.kind == "reasoning" else "reasoning"
+            self._after_tag = True
+        cut = len(self._pending) - _partial_tail(self._pending, tag)
+        self._emit(out, self._pending[:cut])
+        self._pending = self._pending[cut:]
+        return out
+
+    def flush(self) -> list[Piece]:
+        """What is still held back (a tag prefix that never completed), at the end of the stream."""
+        out: list[Piece] = []
+        self._emit(out, self._pending)
+        self._pending = ""
+        return out
+
+    def _emit(self, out: list[Piece], text: str) -> None:
+        if self._after_tag:
+            text = text.lstrip("\n")
+            if text:
+                self._after_tag = False
+        if text:
+            out.append(Piece(text, self.kind))
+
+
+def _opens_thinking(prompt: str) -> bool:
+    """Whether the rendered prompt leaves a think block open (templates that pre-fill "<think>\\n")."""
+    tail = prompt.rstrip()
+    return tail.endswith(THINK_OPEN)
+
+
+# ---- usage, sampling options ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Usage(GenerationStats):
+    """What one turn did: GenerationStats (prompt_tokens, cached_tokens, completion_tokens, prefill_s, decode_s,
+    finish_reason, prefill_tps, decode_tps) plus dropped_messages, the oldest messages removed to fit the context.
+    finish_reason: "stop" (end of turn or a stop string), "length" (max_tokens or a full context), "cancelled",
+    or "error"."""
+    dropped_messages: int = 0
+
+
+@dataclass
+class _Turn:
+    """One send / regenerate in progress."""
+    params: SamplingParams
+    max_tokens: int
+    stops: list[str]
+    user: str | None  # the new user message; None to (re)answer the last one
+    cancel: threading.Event = field(default_factory=threading.Event)
+    gen: weakref.ref | None = None  # the turn's generator, weakly: dropping the iterator closes (cancels) the turn
+
+
+def _parse_sampling(sampling: dict) -> tuple[SamplingParams, int, list[str]]:
+    """The sampling keywords of LLM.generate → (SamplingParams, max_tokens, stop strings)."""
+    unknown = sorted(set(sampling) - set(_SAMPLING_DEFAULTS))
+    if unknown:
+        raise InvalidRequestError(f"unknown sampling option(s) {unknown}; use {sorted(_SAMPLING_DEFAULTS)}")
+    o = {**_SAMPLING_DEFAULTS, **sampling}
+    params = SamplingParams(o["temperature"], o["top_k"], o["top_p"], o["min_p"], o["repeat_penalty"],
+                            o["repeat_last_n"], o["seed"])
+    if not isinstance(o["max_tokens"], int) or o["max_tokens"] < 1:
+        raise InvalidRequestError(f"max_tokens must be an integer of at least 1, got {o['max_tokens']!r}")
+    stop = o["stop"]
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if any(not isinstance(s, str) or not s for s in stops):
+        raise InvalidRequestError("stop strings must be non-empty strings")
+    return params, o["max_tokens"], stops
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token id lists."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if diff.size else n
+
+
+class _Cancelled(Exception):
+    """Raised inside the generate loop (before a forward) when the turn was cancelled."""
+
+
+class _FeedLog:
+    """The model, seen by the generate loop: keeps `fed` equal to the token ids at cache positions 0.., checks
+    for cancellation before each forward, and holds the process-wide compute lock while running."""
+
+    def __init__(self, model, fed: list[int], cancel: threading.Event):
+        self.model, self.fed, self.cancel = model, fed, cancel
+
+    def forward(self, tokens, positions, cache, last_only: bool = False):
+        if self.cancel.is_set():
+            raise _Cancelled
+        del self.fed[cache.length:]
+        self.fed.extend(int(t) for t in tokens)  # trimmed back to cache.length if the forward does not finish
+        with _COMPUTE_LOCK:
+            return self.model.forward(tokens, positions, cache, last_only=last_only)
+
+
+# ---- Chat ---------------------------------------------------------------------------------------------------------
+
+
+class Chat:
+    """A conversation with one model and its own KV cache.
+
+    llm: engine.LLM (with a chat template). system: system prompt (None: none; the template may add its own).
+    enable_thinking: passed to the template when not None (Qwen3: False skips the reasoning block).
+    context_overflow: what a turn does when prompt + max_tokens exceed llm.n_ctx: "truncate_oldest" drops the
+    oldest exchanges (never the system prompt) from `messages`; "error" raises ContextOverflowError. Either way a
+    ContextOverflowError is raised when even the system prompt and the last user message do not fit.
+
+    messages: list of {"role", "content"} dicts (assistant answers that reasoned also carry "reasoning_content",
+    which is never rendered back into the prompt). last_usage: Usage of the latest turn.
+    A Chat runs one turn at a time; use one Chat per conversation (SessionStore for many).
+    """
+
+    def __init__(self, llm, system: str | None = None, enable_thinking: bool | None = None,
+                 context_overflow: str = "truncate_oldest"):
+        if llm.template is None:
+            raise TemplateError("this model has no chat template, so it cannot chat; use llm.generate() with a raw "
+                                "prompt, or a model whose tokenizer_config.json / GGUF metadata carries a template.")
+        if context_overflow not in OVERFLOW_POLICIES:
+            raise InvalidRequestError(f"context_overflow must be one of {OVERFLOW_POLICIES}, got {context_overflow!r}")
+        self.llm = llm
+        self.enable_thinking = enable_thinking
+        self.context_overflow = context_overflow
+        self.messages: list[dict] = []
+        self.last_usage: Usage | None = None
+        self._cache = None           # KVCache (max_len = llm.n_ctx), allocated on the first turn
+        self._ids: list[int] = []    # token ids at cache positions 0 .. cache.length-1
+        self._peak = 0               # most positions ever written to this cache (pages the OS has committed)
+        self._turn: _Turn | None = None
+        self._running = False
+        self._store: SessionStore | None = None
+        self.system = system
+
+    # -- conversation state --
+
+    @property
+    def system(self) -> str | None:
+        """The system prompt; setting it replaces (or adds, or with None removes) the first message."""
+        return self.messages[0]["content"] if self.messages and self.messages[0]["role"] == "system" else None
+
+    @system.setter
+    def system(self, text: str | None) -> None:
+        self._settle_turn()
+        if text is not None and not isinstance(text, str):
+            raise InvalidRequestError(f"the system prompt must be a string or None, got {type(text).__name__}")
+        has = self.system is not None
+        if text is None and has:
+            del self.messages[0]
+        elif text is not None and has:
+            self.messages[0] = {"role": "system", "content": text}
+        elif text is not None:
+            self.messages.insert(0, {"role": "system", "content": text})
+        self._trim_cache()
+
+    @property
+    def cached_ids(self) -> list[int]:
+        """Token ids whose keys/values the cache holds (positions 0 .. len-1); a copy."""
+        return list(self._ids)
+
+    @property
+    def cache(self):
+        """The session's KVCache, or None before the first turn and after eviction."""
+        return self._cache
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of KV cache this chat holds: the most positions ever written × bytes per position (the OS commits
+        a cache's pages as positions are first written; truncating does not give them back)."""
+        return 0 if self._cache is None else self._peak * self.bytes_per_position
+
+    @property
+    def bytes_per_position(self) -> int:
+        """KV cache bytes of one position: keys and values (float32) of every layer and KV head."""
+        c = self.llm.config
+        return 2 * 4 * c.n_layers * c.n_kv_heads * c.head_dim
+
+    def render(self, add_generation_prompt: bool = True) -> str:
+        """The conversation as the model sees it (reasoning left out), rendered by the chat template."""
+        return self._render(self.messages, add_generation_prompt)
+
+    def undo(self) -> list[dict]:
+        """Remove the last exchange (the last user message and everything after it); returns the removed messages,
+        [] when there is none. The cache is truncated to what the remaining conversation still shares."""
+        self._settle_turn()
+        last_user = max((i for i, m in enumerate(self.messages) if m["role"] == "user"), default=None)
+        if last_user is None:
+            return []
+        removed = self.messages[last_user:]
+        del self.messages[last_user:]
+        self._trim_cache()
+        return removed
+
+    def reset(self) -> None:
+        """Forget the conversation, keeping the system prompt."""
+        self._settle_turn()
+        del self.messages[1 if self.system is not None else 0:]
+        self._trim_cache()
+
+    # -- turns --
+
+    def send(self, text: str, **sampling) -> Iterator[Piece]:
+        """Add a user message and stream the answer as Pieces; the answer joins `messages` when the stream ends.
+
+        sampling: the keywords of LLM.generate (max_tokens (default 256 here), temperature, top_k, top_p, min_p,
+        repeat_penalty, repeat_last_n, seed, stop). Options are checked now; the turn runs as the iterator is
+        consumed. Closing the iterator early cancels the turn (see the module docstring).
+        """
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidRequestError("the message is empty; pass some text to send.")
+        return self._start(_Turn(*_parse_sampling(sampling), user=text))
+
+    def regenerate(self, **sampling) -> Iterator[Piece]:
+        """Drop the last answer and stream a new one for the same user message (sampling as in send). The cache
+        keeps the prompt, so only the answer is computed again."""
+        if not any(m["role"] == "user" for m in self.messages):
+            raise InvalidRequestError("nothing to regenerate: send a message first.")
+        return self._start(_Turn(*_parse_sampling(sampling), user=None))
+
+    def send_async(self, text: str, **sampling) -> AsyncIterator[Piece]:
+        """send() as an async iterator: each generation step runs on a worker thread, so the event loop stays free.
+        Cancelling the consuming task (or `aclose()`) stops generation before the next token and waits for the
+        worker, so the session is consistent when the cancellation completes. Use `contextlib.aclosing` when you
+        may stop iterating early."""
+        return self._iterate_async(self.send(text, **sampling))
+
+    def regenerate_async(self, **sampling) -> AsyncIterator[Piece]:
+        """regenerate() as an async iterator (see send_async)."""
+        return self._iterate_async(self.regenerate(**sampling))
+
+    def cancel(self) -> None:
+        """Stop the running answer before its next token (thread-safe; a no-op when no turn runs)."""
+        turn = self._turn
+        if turn is not None:
+            turn.cancel.set()
+
+    # -- save / load --
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the conversation (messages and options, not the cache) as JSON."""
+        self._settle_turn()
+        data = {"format": SAVE_FORMAT, "version": 1, "model": getattr(getattr(self.llm, "source", None), "id", None),
+                "enable_thinking": self.enable_thinking, "context_overflow": self.context_overflow,
+                "messages": self.messages}
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+            tmp.replace(path)
+        except OSError as e:
+            raise InvalidRequestError(f"cannot write the chat file {path}: {e.strerror or e}; pick a writable "
+                                      "path") from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, llm) -> Chat:
+        """A Chat with the conversation saved at path (by Chat.save); its cache is computed on the next turn."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as e:
+            raise InvalidRequestError(f"cannot read the chat file {path}: {e.strerror or e}") from None
+        except ValueError as e:
+            raise InvalidRequestError(f"{path} is not JSON ({e}); pass a file written by Chat.save") from None
+        if not (isinstance(data, dict) and data.get("format") == SAVE_FORMAT
+                and isinstance(data.get("messages"), list)):
+            raise InvalidRequestError(f"{path} is not a chat saved by Chat.save (no format={SAVE_FORMAT!r} / messages)")
+        messages = []
+        for i, m in enumerate(data["messages"]):
+            if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+                raise InvalidRequestError(f"{path}: message {i} needs string 'role' and 'content'")
+            messages.append(dict(m))
+        chat = cls(llm, enable_thinking=data.get("enable_thinking"),
+                   context_overflow=data.get("context_overflow") or "truncate_oldest")
+        chat.messages = messages
+        return chat
+
+    # -- internals --
+
+    def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        # Reasoning is not passed back (Qwen3's template expects history without it).
+        plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+        kwargs = {} if self.enable_thinking is None else {"enable_thinking": self.enable_thinking}
+        return self.llm.apply_chat_template(plain, add_generation_prompt=add_generation_prompt, **kwargs)
+
+    def _fit(self, max_tokens: int) -> tuple[str, list[int], int]:
+        """Render the conversation for the next answer, dropping the oldest exchanges while prompt + max_tokens
+        exceed the context (policy "truncate_oldest"). Returns (text, ids, messages dropped)."""
+        n_ctx, dropped = self.llm.n_ctx, 0
+        while True:
+            text = self._render(self.messages, True)
+            ids = self.llm.encode_chat(text)
+            if len(ids) + max_tokens <= n_ctx:
+                return text, ids, dropped
+            first = 1 if self.system is not None else 0
+            users = [i for i, m in enumerate(self.messages) if m["role"] == "user" and i > first]
+            limit = f"with max_tokens={max_tokens} that exceeds the {n_ctx}-token context"
+            larger = f"or load the model with a larger n_ctx (it supports up to {self.llm.config.max_context})."
+            if not users:
+                raise ContextOverflowError(
+                    f"the system prompt and the last message take {len(ids)} tokens; {limit}, even with every older "
+                    f"turn dropped. Shorten the message or the system prompt, lower max_tokens, {larger}")
+            if self.context_overflow == "error":
+                raise ContextOverflowError(
+                    f"the conversation takes {len(ids)} tokens; {limit}. Undo or reset older turns, lower "
+                    f"max_tokens, use context_overflow='truncate_oldest' to drop the oldest turns, {larger}")
+            dropped += users[0] - first
+            del self.messages[first:users[0]]
+
+    def _start(self, turn: _Turn) -> Iterator[Piece]:
+        self._settle_turn()
+        gen = self._run(turn)
+        turn.gen = weakref.ref(gen)
+        self._turn = turn
+        return gen
+
+    def _settle_turn(self) -> None:
+        """Finish a turn left suspended (its iterator not consumed to the end): it ends as cancelled."""
+        turn = self._turn
+        gen = turn.gen() if turn is not None else None
+        if gen is None:
+            self._turn = None
+            return
+        if gen.gi_running:
+            raise InvalidRequestError("this chat is answering right now; wait for the answer, or call cancel() "
+                                      "and let the iterator finish, before changing the conversation.")
+        turn.cancel.set()
+        gen.close()  # runs the turn's cleanup if it had started
+        if self._turn is turn:
+            self._turn = None
+
+    def _ensure_cache(self):
+        if self._cache is None:
+            self._cache = self.llm.new_cache()  # max_len = llm.n_ctx; pages committed as they fill
+            self._ids, self._peak = [], 0
+        return self._cache
+
+    def _drop_cache(self) -> None:
+        """Free the KV cache (eviction); the next turn recomputes the conversation."""
+        self._cache, self._ids, self._peak = None, [], 0
+
+    def _trim_cache(self) -> None:
+        """Truncate the cache to what the current conversation (rendered without a generation prompt) shares."""
+        if self._cache is None:
+            return
+        keep = 0
+        if self.messages:
+            try:
+                keep = _common_prefix(self._ids, self.llm.encode_chat(self._render(self.messages, False)))
+            except EngineError:
+                keep = 0
+        self._cache.truncate(keep)
+        del self._ids[keep:]
+
+    def _run(self, turn: _Turn) -> Iterator[Piece]:
+        """The body of a turn: fit the prompt, reuse the cache prefix, stream pieces, record the answer."""
+        snapshot = list(self.messages)
+        if turn.user is not None:
+            self.messages.append({"role": "user", "content": turn.user})
+        else:
+            while self.messages and self.messages[-1]["role"] == "assistant":
+                self.messages.pop()
+        try:
+            text, ids, dropped = self._fit(turn.max_tokens)
+            if self._store is not None:
+                self._store._begin_turn(self, len(ids) + turn.max_tokens)
+            else:
+                self._running = True
+            cache = self._ensure_cache()
+        except BaseException:
+            self.messages[:] = snapshot
+            self._running = False
+            if self._turn is turn:
+                self._turn = None
+            raise
+
+        keep = _common_prefix(self._ids, ids)
+        cache.truncate(keep)
+        del self._ids[keep:]
+        usage = Usage(prompt_tokens=len(ids), dropped_messages=dropped)
+        splitter = ThinkSplitter(reasoning=_opens_thinking(text))
+        parts: dict[str, list[str]] = {"content": [], "reasoning": []}
+        model = _FeedLog(self.llm.model, self._ids, turn.cancel)
+        stream = stream_text(model, self.llm.tokenizer, cache, ids, turn.params, turn.max_tokens, turn.stops, usage)
+        finished = False
+        try:
+            for chunk in stream:
+                for piece in splitter.feed(chunk):
+                    parts[piece.kind].append(piece.text)
+                    yield piece
+            for piece in splitter.flush():
+                parts[piece.kind].append(piece.text)
+                yield piece
+            finished = True
+        except _Cancelled:
+            usage.finish_reason = "cancelled"
+        except (GeneratorExit, KeyboardInterrupt):
+            usage.finish_reason = "cancelled"
+            raise
+        except BaseException:
+            usage.finish_reason = "error"
+            raise
+        finally:
+            stream.close()
+            del self._ids[cache.length:]  # exactly the tokens whose keys/values were stored
+            self._peak = max(self._peak, cache.length)
+            content, reasoning = "".join(parts["content"]), "".join(parts["reasoning"]).strip("\n")
+            if finished or content or reasoning:
+                answer = {"role": "assistant", "content": content}
+                if reasoning:
+                    answer["reasoning_content"] = reasoning
+                self.messages.append(answer)
+            else:  # nothing was streamed: the turn leaves no trace in the conversation
+                self.messages[:] = snapshot
+            self.last_usage = usage
+            self.llm.last_stats = usage
+            self._running = False
+            if self._turn is turn:
+                self._turn = None
+            if self._store is not None:
+                self._store._end_turn(self)
+
+    async def _iterate_async(self, gen: Iterator[Piece]) -> AsyncIterator[Piece]:
+        """Drive a turn iterator one step at a time on the worker thread."""
+        set_threads = _kernel_threads_setter()
+        done = object()
+
+        def step():
+            set_threads()
+            return next(gen, done)
+
+        running = None  # concurrent.futures.Future of the step in flight
+        try:
+            while True:
+                running = _worker().submit(step)
+                piece = await asyncio.wrap_future(running)
+                running = None
+                if piece is done:
+                    return
+                yield piece
+        finally:
+            if running is not None and not running.done():  # cancelled during a step: stop it at the next token
+                self.cancel()
+                while not running.done():
+                    try:
+                        await asyncio.wrap_future(running)
+                    except asyncio.CancelledError:
+                        continue  # cancelled again: still wait, the turn must finish before the session is used
+                    except BaseException:
+                        break
+            gen.close()  # no step runs now; finishes the turn (as cancelled) if it did not end
+
+
+def _worker() -> ThreadPoolExecutor:
+    global _WORKER
+    with _WORKER_LOCK:
+        if _WORKER is None:
+            _WORKER = ThreadPoolExecutor(1, thread_name_prefix="engine-chat")
+        return _WORKER
+
+
+def _kernel_threads_setter():
+    """A function that gives the calling thread the current thread's kernel thread count (numba's is per thread)."""
+    try:
+        from kernels import cpu
+        if cpu.available:
+            import numba
+            n = numba.get_num_threads()
+            return lambda: numba.set_num_threads(n)
+    except ImportError:
+        pass
+    return lambda: None
+
+
+# ---- many sessions ------------------------------------------------------------------------------------------------
+
+
+class SessionStore:
+    """Chats keyed by session id whose KV caches share a byte budget.
+
+    max_bytes: budget for all caches together, counted as Chat.kv_bytes (positions written × bytes per position).
+    Before a turn, least recently used idle sessions lose their cache until the turn's expected size fits; after
+    it, until everything fits (the session that just answered goes last). An evicted session keeps its messages;
+    its next turn recomputes the conversation. chat_options (system, enable_thinking, context_overflow) are the
+    defaults for new sessions.
+    """
+
+    def __init__(self, llm, max_bytes: int = 1 << 30, **chat_options):
+        if max_bytes < 0:
+            raise InvalidRequestError(f"max_bytes must be >= 0, got {max_bytes}")
+        self.llm = llm
+        self.max_bytes = int(max_bytes)
+        self.chat_options = chat_options
+        self.evictions = 0
+        self._chats: OrderedDict[str, Chat] = OrderedDict()  # least recently used first
+        self._lock = threading.RLock()
+
+    def get(self, session_id: str, **chat_options) -> Chat:
+        """The session's Chat, created on first use (chat_options override the store's defaults then)."""
+        with self._lock:
+            chat = self._chats.get(session_id)
+            if chat is None:
+                chat = self.put(session_id, Chat(self.llm, **{**self.chat_options, **chat_options}))
+            return chat
+
+    def put(self, session_id: str, chat: Chat) -> Chat:
+        """Adopt a chat (e.g. one from Chat.load) under session_id, replacing any session of that id."""
+        with self._lock:
+            old = self._chats.pop(session_id, None)
+            if old is not None and old is not chat:
+                old._store = None
+            chat._store = self
+            self._chats[session_id] = chat
+            return chat
+
+    def drop(self, session_id: str) -> None:
+        """Forget a session and free its cache."""
+        with self._lock:
+            chat = self._chats.pop(session_id, None)
+            if chat is not None:
+                chat._store = None
+                if not chat._running:
+                    chat._drop_cache()
+
+    def __contains__(self, session_id) -> bool:
+        return session_id in self._chats
+
+    def __len__(self) -> int:
+        return len(self._chats)
+
+    def ids(self) -> list[str]:
+        """Session ids, least recently used first."""
+        with self._lock:
+            return list(self._chats)
+
+    @property
+    def used_bytes(self) -> int:
+        """KV cache bytes held by all sessions."""
+        with self._lock:
+            return sum(c.kv_bytes for c in self._chats.values())
+
+    def _evict(self, needed: int, spare: Chat | None) -> None:
+        """Drop idle caches, least recently used first (spare last, if at all), until used + needed fits."""
+        order = [c for c in self._chats.values() if c is not spare] + ([spare] if spare is not None else [])
+        for chat in order:
+            if self.used_bytes + needed <= self.max_bytes:
+                return
+            if chat._cache is not None and not chat._running:
+                chat._drop_cache()
+                self.evictions += 1
+
+    def _begin_turn(self, chat: Chat, positions: int) -> None:
+        with self._lock:
+            for sid, c in self._chats.items():
+                if c is chat:
+                    self._chats.move_to_end(sid)
+                    break
+            chat._running = True  # (so it is not evicted itself)
+            expected = max(chat._peak, min(positions, self.llm.n_ctx)) * chat.bytes_per_position
+            self._evict(max(0, expected - chat.kv_bytes), spare=None)
+
+    def _end_turn(self, chat: Chat) -> None:
+        with self._lock:
+            self._evict(0, spare=chat)
+
+
+# ---- the REPL -----------------------------------------------------------------------------------------------------
+
+HELP = """commands:
+  /undo         remove the last exchange          /regen        answer the last message again
+  /reset        clear the conversation            /system TEXT  set the system prompt (empty: remove it)
+  /save FILE    save the conversation as JSON     /load FILE    load a saved conversation
+  /help         this text                         /quit         exit (so does Ctrl-D)
+Ctrl-C stops an answer (the partial answer is kept; /regen redoes it). Start a message with // to send a '/'."""
+
+DIM, RESET = "\x1b[2m", "\x1b[0m"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m engine.chat", description="Interactive chat with a model.")
+    p.add_argument("--model", default=None, help="registry id, .gguf path, HF-style directory or HF repo id "
+                   "(default: the embedded SmolLM2-135M-Instruct Q4_1)")
+    p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--hide-thinking", action="store_true", help="do not print the model's reasoning")
+    think = p.add_mutually_exclusive_group()
+    think.add_argument("--thinking", dest="enable_thinking", action="store_true", default=None,
+                       help="pass enable_thinking=True to the template")
+    think.add_argument("--no-thinking", dest="enable_thinking", action="store_false",
+                       help="pass enable_thinking=False to the template (Qwen3: answer without reasoning)")
+    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--min-p", type=float, default=None)
+    p.add_argument("--repeat-penalty", type=float, default=1.0)
+    p.add_argument("--repeat-last-n", type=int, default=64)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    p.add_argument("--ctx-size", type=int, default=None, help="context length (default: the model's)")
+    p.add_argument("--threads", type=int, default=None, help="worker threads (default: ENGINE_THREADS or all cores)")
+    return p
+
+
+def _sampling_from_args(args) -> dict:
+    return dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                min_p=args.min_p, repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n,
+                seed=args.seed, stop=args.stop)
+
+
+class _Repl:
+    """The interactive loop over one Chat: input lines are messages or /commands."""
+
+    def __init__(self, chat: Chat, sampling: dict, hide_thinking: bool, out=None, err=None):
+        self.chat, self.sampling, self.hide_thinking = chat, sampling, hide_thinking
+        self.out, self.err = out or sys.stdout, err or sys.stderr
+        self.tty = self.out.isatty()
+
+    def run(self) -> int:
+        if sys.stdin.isatty():
+            try:
+                import readline  # noqa: F401  (line editing and history for input())
+            except ImportError:
+                pass
+        while True:
+            try:
+                line = input("> ")
+            except EOFError:
+                self.out.write("\n")
+                self.out.flush()
+                return 0
+            except KeyboardInterrupt:  # Ctrl-C at the prompt: a fresh prompt
+                self.out.write("\n")
+                continue
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                if line.startswith("/") and not line.startswith("//"):
+                    if self.command(line) == "quit":
+                        return 0
+                else:
+                    self.answer(self.chat.send(line[1:] if line.startswith("//") else line, **self.sampling))
+            except EngineError as e:
+                print(f"error: {e}", file=self.err, flush=True)
+
+    def command(self, line: str) -> str | None:
+        name, _, arg = line.partition(" ")
+        arg = arg.strip()
+        if name in ("/quit", "/exit"):
+            return "quit"
+        if name == "/help":
+            print(HELP, file=self.err, flush=True)
+        elif name == "/undo":
+            removed = self.chat.undo()
+            self.note(f"removed {len(removed)} message(s)" if removed else "nothing to undo")
+        elif name == "/regen":
+            self.answer(self.chat.regenerate(**self.sampling))
+        elif name == "/reset":
+            self.chat.reset()
+            self.note("conversation cleared")
+        elif name == "/system":
+            self.chat.system = arg or None
+            self.note(f"system prompt {'set' if arg else 'removed'}")
+        elif name == "/save":
+            if not arg:
+                return self.note("usage: /save FILE")
+            self.chat.save(arg)
+            self.note(f"saved {len(self.chat.messages)} message(s) to {arg}")
+        elif name == "/load":
+            if not arg:
+                return self.note("usage: /load FILE")
+            self.chat = Chat.load(arg, self.chat.llm)
+            self.note(f"loaded {len(self.chat.messages)} message(s) from {arg}")
+        else:
+            self.note(f"unknown command {name}; /help lists them")
+        return None
+
+    def note(self, text: str) -> None:
+        print(f"({text})", file=self.err, flush=True)
+
+    def answer(self, pieces: Iterator[Piece]) -> None:
+        """Stream an answer; Ctrl-C cancels it (a second Ctrl-C interrupts at once)."""
+        presses = 0
+
+        def on_sigint(signum, frame):
+            nonlocal presses
+            presses += 1
+            if presses > 1:
+                raise KeyboardInterrupt
+            self.chat.cancel()
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        kind, last = "content", ""
+        try:
+            for piece in pieces:
+                if piece.kind != kind:
+                    self._switch(piece.kind, last)
+                    kind = piece.kind
+                if piece.kind == "reasoning":
+                    if not self.hide_thinking:
+                        self.out.write(f"{DIM}{piece.text}{RESET}" if self.tty else piece.text)
+                        last = piece.text
+                else:
+                    self.out.write(piece.text)
+                self.out.flush()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            if hasattr(pieces, "close"):
+                pieces.close()
+        if kind == "reasoning":
+            self._switch("content", last)
+        self.out.write("\n")
+        self.out.flush()
+        u = self.chat.last_usage
+        if u is not None:
+            dropped = f" | dropped {u.dropped_messages} old message(s)" if u.dropped_messages else ""
+            print(f"[prompt: {u.prompt_tokens} tokens ({u.cached_tokens} cached), {u.prefill_tps:.1f} tok/s | "
+                  f"generated: {u.completion_tokens} tokens, {u.decode_tps:.1f} tok/s | {u.finish_reason}{dropped}]",
+                  file=self.err, flush=True)
+
+    def _switch(self, new: str, reasoning_so_far: str) -> None:
+        """Mark where reasoning starts and ends: dim text then a blank line on a terminal, <think> tags otherwise."""
+        if self.hide_thinking:
+            return
+        if new == "reasoning":
+            self.out.write("" if self.tty else "<think>\n")
+        else:
+            newline = "" if reasoning_so_far.endswith("\n") else "\n"
+            self.out.write(newline + ("\n" if self.tty else "</think>\n\n"))
+
+
+def run_cli(args) -> int:
+    """Load the model and run the REPL. args: the namespace of build_parser() (engine.generate's works too)."""
+    import engine
+    from kernels import backend
+    try:
+        llm = engine.load(args.model, n_ctx=args.ctx_size, threads=args.threads)
+        print(f"loaded {llm.source.id} ({llm.config.arch}, {llm.weight_bytes / 1e6:.0f} MB) in {llm.load_s:.2f} s; "
+              f"{backend.describe()}; /help for commands, Ctrl-D to exit", file=sys.stderr, flush=True)
+        chat = Chat(llm, system=args.system, enable_thinking=getattr(args, "enable_thinking", None))
+        sampling = _sampling_from_args(args)
+        _parse_sampling(sampling)  # bad values fail now, not at the first message
+    except EngineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    return _Repl(chat, sampling, getattr(args, "hide_thinking", False)).run()
+
+
+def main(argv=None) -> int:
+    return run_cli(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
