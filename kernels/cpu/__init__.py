@@ -10,9 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-# Idle OpenMP workers must sleep, not spin: with as many threads as cores, spinning workers starve the thread
-# that has work, and back-to-back kernel launches then take a scheduler time slice (~8 ms) each.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP workers spin a bounded while after each kernel (about 0.1 ms), then sleep. Sleeping at once costs a
+# wake-up per launch (decode ran 1.6x slower); spinning forever starves the main thread on 2 cores (8 ms/launch).
+os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
+os.environ.setdefault("GOMP_SPINCOUNT", "100000")
 
 try:
     from kernels.cpu import quant_kernels
