@@ -1,7 +1,7 @@
-"""Token throughput: prefill and decode tokens/s, achieved GB/s and peak memory, ours against llama.cpp and transformers.
+"""Token throughput: prefill and decode tok/s, achieved GB/s and peak memory; ours against llama.cpp and transformers.
 
     python -m bench.tokens --model ID_OR_PATH [--prompt-len 128] [--gen 64] [--threads 2] [--repeat 1]
-        [--vs llama.cpp] [--vs transformers] [--hf-dir DIR] [--json out.json]
+        [--vs llama.cpp] [--vs transformers] [--hf-dir DIR] [--no-ours] [--json out.json]
 
 Each engine runs in its own subprocess (so peak RSS is its own) on the same prompt: prompt-len pseudo-random
 ordinary token ids. Every engine first runs an untimed warm-up (the same prefill, then 2 decode steps): numba
@@ -18,6 +18,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -132,8 +133,7 @@ def run_transformers(path: str, a) -> dict:
         state.clear()
         return step(ids)
 
-    params = dict(model.named_parameters())  # a tied embedding appears once
-    read = sum(t.nbytes for t in params.values())
+    read = sum(t.nbytes for _, t in model.named_parameters())  # a tied embedding appears once
     if not model.config.tie_word_embeddings:
         read -= model.get_input_embeddings().weight.nbytes
     res = timed_runs(first_token, lambda tok: step([tok]), prompt_ids(a.prompt_len, model.config.vocab_size),
@@ -145,9 +145,19 @@ RUNNERS = {"ours": run_ours, "llama.cpp": run_llama_cpp, "transformers": run_tra
 REQUIRES = {"llama.cpp": "llama_cpp", "transformers": "transformers"}
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. On Linux from VmHWM: ru_maxrss would include the parent's peak, which
+    Linux carries over fork and exec."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:  # not Linux: ru_maxrss is in bytes on macOS
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status)[1]) / 1024
+
+
 def child(engine: str, path: str, a) -> None:
     res = RUNNERS[engine](path, a)
-    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    res["peak_rss_mb"] = peak_rss_mb()
     Path(a.result).write_text(json.dumps(res))
 
 
@@ -207,8 +217,8 @@ def report(results: dict, bw: float, load: float, a, model: str) -> dict:
                 print(f"ours / {peer}: prefill {x['prefill_tps']:.2f}x, decode {x['decode_tps']:.2f}x, "
                       f"peak RSS {x['peak_rss_mb']:.2f}x")
     return {"model": model, "prompt_len": a.prompt_len, "gen": a.gen, "threads": a.threads, "repeat": a.repeat,
-            "read_bandwidth_gbs": bw, "load_average_before": load, "llama_cpp_kv_type": "f16 (default)", "transformers_dtype": "float32",
-            "results": results, "ratios": ratios}
+            "read_bandwidth_gbs": bw, "load_average_before": load, "llama_cpp_kv_type": "f16 (default)",
+            "transformers_dtype": "float32", "results": results, "ratios": ratios}
 
 
 def main(argv=None) -> None:

@@ -131,8 +131,6 @@ def matmul_transb(x, w):
     On the CPU the compiled kernels of kernels/cpu do this when available; the loop below is their reference.
     """
     if not isinstance(w, QTensor):
-        if cpu.available and isinstance(x, np.ndarray):
-            return cpu.matmul_f32(np.ascontiguousarray(x, dtype=np.float32), w)
         return x @ w.T
     if cpu.available and isinstance(x, np.ndarray):
         return cpu.matmul_transb(x, w)

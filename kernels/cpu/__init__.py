@@ -1,11 +1,11 @@
 """Fast CPU kernels for quantized weights (numba), with kernels/ops.py's NumPy code as their reference.
 
 `matmul_transb(x, w)` is the entry point: one token → the fused dequantize-and-dot mat-vec; several tokens →
-rows dequantized a tile at a time into a reused float32 buffer, then BLAS. BLAS is kept single-threaded and the
-output columns of each product are split over a small thread pool instead (see below). `available` says whether
-numba could be imported; ENGINE_KERNELS=numpy forces the NumPy reference path.
+rows dequantized a tile at a time (on all threads) into a reused float32 buffer, then BLAS (single-threaded, see
+below). `available` says whether numba could be imported; ENGINE_KERNELS=numpy forces the NumPy reference path.
 """
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -26,36 +26,9 @@ if available:
     # as many threads as cores, starve the kernels' threads (prefill ran 12x slower).
     from threadpoolctl import threadpool_limits
     threadpool_limits(1, user_api="blas")
-TILE_BYTES = 8 << 20  # float32 rows dequantized per BLAS call in prefill
-_tile = np.empty(0, np.float32)
+TILE_BYTES = 4 << 20  # float32 rows dequantized per BLAS call in prefill, per worker
+_local = threading.local()
 _pool: ThreadPoolExecutor | None = None
-
-
-def threads() -> int:
-    """Worker threads the kernels use (set by kernels.backend.set_threads)."""
-    import numba
-    return numba.get_num_threads()
-
-
-def matmul_f32(x: np.ndarray, w: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """x @ wᵀ for float32 x: [T, K], w: [N, K] with the N output columns split over the worker threads, each a
-    single-threaded BLAS call (NumPy releases the GIL inside it)."""
-    global _pool
-    n = w.shape[0]
-    if out is None:
-        out = np.empty((x.shape[0], n), dtype=np.float32)
-    workers = min(threads(), max(1, n // 64))
-    if workers == 1:
-        return np.matmul(x, w.T, out=out)
-    if _pool is None or _pool._max_workers < workers:
-        _pool = ThreadPoolExecutor(workers, thread_name_prefix="engine-gemm")
-    cuts = [n * i // workers for i in range(workers + 1)]
-    jobs = [_pool.submit(np.matmul, x, w[a:b].T, out=out[:, a:b]) for a, b in zip(cuts, cuts[1:])]
-    for job in jobs:
-        job.result()
-    return out
-
-
 def matmul_transb_many(x: np.ndarray, ws: list) -> list[np.ndarray]:
     """[x @ wᵀ for w in ws] for QTensors sharing x: [T, K] float32. One token: a single parallel mat-vec launch
     over all the matrices (q/k/v, gate/up)."""
@@ -69,23 +42,42 @@ def matmul_transb_many(x: np.ndarray, ws: list) -> list[np.ndarray]:
 
 
 def matmul_transb(x: np.ndarray, w) -> np.ndarray:
-    """x: [T, K] float32, w: QTensor [N, K] → x @ wᵀ: [T, N] float32."""
-    global _tile
+    """x: [T, K] float32, w: QTensor [N, K] → x @ wᵀ: [T, N] float32.
+
+    Several tokens: the rows of w are cut into tiles spread over a pool of worker threads; each worker
+    dequantizes a tile into its own reused float32 buffer and multiplies it with single-threaded BLAS (both
+    release the GIL), so the workers never compete with another thread pool for the cores.
+    """
     n, k = w.shape
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.shape[0] == 1:
         return matmul_transb_many(x, [w])[0]
-    t = int(w.ggml_type)
     out = np.empty((x.shape[0], n), dtype=np.float32)
-    rows = max(1, min(n, TILE_BYTES // (4 * k)))
-    if _tile.size < rows * k:
-        _tile = np.empty(rows * k, np.float32)
-    for i in range(0, n, rows):
+    rows = max(1, min(n, TILE_BYTES // (4 * k), -(-n // _workers())))
+
+    def tile(i: int) -> None:
         j = min(n, i + rows)
-        tile = _tile[:(j - i) * k].reshape(j - i, k)
-        quant_kernels.dequantize_rows(w.raw[i:j], t, tile)
-        matmul_f32(x, tile, out[:, i:j])
+        buf = getattr(_local, "tile", None)
+        if buf is None or buf.size < rows * k:
+            buf = _local.tile = np.empty(rows * k, np.float32)
+        buf = buf[:(j - i) * k].reshape(j - i, k)
+        quant_kernels.dequantize_rows_serial(w.raw[i:j], int(w.ggml_type), buf)
+        np.matmul(x, buf.T, out=out[:, i:j])
+
+    list(_get_pool().map(tile, range(0, n, rows)))
     return out
+
+
+def _workers() -> int:
+    import numba
+    return numba.get_num_threads()
+
+
+def _get_pool() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None or _pool._max_workers != _workers():
+        _pool = ThreadPoolExecutor(_workers(), thread_name_prefix="engine-prefill")
+    return _pool
 
 
 def dequantize_rows(w, index) -> np.ndarray:

@@ -343,6 +343,13 @@ def dequantize_rows(raw, t, out):
         dequantize_row(t, raw[r], out[r])
 
 
+@njit(nogil=True, cache=True)
+def dequantize_rows_serial(raw, t, out):
+    """dequantize_rows on the calling thread only, without the GIL (for callers running their own threads)."""
+    for r in range(raw.shape[0]):
+        dequantize_row(t, raw[r], out[r])
+
+
 CHUNKS = 32  # row chunks per matrix: the unit of work handed to a thread
 
 
