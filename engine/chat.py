@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import ContextOverflowError, EngineError, InvalidRequestError, TemplateError
-from engine.generate import GenerationStats, stream_text
+from engine.generate import GenerationStats, add_run_args, stream_text
 from engine.sampler import SamplingParams
 
 __all__ = ["Chat", "Piece", "Usage", "SessionStore", "ThinkSplitter", "main"]
@@ -689,17 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="pass enable_thinking=True to the template")
     think.add_argument("--no-thinking", dest="enable_thinking", action="store_false",
                        help="pass enable_thinking=False to the template (Qwen3: answer without reasoning)")
-    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--min-p", type=float, default=None)
-    p.add_argument("--repeat-penalty", type=float, default=1.0)
-    p.add_argument("--repeat-last-n", type=int, default=64)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
-    p.add_argument("--ctx-size", type=int, default=None, help="context length (default: the model's)")
-    p.add_argument("--threads", type=int, default=None, help="worker threads (default: ENGINE_THREADS or all cores)")
+    add_run_args(p)
     return p
 
 

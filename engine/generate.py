@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--chat", dest="chat", action="store_true", default=None,
                       help="render the prompt with the model's chat template (default when it has one)")
     chat.add_argument("--raw", dest="chat", action="store_false", help="use the prompt as it is")
+    add_run_args(p)
+    return p
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """Sampling, context and thread flags shared by engine.generate and engine.chat."""
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-k", type=int, default=None)
@@ -117,7 +123,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     p.add_argument("--ctx-size", type=int, default=None, help="context length (default: the model's)")
     p.add_argument("--threads", type=int, default=None, help="worker threads (default: ENGINE_THREADS or all cores)")
-    return p
 
 
 def main(argv=None) -> int:
