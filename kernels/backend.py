@@ -41,5 +41,6 @@ def describe() -> str:
         return "kernels: CUDA (CuPy)"
     if cpu.available:
         import numba
-        return f"kernels: numba fused quantized mat-vec, {numba.get_num_threads()} threads"
+        return (f"kernels: numba fused quantized mat-vec, {numba.get_num_threads()} threads (compiled on first use, "
+                "about a minute, then cached)")
     return "kernels: NumPy reference (slow; install numba for the fast path)"
