@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import ContextOverflowError, EngineError, InvalidRequestError, TemplateError
-from engine.generate import GenerationStats, add_run_args, stream_text
+from engine.generate import GenerationStats, add_run_args, loaded_line, stream_text
 from engine.sampler import SamplingParams
 
 __all__ = ["Chat", "Piece", "Usage", "SessionStore", "ThinkSplitter", "main"]
@@ -826,11 +826,9 @@ class _Repl:
 def run_cli(args) -> int:
     """Load the model and run the REPL. args: the namespace of build_parser() (engine.generate's works too)."""
     import engine
-    from kernels import backend
     try:
         llm = engine.load(args.model, n_ctx=args.ctx_size, threads=args.threads)
-        print(f"loaded {llm.source.id} ({llm.config.arch}, {llm.weight_bytes / 1e6:.0f} MB) in {llm.load_s:.2f} s; "
-              f"{backend.describe()}; /help for commands, Ctrl-D to exit", file=sys.stderr, flush=True)
+        print(f"{loaded_line(llm)}; /help for commands, Ctrl-D to exit", file=sys.stderr, flush=True)
         chat = Chat(llm, system=args.system, enable_thinking=getattr(args, "enable_thinking", None))
         sampling = _sampling_from_args(args)
         _parse_sampling(sampling)  # bad values fail now, not at the first message

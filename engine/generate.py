@@ -125,6 +125,13 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="worker threads (default: ENGINE_THREADS or all cores)")
 
 
+def loaded_line(llm) -> str:
+    """What was loaded, how fast, and which kernels run (printed on stderr by the command lines)."""
+    from kernels import backend
+    return (f"loaded {llm.source.id} ({llm.config.arch}, {llm.weight_bytes / 1e6:.0f} MB) in {llm.load_s:.2f} s; "
+            f"{backend.describe()}")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -134,11 +141,9 @@ def main(argv=None) -> int:
         from engine.chat import run_cli
         return run_cli(args)
     import engine
-    from kernels import backend
     try:
         llm = engine.load(args.model, n_ctx=args.ctx_size, threads=args.threads)
-        print(f"loaded {llm.source.id} ({llm.config.arch}, {llm.weight_bytes / 1e6:.0f} MB) in {llm.load_s:.2f} s; "
-              f"{backend.describe()}", file=sys.stderr)
+        print(loaded_line(llm), file=sys.stderr)
         use_chat = args.chat if args.chat is not None else llm.template is not None
         if use_chat:
             messages = ([{"role": "system", "content": args.system}] if args.system else [])
