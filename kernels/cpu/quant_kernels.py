@@ -2,15 +2,16 @@
 
 One `_row_<type>(row, out)` per type turns a row of stored blocks (uint8) into float32; the mat-vec and the tile
 dequantizer call it per row, spread over rows on all threads. kernels/quants.py holds the NumPy twins and the
-block layouts; the tests check both agree. Activations stay float32: no activation quantization here. The fused dot of the common types
-is built from the explicit-vector primitives of kernels/cpu/simd.py.
+block layouts; the tests check both agree. Activations stay float32: no activation quantization here. The fused dot of the quantized
+types is built from the explicit-vector primitives of kernels/cpu/simd.py.
 
 f16 scales are read through a 65536-entry table (as ggml does), so no float16 arithmetic is needed.
 """
 import numpy as np
 from numba import njit, prange
 
-from kernels.cpu.simd import fma_five_bit_32, fma_int8_32, fma_nibbles_16, fma_nibbles_32, fma_six_bit_16
+from kernels.cpu.simd import (fma_five_bit_16, fma_five_bit_32, fma_int8_32, fma_nibbles_16, fma_nibbles_32,
+                              fma_six_bit_16)
 from kernels.quants import GGMLType
 
 F16_TABLE = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
@@ -211,34 +212,21 @@ def _dot_q4_1(row, x, acc):
         fma_nibbles_16(acc, row, o + 4, x, b * 32, b * 32 + 16, d, m, d, m)
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True)
 def _dot_q5_0(row, x, acc):
     for b in range(x.shape[0] // 32):
         o = b * 22
         d = _f16(row, o)
-        qh = _u32(row, o + 2)
-        q = row[o + 6:o + 22]
-        xs = x[b * 32:b * 32 + 32]
-        for j in range(16):
-            h0 = np.int32((qh >> np.uint32(j)) & np.uint32(1)) << 4
-            h1 = np.int32((qh >> np.uint32(j + 16)) & np.uint32(1)) << 4
-            acc[j] += d * np.float32(((np.int32(q[j]) & 15) | h0) - 16) * xs[j]
-            acc[16 + j] += d * np.float32(((np.int32(q[j]) >> 4) | h1) - 16) * xs[16 + j]
+        m = np.float32(-16.0) * d
+        fma_five_bit_16(acc, row, o + 6, _u32(row, o + 2), x, b * 32, b * 32 + 16, d, m, d, m)
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True)
 def _dot_q5_1(row, x, acc):
     for b in range(x.shape[0] // 32):
         o = b * 24
         d, m = _f16(row, o), _f16(row, o + 2)
-        qh = _u32(row, o + 4)
-        q = row[o + 8:o + 24]
-        xs = x[b * 32:b * 32 + 32]
-        for j in range(16):
-            h0 = np.int32((qh >> np.uint32(j)) & np.uint32(1)) << 4
-            h1 = np.int32((qh >> np.uint32(j + 16)) & np.uint32(1)) << 4
-            acc[j] += (d * np.float32((np.int32(q[j]) & 15) | h0) + m) * xs[j]
-            acc[16 + j] += (d * np.float32((np.int32(q[j]) >> 4) | h1) + m) * xs[16 + j]
+        fma_five_bit_16(acc, row, o + 8, _u32(row, o + 4), x, b * 32, b * 32 + 16, d, m, d, m)
 
 
 @njit(cache=True)

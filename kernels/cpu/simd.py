@@ -124,6 +124,21 @@ def _five_bit_32(blk):
                            blk.term(hi, 32, a["xo_hi"], a["d_hi"], a["m_hi"])], 32)
 
 
+def _five_bit_16(blk):
+    """Q5_0/Q5_1: 16 bytes of nibbles at o and a 32-bit word qh of fifth bits: lane j of the low nibbles takes
+    bit j, lane j of the high nibbles bit j + 16, as value 16; low pair with x[xo_lo:], high with x[xo_hi:]."""
+    b, a = blk.builder, blk.args
+    qh = blk.splat(b.trunc(a["qh"], _I32), 16)
+    one, four = blk.splat(ir.Constant(_I32, 1), 16), blk.splat(ir.Constant(_I32, 4), 16)
+    terms = []
+    for shift, first_bit, xo, d, m in ((0, 0, "xo_lo", "d_lo", "m_lo"), (4, 16, "xo_hi", "d_hi", "m_hi")):
+        lanes = ir.Constant(ir.VectorType(_I32, 16), list(range(first_bit, first_bit + 16)))
+        bit = b.and_(b.lshr(qh, lanes), one)
+        q = b.or_(blk.widen(blk.bytes(blk.offset("o"), 16, shift, 15), 16), b.shl(bit, four))
+        terms.append(blk.term(q, 16, a[xo], a[d], a[m]))
+    return blk.accumulate(terms, 16)
+
+
 def _six_bit_16(blk):
     """Q6_K: 64 values from 16 low-nibble bytes at `lo`, 16 at `hi` and 16 high-bit bytes at `h`:
     group g = 0..3 is ((lo|hi|lo|hi)[j] >> (0|0|4|4)) & 15 | ((h[j] >> 2g) & 3) << 4, paired with x[xo + 32g:],
@@ -148,4 +163,6 @@ fma_nibbles_32 = _primitive(["acc", "row", "o", "x", "xo_lo", "xo_hi", "d_lo", "
                             _nibbles(32))
 fma_five_bit_32 = _primitive(["acc", "row", "o", "h", "hbit", "x", "xo_lo", "xo_hi", "d_lo", "m_lo", "d_hi",
                               "m_hi"], _five_bit_32)
+fma_five_bit_16 = _primitive(["acc", "row", "o", "qh", "x", "xo_lo", "xo_hi", "d_lo", "m_lo", "d_hi", "m_hi"],
+                             _five_bit_16)
 fma_six_bit_16 = _primitive(["acc", "row", "lo", "hi", "h", "x", "xo", "s0", "s1", "s2", "s3"], _six_bit_16)
