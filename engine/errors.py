@@ -32,6 +32,3 @@ class ContextOverflowError(EngineError):
 class InvalidRequestError(EngineError, ValueError):
     """A caller passed an invalid argument (empty prompt, bad sampling value, ...)."""
 
-
-class DeviceError(EngineError):
-    """The requested compute device is not available."""

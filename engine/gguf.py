@@ -185,13 +185,6 @@ class GGUFFile:
             raise ModelFileError(f"{self.paths[0]}: split GGUF should hold {expected} tensors, found "
                                  f"{len(self.infos)}; a part is missing or damaged.")
 
-    @property
-    def architecture(self) -> str:
-        arch = self.metadata.get("general.architecture")
-        if not isinstance(arch, str):
-            raise ModelFileError(f"{self.paths[0]}: GGUF has no general.architecture key; the file is not a model.")
-        return arch
-
     def __contains__(self, name: str) -> bool:
         return name in self.infos
 

@@ -20,7 +20,6 @@ Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 = int(GGMLType.Q8_0), int(GGMLType.Q4_0), int(GGMLT
     int(GGMLType.Q5_1)
 Q4_K, Q5_K, Q6_K, F16, BF16 = int(GGMLType.Q4_K), int(GGMLType.Q5_K), int(GGMLType.Q6_K), int(GGMLType.F16), \
     int(GGMLType.BF16)
-TYPES = frozenset({Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, F16, BF16})
 
 
 @njit(cache=True, inline="always")
