@@ -90,6 +90,18 @@ def swiglu(gate, up):
     return silu(gate) * up
 
 
+def gelu_tanh(x):
+    """GELU, tanh approximation (PyTorch's approximate="tanh"): 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))."""
+    xp = _xp(x)
+    c = np.float32(np.sqrt(2.0 / np.pi))
+    return np.float32(0.5) * x * (np.float32(1.0) + xp.tanh(c * (x + np.float32(0.044715) * x * x * x)))
+
+
+def geglu(gate, up):
+    """GeGLU feed-forward gate (Gemma): gelu_tanh(gate) * up. gate, up: [T, F]."""
+    return gelu_tanh(gate) * up
+
+
 def softmax(x, axis: int = -1):
     """Numerically stable softmax along axis (masked entries may be -inf)."""
     xp = _xp(x)
@@ -97,20 +109,22 @@ def softmax(x, axis: int = -1):
     return e / xp.sum(e, axis=axis, keepdims=True)
 
 
-def attention(q, k, v, start: int, window: int | None = None):
+def attention(q, k, v, start: int, window: int | None = None, scale: float | None = None):
     """Causal grouped-query attention of new queries against the cache.
 
     q: [T, H, Dh] float32 — queries at positions start .. start+T-1.
     k, v: [H_kv, S, Dh] — cached keys/values for positions 0 .. S-1 (S = start + T; the new ones included).
     window: sliding-window size (a query at p sees keys p-window+1 .. p), or None for full causal.
-    Query head h uses key/value head h // (H / H_kv). Returns [T, H, Dh] float32.
+    scale: multiplies q·k (default 1/√Dh). Query head h uses key/value head h // (H / H_kv).
+    Returns [T, H, Dh] float32.
     """
     xp = _xp(q)
     t, h, dh = q.shape
     h_kv, s, _ = k.shape
     group = h // h_kv
     qg = q.reshape(t, h_kv, group, dh).transpose(1, 2, 0, 3).reshape(h_kv, group * t, dh)
-    scores = (qg @ k.transpose(0, 2, 1)) * np.float32(1.0 / np.sqrt(dh))  # [H_kv, G*T, S]
+    scale = 1.0 / np.sqrt(dh) if scale is None else scale
+    scores = (qg @ k.transpose(0, 2, 1)) * np.float32(scale)  # [H_kv, G*T, S]
     scores = scores.reshape(h_kv, group, t, s)
     if t > 1 or (window is not None and s > window):  # one query at the end of the cache sees every key
         q_pos = xp.arange(start, start + t)[:, None]

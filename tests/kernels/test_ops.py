@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig
+from transformers.masking_utils import causal_mask_function, sliding_window_overlay
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
@@ -33,6 +34,14 @@ def test_swiglu_and_silu_match_torch_including_extremes():
     g, u = randn(7, 33) * 4, randn(7, 33)
     g[0, :3] = [-200.0, 200.0, 0.0]
     np.testing.assert_allclose(ops.swiglu(g, u), (F.silu(t(g)) * t(u)).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_geglu_and_gelu_tanh_match_torch_including_extremes():
+    g, u = randn(7, 33) * 4, randn(7, 33)
+    g[0, :3] = [-200.0, 200.0, 0.0]
+    ref = F.gelu(t(g), approximate="tanh")
+    np.testing.assert_allclose(ops.gelu_tanh(g), ref.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ops.geglu(g, u), (ref * t(u)).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_softmax_matches_torch_with_masked_entries():
@@ -113,17 +122,18 @@ def _unpermute_heads(y):
     return y.reshape(T, H, 2, Dh // 2).swapaxes(2, 3).reshape(T, H, Dh)
 
 
-def torch_attention(q, k, v, start, window=None):
-    """q: [T, H, Dh]; k, v: [H_kv, S, Dh] → [T, H, Dh] with torch SDPA and an explicit causal (window) mask."""
+def torch_attention(q, k, v, start, window=None, scale=None):
+    """q: [T, H, Dh]; k, v: [H_kv, S, Dh] → [T, H, Dh] with torch SDPA and transformers' causal / sliding-window
+    mask functions (masking_utils, as Mistral and Gemma 3 use them)."""
     T, H, Dh = q.shape
     H_kv, S, _ = k.shape
     qp = torch.arange(start, start + T)[:, None]
     kp = torch.arange(S)[None, :]
-    mask = kp <= qp
+    mask = causal_mask_function(0, 0, qp, kp)
     if window is not None:
-        mask &= kp > qp - window
+        mask &= sliding_window_overlay(window)(0, 0, qp, kp)
     out = F.scaled_dot_product_attention(t(q).transpose(0, 1)[None], t(k)[None], t(v)[None], attn_mask=mask,
-                                         enable_gqa=True)
+                                         enable_gqa=True, scale=scale)
     return out[0].transpose(0, 1).numpy()
 
 
@@ -133,11 +143,19 @@ def torch_attention(q, k, v, start, window=None):
     (5, 9, 4, 4, None),   # a chunk after a cached prefix, MHA
     (3, 0, 3, 1, None),   # odd lengths, MQA
     (9, 4, 4, 2, 4),      # sliding window
+    (1, 12, 4, 2, 5),     # decode with the window shorter than the cache
 ])
 def test_attention_matches_torch_sdpa(T, start, H, H_kv, window):
     Dh = 32
     q, k, v = randn(T, H, Dh), randn(H_kv, start + T, Dh), randn(H_kv, start + T, Dh)
     np.testing.assert_allclose(ops.attention(q, k, v, start, window), torch_attention(q, k, v, start, window),
+                               atol=2e-5)
+
+
+def test_attention_scale_replaces_inverse_sqrt_head_dim():
+    """Gemma 3 scales scores by query_pre_attn_scalar ** -0.5 instead of 1/sqrt(Dh)."""
+    q, k, v = randn(6, 4, 32), randn(2, 9, 32), randn(2, 9, 32)
+    np.testing.assert_allclose(ops.attention(q, k, v, 3, 4, scale=0.3), torch_attention(q, k, v, 3, 4, scale=0.3),
                                atol=2e-5)
 
 
