@@ -45,11 +45,23 @@ class Llama:
 
         Returns logits [T, vocab] float32 (or [1, vocab] for the last token when last_only). Advances cache.length.
         """
+        return self.forward_packed(tokens, positions, [cache], [len(tokens)], last_only)
+
+    def forward_packed(self, tokens, positions, caches, lengths, last_only: bool = False):
+        """Several sequences in one forward sharing every mat-mul (continuous batching: a decode step is B
+        sequences of one token each). tokens, positions: [T] int, packed: sequence s owns lengths[s] (>= 1)
+        consecutive rows whose positions continue caches[s].length; caches: one KVCache per sequence.
+
+        Returns logits [T, vocab] float32, or [S, vocab] (each sequence's last row) when last_only. Advances every
+        cache.
+        """
         c = self.config
+        spans = np.cumsum([0, *lengths])
+        starts = [cache.length for cache in caches]
+        for first, start in zip(spans[:-1], starts):
+            if first < len(tokens) and int(positions[first]) != start:
+                raise ValueError(f"positions start at {int(positions[first])} but the cache holds {start} positions")
         t = len(tokens)
-        start = cache.length
-        if t and int(positions[0]) != start:
-            raise ValueError(f"positions start at {int(positions[0])} but the cache holds {start} positions")
         x = embedding(tokens, self.tok_embd)
         cos, sin = rope_cos_sin(positions, self.inv_freq)
         for i, w in enumerate(self.layers):
@@ -65,13 +77,22 @@ class Llama:
                 k = rms_norm(k, w["attn_k_norm"], c.rms_eps)
             q = rope(q, cos, sin, c.rope_interleaved)
             k = rope(k, cos, sin, c.rope_interleaved)
-            cache.store(i, start, k, v)
-            keys, values = cache.layer(i, start + t)
-            a = attention(q, keys, values, start, c.sliding_window)
+            a = self._attend(i, q, k, v, caches, starts, spans)
             x = x + matmul_transb(a.reshape(t, c.n_heads * c.head_dim), w["attn_output"])
             h = rms_norm(x, w["ffn_norm"], c.rms_eps)
             x = x + matmul_transb(swiglu(*matmul_transb_many(h, [w["ffn_gate"], w["ffn_up"]])), w["ffn_down"])
-        cache.length = start + t
+        for cache, start, n in zip(caches, starts, lengths):
+            cache.length = start + n
         if last_only:
-            x = x[-1:]
+            x = x[spans[1:] - 1]
         return matmul_transb(rms_norm(x, self.output_norm, c.rms_eps), self.output)
+
+    def _attend(self, i: int, q, k, v, caches, starts, spans):
+        """Layer i's attention of packed sequences, each against its own cache after storing its new keys/values.
+        q: [T, H, Dh], k, v: [T, H_kv, Dh] float32 → [T, H, Dh] float32."""
+        parts = []
+        for cache, start, lo, hi in zip(caches, starts, spans[:-1], spans[1:]):
+            cache.store(i, start, k[lo:hi], v[lo:hi])
+            keys, values = cache.layer(i, start + hi - lo)
+            parts.append(attention(q[lo:hi], keys, values, start, self.config.sliding_window))
+        return parts[0] if len(parts) == 1 else backend.xp.concatenate(parts)
