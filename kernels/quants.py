@@ -331,13 +331,192 @@ def _quant_q8_0(x):
 
 def _quant_q4_0(x):
     """d = (signed value of largest magnitude) / -8, q = min(15, trunc(x / d + 8.5)), as ggml's reference."""
-    imax = np.abs(x).argmax(axis=-1)[..., None]  # first occurrence, like ggml's strict `<` scan
-    d = np.take_along_axis(x, imax, axis=-1) / np.float32(-8)
-    with np.errstate(divide="ignore"):
-        inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
-    q = np.minimum(np.trunc(x * inv + np.float32(8.5)), np.float32(15)).astype(np.uint8)
+    d, q = _quant_legacy_signed(x, 8)
     packed = q[..., :16] | (q[..., 16:] << np.uint8(4))
     return np.concatenate([_f16_bytes(d), packed], axis=-1)
+
+
+def _quant_q5_0(x):
+    """As Q4_0 with 5 bits: d = (signed value of largest magnitude) / -16, q = min(31, trunc(x / d + 16.5));
+    low nibbles as Q4_0, 5th bits packed little-endian into qh (bit i = element i)."""
+    d, q = _quant_legacy_signed(x, 16)
+    packed = (q[..., :16] & np.uint8(0x0F)) | (q[..., 16:] << np.uint8(4))
+    qh = np.packbits(q >> np.uint8(4), axis=-1, bitorder="little")
+    return np.concatenate([_f16_bytes(d), qh, packed], axis=-1)
+
+
+def _quant_legacy_signed(x, half):
+    """Shared by Q4_0/Q5_0: d = max / -half (max: the first value of largest magnitude), q = min(2 half - 1,
+    trunc(x * (1/d) + half + 0.5)) as uint8 [..., 32]; d float32 [..., 1]."""
+    imax = np.abs(x).argmax(axis=-1)[..., None]  # first occurrence, like ggml's strict `<` scan
+    d = np.take_along_axis(x, imax, axis=-1) / np.float32(-half)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
+    q = np.minimum(np.trunc(x * inv + np.float32(half + 0.5)), np.float32(2 * half - 1)).astype(np.uint8)
+    return d, q
+
+
+# K-quants follow ggml-quants.c's quantize_row_q4_K_ref / quantize_row_q6_K_ref (what llama-quantize uses without
+# an importance matrix) operation by operation in float32, vectorized over sub-blocks. The sub-block arrays are
+# element-major ([elements, sub-blocks]) so that sums run element by element in C's order (`_seq_sum`): the
+# searches compare errors computed from these sums, so a different summation order can pick other scales.
+
+def _seq_sum(a: np.ndarray) -> np.ndarray:
+    """[n, N] -> [N]: a[0] + a[1] + ... + a[n-1], added left to right in float32 like a C loop."""
+    acc = a[0].copy()
+    for row in a[1:]:
+        acc += row
+    return acc
+
+
+def _make_qkx2_quants(x, w, nmax, rmin, rdelta, nstep):
+    """ggml's make_qkx2_quants (use_mad = false): an asymmetric fit x ~ scale * L - the_min, L in [0, nmax],
+    searching nstep + 1 candidate scales for the least weighted squared error.
+    x, w: float32 [n, N] (element-major). Returns L uint8 [n, N], scale [N], the_min [N] (float32)."""
+    f32 = np.float32
+    mn = np.minimum(x.min(axis=0), f32(0))
+    mx = x.max(axis=0)
+    flat = mx == mn
+    sum_w = _seq_sum(w)
+    sum_x = _seq_sum(w * x)
+    iscale = f32(nmax) / np.where(flat, f32(1), mx - mn)
+    scale = f32(1) / iscale
+    L = np.clip(np.rint(iscale * (x - mn)), 0, nmax)
+    diff = scale * L + mn - x
+    best = _seq_sum(w * (diff * diff))
+    for step in range(nstep + 1):  # ggml keeps using the running `min` here, updated by each better candidate
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iscale = (f32(rmin) + f32(rdelta) * f32(step) + f32(nmax)) / (mx - mn)
+            la = np.clip(np.rint(iscale * (x - mn)), 0, nmax)
+        wl = w * la
+        sum_l, sum_l2, sum_xl = _seq_sum(wl), _seq_sum(wl * la), _seq_sum(wl * x)
+        D = sum_w * sum_l2 - sum_l * sum_l
+        with np.errstate(divide="ignore", invalid="ignore"):
+            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
+            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
+            pos = this_min > 0
+            this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
+        this_min = np.where(pos, f32(0), this_min)
+        diff = this_scale * la + this_min - x
+        cur = _seq_sum(w * (diff * diff))
+        better = (D > 0) & (cur < best) & ~flat
+        L = np.where(better, la, L)
+        best = np.where(better, cur, best)
+        scale = np.where(better, this_scale, scale)
+        mn = np.where(better, this_min, mn)
+    L = np.where(flat, f32(0), L)
+    scale = np.where(flat, f32(0), scale)
+    return L.astype(np.uint8), scale, -mn
+
+
+def _make_qx_quants_rmse1(x, nmax):
+    """ggml's make_qx_quants(rmse_type = 1, no importance): a symmetric fit x ~ scale * (L - nmax), L in
+    [0, 2 nmax), weights x^2, searching 19 candidate scales. x: float32 [n, N]. Returns L uint8 [n, N], scale [N]."""
+    f32 = np.float32
+    ax = np.abs(x)
+    imax = ax.argmax(axis=0)  # first occurrence, like ggml's strict `>` scan
+    mx = np.take_along_axis(x, imax[None], axis=0)[0]
+    zero = ax.max(axis=0) < f32(1e-15)
+    mx = np.where(zero, f32(1), mx)
+    w = x * x
+    wx = w * x
+
+    def fit(iscale):
+        lv = np.clip(np.rint(iscale * x), -nmax, nmax - 1)
+        return lv, _seq_sum(wx * lv), _seq_sum((w * lv) * lv)
+
+    lv, sumlx, suml2 = fit(f32(-nmax) / mx)
+    L = lv + nmax
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(suml2 != 0, sumlx / suml2, f32(0))
+    best = scale * sumlx
+    for step in range(-9, 10):
+        if step == 0:
+            continue
+        lv, sumlx, suml2 = fit(-(f32(nmax) + f32(0.1) * f32(step)) / mx)
+        better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
+        L = np.where(better, lv + nmax, L)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = np.where(better, sumlx / suml2, scale)
+        best = np.where(better, scale * sumlx, best)
+    return np.where(zero, f32(0), L).astype(np.uint8), np.where(zero, f32(0), scale)
+
+
+def _f16_round(v: np.ndarray) -> np.ndarray:
+    """float32 -> nearest f16 (ties to even) -> float32, as GGML_FP32_TO_FP16 then back."""
+    return v.astype(np.float16).astype(np.float32)
+
+
+def _nearest_u8(v: np.ndarray) -> np.ndarray:
+    """nearest_int(v) stored in a uint8_t (wraps modulo 256, as the C assignment does)."""
+    return (np.rint(v).astype(np.int64) & 0xFF).astype(np.uint8)
+
+
+def _quant_q4_k(x):
+    """Q4_K (quantize_row_q4_K_ref): per sub-block of 32 an asymmetric 4-bit fit (make_qkx2_quants, weights
+    rms(x) + |x|), then the 8 scales and 8 mins quantized to 6 bits against d = max scale / 63 and
+    dmin = max min / 63, and every element re-quantized with those: q = nearest((x + dmin * m) / (d * sc))."""
+    f32 = np.float32
+    lead = x.shape[:-1]
+    xb = x.reshape(-1, QK_K)
+    B = xb.shape[0]
+    xs = np.ascontiguousarray(xb.reshape(B * 8, 32).T)  # [32, B*8] element-major sub-blocks
+    av_x = np.sqrt(_seq_sum(xs * xs) / f32(32))
+    L, scales, mins = _make_qkx2_quants(xs, av_x + np.abs(xs), 15, -1.0, 0.1, 20)
+    scales, mins = scales.reshape(B, 8), mins.reshape(B, 8)
+    max_scale = np.maximum(scales.max(axis=1), f32(0))
+    max_min = np.maximum(mins.max(axis=1), f32(0))
+    with np.errstate(divide="ignore"):
+        inv_scale = np.where(max_scale > 0, f32(63) / max_scale, f32(0))
+        inv_min = np.where(max_min > 0, f32(63) / max_min, f32(0))
+    ls = np.minimum(_nearest_u8(inv_scale[:, None] * scales), np.uint8(63))
+    lm = np.minimum(_nearest_u8(inv_min[:, None] * mins), np.uint8(63))
+    d = _f16_round(max_scale / f32(63))
+    dmin = _f16_round(max_min / f32(63))
+    dl = (d[:, None] * ls.astype(f32)).reshape(1, B * 8)
+    ml = (dmin[:, None] * lm.astype(f32)).reshape(1, B * 8)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        requant = np.clip(np.rint((xs + ml) / dl), 0, 15).astype(np.uint8)
+    L = np.where(dl != 0, requant, L).T.reshape(B, 4, 2, 32)  # chunk c: sub-blocks 2c (low) and 2c+1 (high)
+    qs = (L[:, :, 0] | (L[:, :, 1] << np.uint8(4))).reshape(B, 128)
+    packed = np.empty((B, 12), np.uint8)
+    packed[:, 0:4] = ls[:, :4] | ((ls[:, 4:] >> np.uint8(4)) << np.uint8(6))
+    packed[:, 4:8] = lm[:, :4] | ((lm[:, 4:] >> np.uint8(4)) << np.uint8(6))
+    packed[:, 8:12] = (ls[:, 4:] & np.uint8(0x0F)) | ((lm[:, 4:] & np.uint8(0x0F)) << np.uint8(4))
+    out = np.concatenate([_f16_bytes(d[:, None]), _f16_bytes(dmin[:, None]), packed, qs], axis=-1)
+    return out.reshape(*lead, 144)
+
+
+def _quant_q6_k(x):
+    """Q6_K (quantize_row_q6_K_ref): per sub-block of 16 a symmetric 6-bit fit (make_qx_quants, weights x^2),
+    the 16 scales quantized to int8 against d = (scale of largest magnitude) / -128, then every element
+    re-quantized: q = nearest(x / (d * sc)) + 32. A block whose scales are all ~0 is all zero bytes."""
+    f32 = np.float32
+    lead = x.shape[:-1]
+    xb = x.reshape(-1, QK_K)
+    B = xb.shape[0]
+    xs = np.ascontiguousarray(xb.reshape(B * 16, 16).T)  # [16, B*16] element-major sub-blocks
+    L, scales = _make_qx_quants_rmse1(xs, 32)
+    scales = scales.reshape(B, 16)
+    imax = np.abs(scales).argmax(axis=1)[:, None]
+    max_scale = np.take_along_axis(scales, imax, axis=1)[:, 0]
+    zero = np.abs(max_scale) < f32(1e-15)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iscale = f32(-128) / np.where(zero, f32(1), max_scale)
+        d = _f16_round(f32(1) / iscale)
+    sc = np.minimum(np.rint(iscale[:, None] * scales), f32(127)).astype(np.int8)
+    dl = (d[:, None] * sc.astype(f32)).reshape(1, B * 16)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        requant = (np.clip(np.rint(xs / dl), -32, 31) + 32).astype(np.uint8)
+    L = np.where(dl != 0, requant, L).T.reshape(B, 2, 4, 32)  # half h, quarter k: elements 128h + 32k + l
+    ql = np.concatenate([L[:, :, 0] & np.uint8(0x0F) | ((L[:, :, 2] & np.uint8(0x0F)) << np.uint8(4)),
+                         L[:, :, 1] & np.uint8(0x0F) | ((L[:, :, 3] & np.uint8(0x0F)) << np.uint8(4))], axis=-1)
+    qh = ((L[:, :, 0] >> np.uint8(4)) | ((L[:, :, 1] >> np.uint8(4)) << np.uint8(2))
+          | ((L[:, :, 2] >> np.uint8(4)) << np.uint8(4)) | ((L[:, :, 3] >> np.uint8(4)) << np.uint8(6)))
+    out = np.concatenate([ql.reshape(B, 128), qh.reshape(B, 64), sc.view(np.uint8),
+                          _f16_bytes(d[:, None])], axis=-1)
+    out[zero] = 0
+    return out.reshape(*lead, 210)
 
 
 _QUANTIZERS = {
@@ -346,14 +525,17 @@ _QUANTIZERS = {
     GGMLType.BF16: _quant_bf16,
     GGMLType.Q8_0: _quant_q8_0,
     GGMLType.Q4_0: _quant_q4_0,
+    GGMLType.Q5_0: _quant_q5_0,
+    GGMLType.Q4_K: _quant_q4_k,
+    GGMLType.Q6_K: _quant_q6_k,
 }
 
 
 def quantize(x: np.ndarray, ggml_type: int) -> np.ndarray:
     """Encode float32 [..., n] as GGML blocks, uint8 [..., n // block_elems * block_bytes].
 
-    Only F32, F16, BF16, Q8_0 and Q4_0; byte-identical to gguf.quants.quantize for float32 input
-    (other float dtypes are first converted to float32).
+    F32, F16, BF16, Q8_0, Q4_0 and Q5_0 are byte-identical to gguf.quants.quantize for float32 input (other
+    float dtypes are first converted to float32); Q4_K and Q6_K follow llama.cpp's reference quantizers.
     """
     t = require_supported(ggml_type)
     if t not in _QUANTIZERS:

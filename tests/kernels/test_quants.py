@@ -7,6 +7,7 @@ from gguf import quants as gq
 from engine.errors import UnsupportedModelError
 from kernels.qtensor import QTensor
 from kernels.quants import SUPPORTED, GGMLType, block_shape, dequantize, quantize
+from ggml_quants import ggml_quantize
 from quant_blocks import K_QUANTS, gguf_bytes, make_blocks
 
 
@@ -75,7 +76,7 @@ def test_dequantize_rejects_bad_row_bytes():
         dequantize(np.zeros((2, 34), np.int8), GGMLType.Q8_0)
 
 
-QUANTIZABLE = [GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.Q4_0]
+QUANTIZABLE = [GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q5_0]
 
 
 @pytest.mark.parametrize("t", QUANTIZABLE, ids=lambda t: t.name)
@@ -119,9 +120,74 @@ def test_quantize_round_trip_error(t, levels):
     assert np.all(err <= bound)
 
 
+def _k_quant_inputs() -> np.ndarray:
+    """[rows, 1024] float32 with the cases the K-quant searches branch on."""
+    rng = np.random.default_rng(500)
+    x = rng.standard_normal((24, 1024)).astype(np.float32)
+    x[1] = rng.standard_t(2, 1024)  # heavy tails
+    x[2] = np.abs(x[2]) + 0.5  # all positive: min clamped to 0
+    x[3] = -np.abs(x[3]) - 0.5  # all negative
+    x[4] *= 1e-4
+    x[5] *= 1e3
+    x[6] *= rng.random(1024) < 0.1  # mostly zeros: zero sub-blocks inside non-zero blocks
+    x[7] = 0.0  # all-zero blocks
+    x[8, :256] = 1.5  # constant block (max == min)
+    x[8, 256:512:32] = 7.0  # one spike per sub-block
+    x[9] = np.repeat(rng.standard_normal(64), 16)  # constant sub-blocks of 16
+    x[10] *= np.exp(2 * rng.standard_normal(1024)).astype(np.float32)  # scales vary widely within a block
+    x[11] = np.round(x[11] * 4) / 4  # exact ties after scaling
+    return x
+
+
+@pytest.mark.parametrize("t", [GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.Q5_0], ids=lambda t: t.name)
+def test_quantize_matches_llama_cpp(t):
+    """Byte for byte what llama.cpp's quantizer (ggml_quantize_chunk, no importance matrix) writes."""
+    x = _k_quant_inputs()
+    np.testing.assert_array_equal(quantize(x, t), ggml_quantize(x, t))
+    np.testing.assert_array_equal(quantize(x.reshape(2, 12, 1024), t), ggml_quantize(x, t).reshape(2, 12, -1))
+
+
+def test_k_quant_round_trip_error():
+    """Per-block error bounds of the formats, checked on our quantizer and on llama.cpp's alike.
+
+    Q6_K: q in [-32, 31] times d_j ~ amax/31.1 at worst among the searched scales: half a step is amax_sub/62;
+    the 8-bit sub-block scales against d = max_scale/128 add up to 32 * d/2 ~ amax_block/249.
+    Q4_K: 16 levels over the sub-block's range [min(x, 0), max(x)]: half a step is range/30; the 6-bit scales and
+    mins (d = max_scale/63, dmin = max_min/63) add up to 15 * d/2 + dmin/2 ~ range_block/63.
+    Bounds below are those with a 25% margin for the least-squares scale refinement.
+    """
+    rng = np.random.default_rng(600)
+    x = np.concatenate([rng.standard_normal((8, 1024)), rng.standard_t(2, (8, 1024)),
+                        np.abs(rng.standard_normal((8, 1024))) + 0.5,
+                        rng.standard_normal((8, 1024)) * np.exp(2 * rng.standard_normal((8, 1024)))]).astype(np.float32)
+    amax16 = np.abs(x).reshape(-1, 16).max(axis=1)
+    amax_block = np.repeat(np.abs(x).reshape(-1, 256).max(axis=1), 16)
+    sub = x.reshape(-1, 32)
+    range32 = sub.max(axis=1) - np.minimum(sub.min(axis=1), 0)
+    range_block = np.repeat(range32.reshape(-1, 8).max(axis=1), 8)
+    bounds = {GGMLType.Q6_K: (16, 1.25 * (amax16 / 62 + amax_block / 249)),
+              GGMLType.Q4_K: (32, 1.25 * (range32 / 30 + range_block / 63))}
+    for t, (n, bound) in bounds.items():
+        for raw in (quantize(x, t), ggml_quantize(x, t)):
+            err = np.abs(dequantize(raw, t) - x).reshape(-1, n).max(axis=1)
+            assert np.all(err <= bound), t.name
+        ours = np.abs(dequantize(quantize(x, t), t) - x).mean()
+        theirs = np.abs(dequantize(ggml_quantize(x, t), t) - x).mean()
+        assert ours <= theirs * (1 + 1e-6), t.name
+
+
+@pytest.mark.parametrize("t", [GGMLType.Q4_K, GGMLType.Q6_K], ids=lambda t: t.name)
+def test_k_quant_bytes_decode_with_gguf(t):
+    """gguf-py reads our K-quant bytes as we do."""
+    raw = quantize(_k_quant_inputs(), t)
+    _assert_bits_equal(dequantize(raw, t), _reference(t, raw).reshape(raw.shape[0], -1))
+
+
 def test_quantize_unsupported():
-    with pytest.raises(UnsupportedModelError, match="Q4_K"):
-        quantize(np.zeros((1, 256), np.float32), GGMLType.Q4_K)
+    with pytest.raises(UnsupportedModelError, match="Q5_K"):
+        quantize(np.zeros((1, 256), np.float32), GGMLType.Q5_K)
+    with pytest.raises(ValueError):
+        quantize(np.zeros((1, 128), np.float32), GGMLType.Q4_K)
     with pytest.raises(UnsupportedModelError, match="Q2_K"):
         quantize(np.zeros((1, 256), np.float32), GGMLType.Q2_K)
 
