@@ -84,8 +84,9 @@ class _Cursor:
         raise ModelFileError(f"{self.path}: unknown GGUF metadata value type {vtype}; the file is corrupt.")
 
 
-def _parse(path: Path, buf) -> tuple[dict, list[TensorInfo]]:
-    """Parse one file's header. Returns (metadata, tensor infos with offsets relative to the file start)."""
+def _parse(path: Path, buf) -> tuple[dict, dict, list[TensorInfo]]:
+    """Parse one file's header. Returns (metadata, {key: (GGUFValueType, array element type or None)}, tensor
+    infos with offsets relative to the file start)."""
     cur = _Cursor(buf, path)
     magic = bytes(cur.take(4)) if len(buf) >= 4 else bytes(buf)
     if magic != MAGIC:
@@ -99,10 +100,13 @@ def _parse(path: Path, buf) -> tuple[dict, list[TensorInfo]]:
     n_tensors, n_kv = cur.scalar("<Q"), cur.scalar("<Q")
     if n_tensors > len(buf) or n_kv > len(buf):
         raise ModelFileError(f"{path}: GGUF header claims {n_tensors} tensors and {n_kv} keys; the file is corrupt.")
-    metadata = {}
+    metadata, types = {}, {}
     for _ in range(n_kv):
         key = cur.string()
-        metadata[key] = cur.value(cur.scalar("<I"))
+        vtype = cur.scalar("<I")
+        etype = int.from_bytes(bytes(buf[cur.pos:cur.pos + 4]), "little") if vtype == GGUFValueType.ARRAY else None
+        metadata[key] = cur.value(vtype)
+        types[key] = (vtype, etype)
     raw_infos = []
     for _ in range(n_tensors):
         name = cur.string()
@@ -131,7 +135,7 @@ def _parse(path: Path, buf) -> tuple[dict, list[TensorInfo]]:
             raise ModelFileError(f"{path}: tensor {name!r} ends at byte {start + nbytes} but the file has only "
                                  f"{len(buf)} bytes: the file is truncated. Download it again.")
         infos.append(TensorInfo(name, tuple(reversed(dims)), gtype, 0, start, nbytes))
-    return metadata, infos
+    return metadata, types, infos
 
 
 def split_gguf_parts(name: str) -> list[str] | None:
@@ -159,6 +163,7 @@ class GGUFFile:
     """A GGUF model, possibly split over several files.
 
     metadata: dict of key → str | int | float | bool | list (from the first part).
+    metadata_types: dict of key → (gguf.GGUFValueType code, element type code for arrays else None).
     infos: dict of tensor name → TensorInfo over all parts.
     """
 
@@ -171,9 +176,9 @@ class GGUFFile:
             if p.stat().st_size == 0:
                 raise ModelFileError(f"{p}: file is empty. Download it again.")
             mm = np.memmap(p, dtype=np.uint8, mode="r")
-            metadata, infos = _parse(p, memoryview(mm))
+            metadata, types, infos = _parse(p, memoryview(mm))
             if part == 0:
-                self.metadata = metadata
+                self.metadata, self.metadata_types = metadata, types
             for info in infos:
                 if info.name in self.infos:
                     raise ModelFileError(f"{p}: tensor {info.name!r} appears twice; the file is corrupt.")
