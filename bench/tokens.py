@@ -1,6 +1,7 @@
 """Token throughput: prefill and decode tok/s, achieved GB/s and peak memory; ours against llama.cpp and transformers.
 
     python -m bench.tokens --model ID_OR_PATH [--prompt-len 128] [--gen 64] [--threads 2] [--repeat 1]
+        [--activations float32|int8]
         [--vs llama.cpp] [--vs transformers] [--hf-dir DIR] [--no-ours] [--json out.json]
 
 Each engine runs in its own subprocess (so peak RSS is its own) on the same prompt: prompt-len pseudo-random
@@ -61,7 +62,7 @@ def run_ours(path: str, a) -> dict:
     backend.set_threads(a.threads)
     import engine
 
-    llm = engine.load(path, n_ctx=a.prompt_len + a.gen + 8)
+    llm = engine.load(path, n_ctx=a.prompt_len + a.gen + 8, activations=a.activations)
     model = llm.model
     state = {}
 
@@ -166,7 +167,7 @@ def spawn(engine: str, path: str, a) -> dict | None:
         result = Path(tmp, "result.json")
         cmd = [sys.executable, "-m", "bench.tokens", "--child", engine, "--child-path", path, "--result", str(result),
                "--prompt-len", str(a.prompt_len), "--gen", str(a.gen), "--threads", str(a.threads),
-               "--repeat", str(a.repeat)]
+               "--repeat", str(a.repeat), "--activations", a.activations]
         r = subprocess.run(cmd)
         if r.returncode != 0 or not result.exists():
             print(f"{engine}: failed (exit status {r.returncode})", file=sys.stderr)
@@ -197,7 +198,8 @@ def read_bandwidth(threads: int, mb: int = 400) -> float:
 
 
 def report(results: dict, bw: float, load: float, a, model: str) -> dict:
-    print(f"\nmodel {model} | prompt {a.prompt_len} tokens, {a.gen} generated | {a.threads} threads | best of "
+    print(f"\nmodel {model} | prompt {a.prompt_len} tokens, {a.gen} generated | {a.threads} threads | our "
+          f"activations {a.activations} | best of "
           f"{a.repeat} | warm-up excluded | measured read bandwidth {bw:.1f} GB/s | load average before "
           f"{load:.2f}")
     print(f"{'engine':<13} {'prefill tok/s':>13} {'decode tok/s':>12} {'weights MB':>10} {'GB/s':>6} {'% bw':>5} "
@@ -217,6 +219,7 @@ def report(results: dict, bw: float, load: float, a, model: str) -> dict:
                 print(f"ours / {peer}: prefill {x['prefill_tps']:.2f}x, decode {x['decode_tps']:.2f}x, "
                       f"peak RSS {x['peak_rss_mb']:.2f}x")
     return {"model": model, "prompt_len": a.prompt_len, "gen": a.gen, "threads": a.threads, "repeat": a.repeat,
+            "activations": a.activations,
             "read_bandwidth_gbs": bw, "load_average_before": load, "llama_cpp_kv_type": "f16 (default)",
             "transformers_dtype": "float32", "results": results, "ratios": ratios}
 
@@ -228,6 +231,8 @@ def main(argv=None) -> None:
     ap.add_argument("--gen", type=int, default=64, help="decoded tokens")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=1, help="timed runs per engine; the best is reported")
+    ap.add_argument("--activations", choices=("float32", "int8"), default="float32",
+                    help="our one-token mat-vec activations (int8: the opt-in integer path)")
     ap.add_argument("--vs", action="append", default=[], choices=ENGINES[1:], help="peer engine (repeatable)")
     ap.add_argument("--hf-dir", default=None, help="HF directory for transformers (default: the model)")
     ap.add_argument("--no-ours", action="store_true", help="run the peers only")

@@ -123,6 +123,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     p.add_argument("--ctx-size", type=int, default=None, help="context length (default: the model's)")
     p.add_argument("--threads", type=int, default=None, help="worker threads (default: ENGINE_THREADS or all cores)")
+    p.add_argument("--activations", choices=("float32", "int8"), default=None,
+                   help="one-token mat-vec activations: float32 (default, exact) or int8 (opt-in, faster; "
+                        "default: ENGINE_ACTIVATIONS)")
 
 
 def loaded_line(llm) -> str:
@@ -142,7 +145,7 @@ def main(argv=None) -> int:
         return run_cli(args)
     import engine
     try:
-        llm = engine.load(args.model, n_ctx=args.ctx_size, threads=args.threads)
+        llm = engine.load(args.model, n_ctx=args.ctx_size, threads=args.threads, activations=args.activations)
         print(loaded_line(llm), file=sys.stderr)
         use_chat = args.chat if args.chat is not None else llm.template is not None
         if use_chat:

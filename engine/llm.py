@@ -115,14 +115,17 @@ class LLM:
         return ids
 
 
-def load(model: str | None = None, n_ctx: int | None = None, threads: int | None = None) -> LLM:
+def load(model: str | None = None, n_ctx: int | None = None, threads: int | None = None,
+         activations: str | None = None) -> LLM:
     """Load a model: a registry id (`smollm2`, `qwen3.4b_q4`), a .gguf path, an HF-style directory or an HF repo
     id (`org/name`, or `org/name:file.gguf`). None loads the embedded default (SmolLM2-135M-Instruct Q4_1).
 
     n_ctx: context length per sequence (default: the model's). threads: worker threads (default: ENGINE_THREADS,
-    else all cores)."""
+    else all cores). activations: "float32" (default) or "int8" for the opt-in int8 mat-vec (default:
+    ENGINE_ACTIVATIONS)."""
     t0 = time.perf_counter()
     backend.set_threads(threads or int(os.environ.get("ENGINE_THREADS", 0)) or None)
     source = hub.resolve(model)
     loaded = load_source(source)
+    backend.set_activations(activations)
     return LLM(loaded, source, n_ctx, load_s=time.perf_counter() - t0)

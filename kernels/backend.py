@@ -34,6 +34,19 @@ def set_threads(n: int | None) -> int:
     return n
 
 
+def set_activations(kind: str | None) -> str:
+    """Activations of the one-token mat-vec: "float32" (default, exact) or "int8" (opt-in, faster; see
+    kernels/cpu/int8_kernels.py). None keeps ENGINE_ACTIVATIONS or the default. Returns the kind in force."""
+    from kernels import cpu
+    kind = kind or cpu.activations
+    if kind not in cpu.ACTIVATION_KINDS:
+        from engine.errors import InvalidRequestError
+        raise InvalidRequestError(f"activations {kind!r} is not one of {', '.join(cpu.ACTIVATION_KINDS)} "
+                                  "(--activations / ENGINE_ACTIVATIONS).")
+    cpu.activations = kind
+    return kind
+
+
 def describe() -> str:
     """One line saying which compute path runs."""
     from kernels import cpu
@@ -41,6 +54,7 @@ def describe() -> str:
         return "kernels: CUDA (CuPy)"
     if cpu.available:
         import numba
-        return (f"kernels: numba fused quantized mat-vec, {numba.get_num_threads()} threads (compiled on first use, "
-                "about a minute, then cached)")
+        acts = "int8 activations (opt-in)" if cpu.activations == "int8" else "float32 activations"
+        return (f"kernels: numba fused quantized mat-vec, {acts}, {numba.get_num_threads()} threads (compiled on "
+                "first use, about a minute, then cached)")
     return "kernels: NumPy reference (slow; install numba for the fast path)"

@@ -3,6 +3,8 @@
 `matmul_transb(x, w)` is the entry point: one token → the fused dequantize-and-dot mat-vec; several tokens →
 rows dequantized a tile at a time (on all threads) into a reused float32 buffer, then BLAS (single-threaded, see
 below). `available` says whether numba could be imported; ENGINE_KERNELS=numpy forces the NumPy reference path.
+`activations` is "float32" (default) or "int8" (opt-in, ENGINE_ACTIVATIONS=int8: the one-token mat-vec quantizes
+x per 32 values and dots in integers, kernels/cpu/int8_kernels.py; faster, slightly less exact).
 """
 import os
 import threading
@@ -16,9 +18,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
 os.environ.setdefault("GOMP_SPINCOUNT", "100000")
 
 try:
-    from kernels.cpu import quant_kernels
+    from kernels.cpu import int8_kernels, quant_kernels
 except ImportError:  # numba missing or broken: the NumPy path runs
-    quant_kernels = None
+    int8_kernels = quant_kernels = None
 
 available = quant_kernels is not None and os.environ.get("ENGINE_KERNELS", "numba") != "numpy"
 if available:
@@ -26,6 +28,8 @@ if available:
     # as many threads as cores, starve the kernels' threads (prefill ran 12x slower).
     from threadpoolctl import threadpool_limits
     threadpool_limits(1, user_api="blas")
+ACTIVATION_KINDS = ("float32", "int8")
+activations = os.environ.get("ENGINE_ACTIVATIONS", "float32")
 TILE_BYTES = 4 << 20  # float32 rows dequantized per BLAS call in prefill, per worker
 _local = threading.local()
 _pool: ThreadPoolExecutor | None = None
@@ -36,8 +40,14 @@ def matmul_transb_many(x: np.ndarray, ws: list) -> list[np.ndarray]:
     if x.shape[0] != 1:
         return [matmul_transb(x, w) for w in ws]
     outs = tuple(np.empty((1, w.shape[0]), dtype=np.float32) for w in ws)
-    quant_kernels.matvec(tuple(w.raw for w in ws), tuple(int(w.ggml_type) for w in ws), x[0],
-                         tuple(o[0] for o in outs))
+    raws, types, row = tuple(w.raw for w in ws), tuple(int(w.ggml_type) for w in ws), x[0]
+    if activations == "int8" and row.shape[0] % 32 == 0:
+        blocks = row.shape[0] // 32
+        xq, xd, xs = np.empty(row.shape[0], np.int8), np.empty(blocks, np.float32), np.empty(blocks, np.float32)
+        int8_kernels.quantize_activations(row, xq, xd, xs)
+        int8_kernels.matvec_int8(raws, types, row, xq, xd, xs, tuple(o[0] for o in outs))
+    else:
+        quant_kernels.matvec(raws, types, row, tuple(o[0] for o in outs))
     return list(outs)
 
 

@@ -1,0 +1,74 @@
+"""Opt-in mat-vec with int8 activations (as llama.cpp does): x is quantized per 32-value block, then each weight
+block is dotted in integers and scaled once.
+
+    x[32b + j] ≈ xd[b] · xq[32b + j],   xq int8 in [-127, 127],   xd[b] = max_j |x[32b + j]| / 127
+
+so Σ_k W[n, k]·x[k] ≈ Σ_b d_w · xd[b] · Σ_j q_w[j]·xq[32b + j] (+ min terms m_w · xs[b], xs[b] = xd[b]·Σ_j xq).
+The error against the float32 path is at most Σ_k |W[n, k]| · xd[b(k)] / 2 (each activation is off by at most
+half a step); tests/kernels/test_int8_kernels.py checks that bound. Q8_0, Q4_0, Q4_1, Q4_K and Q6_K have integer
+row dots (kernels/cpu/simd.py); other types use the float dot of kernels/cpu/quant_kernels.py in the same launch.
+"""
+import numpy as np
+from numba import njit, prange
+
+from kernels.cpu.quant_kernels import CHUNKS, Q4_0, Q4_1, Q4_K, Q6_K, Q8_0, dot_row
+from kernels.cpu.simd import int8_row_q4_0, int8_row_q4_1, int8_row_q4_k, int8_row_q6_k, int8_row_q8_0
+
+INT8_TYPES = (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K)
+
+
+@njit(cache=True)
+def quantize_activations(x, xq, xd, xs):
+    """x: [K] float32 (K a multiple of 32) → xq: [K] int8, xd: [K/32] float32 steps, xs: [K/32] float32 = xd·Σxq."""
+    for b in range(x.shape[0] // 32):
+        amax = np.float32(0.0)
+        for j in range(32):
+            amax = max(amax, abs(x[32 * b + j]))
+        d = amax / np.float32(127.0)
+        inv = np.float32(127.0) / amax if amax > 0 else np.float32(0.0)
+        total = 0
+        for j in range(32):
+            q = np.int32(np.rint(x[32 * b + j] * inv))
+            xq[32 * b + j] = q
+            total += q
+        xd[b] = d
+        xs[b] = d * np.float32(total)
+
+
+@njit(cache=True)
+def idot_row(t, row, xq, xd, xs, acc):
+    """Σ_k W_row[k]·x[k] for a row of type t in INT8_TYPES against quantized activations. acc: [8] float32
+    scratch (zeroed here)."""
+    acc[:] = 0.0
+    k = xq.shape[0]
+    if t == Q8_0:
+        int8_row_q8_0(acc, row, xq, xd, xs, k // 32)
+    elif t == Q4_0:
+        int8_row_q4_0(acc, row, xq, xd, xs, k // 32)
+    elif t == Q4_1:
+        int8_row_q4_1(acc, row, xq, xd, xs, k // 32)
+    elif t == Q4_K:
+        int8_row_q4_k(acc, row, xq, xd, xs, k // 256)
+    else:
+        int8_row_q6_k(acc, row, xq, xd, xs, k // 256)
+    return acc.sum()
+
+
+@njit(parallel=True, cache=True)
+def matvec_int8(raws, types, x, xq, xd, xs, outs):
+    """quant_kernels.matvec with int8 activations for the types in INT8_TYPES (x quantized by
+    quantize_activations into xq, xd, xs); other types use the float dot against x."""
+    k = x.shape[0]
+    for c in prange(len(raws) * CHUNKS):
+        i, part = c // CHUNKS, c % CHUNKS
+        raw, out, t = raws[i], outs[i], types[i]
+        n = raw.shape[0]
+        integer = t == Q8_0 or t == Q4_0 or t == Q4_1 or t == Q4_K or t == Q6_K
+        acc8 = np.empty(8, np.float32)
+        acc = np.empty(32, np.float32)
+        buf = np.empty(k, np.float32)
+        for r in range(part * n // CHUNKS, (part + 1) * n // CHUNKS):
+            if integer:
+                out[r] = idot_row(t, raw[r], xq, xd, xs, acc8)
+            else:
+                out[r] = dot_row(t, raw[r], x, acc, buf)
