@@ -115,11 +115,11 @@ def test_half_conversions_match_numpy(probes):
     halves = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
     rng = np.random.default_rng(0)
     x = np.concatenate([
-        rng.standard_normal(20000).astype(np.float32) * np.float32(10.0) ** rng.integers(-9, 6, 20000),
+        rng.standard_normal(20000).astype(np.float32) * np.float32(10.0) ** rng.integers(-9, 6, 20000).astype(np.float32),
         halves,
         (halves.view(np.uint32) + np.uint32(1 << 12)).view(np.float32),  # halfway between neighbouring halves
         np.array([65504, 65519.99, 65520, 1e9, -np.inf, 2.0**-25, 2.0**-24 * 1.5], np.float32),
-    ])
+    ]).astype(np.float32)
     bits = np.resize(np.arange(1 << 16, dtype=np.uint16), len(x))
     from_half, from_bf16, to_half = np.zeros(len(x), np.float32), np.zeros(len(x), np.float32), np.zeros(len(x), np.float16)
     probes.launch("half_conversions", 64, 256, [bits, from_half, from_bf16, x, to_half, len(x)])
