@@ -3,8 +3,9 @@
 // include/ directory beside it stands in for <cuda_fp16.h> and <cuda_bf16.h>.
 //
 // Model: the blocks of a grid run one after another, in forward, reverse or random order. Every thread of a
-// block is a fiber (ucontext) that runs until it reaches a barrier or returns; threads are resumed in forward,
-// reverse or random order. So a missing barrier shows up as results that depend on the order.
+// block is a fiber (ucontext) that runs until it reaches a barrier or returns. Warps take turns in forward,
+// reverse or random order, each running as far as it can before the next (its lanes too in that order), so a
+// missing barrier shows up as results that depend on the order.
 //   __syncthreads(): a real barrier. Every thread of the block must reach the same __syncthreads (file, line);
 //     a thread that returned or waits elsewhere makes the launch fail with a message.
 //   __syncwarp / __shfl*_sync / __ballot_sync / __any_sync / __all_sync: a barrier among the lanes of the mask
@@ -153,10 +154,10 @@ inline void schedule_error(const std::string& msg) {
     if (g.error.empty()) g.error = msg;
 }
 
-// Release the lanes of warp barriers whose whole mask waits at the same call. Returns whether any moved on.
-inline bool release_warps() {
+// Release the lanes of warp `warp`'s barriers whose whole mask waits at the same call. Returns whether any moved on.
+inline bool release_warp(int warp) {
     bool released = false;
-    for (int i = 0; i < g.n_threads; ++i) {
+    for (int i = 32 * warp; i < std::min(g.n_threads, 32 * warp + 32); ++i) {
         Fiber& f = g.fibers[i];
         if (f.state != AT_WARP_SYNC) continue;
         const int base = i & ~31;
@@ -182,17 +183,30 @@ inline bool release_warps() {
 
 
 // Run one block to completion. Returns false on error (g.error says why).
+// Warps advance independently: each in turn runs as far as it can (its warp operations released as soon as the
+// lanes arrive) before the next starts, so a warp can race ahead of the others up to the next __syncthreads.
 inline bool run_block(int order, std::mt19937_64& rng) {
-    std::vector<int> seq(g.n_threads);
-    for (int i = 0; i < g.n_threads; ++i) seq[i] = order == 1 ? g.n_threads - 1 - i : i;
+    const int n_warps = (g.n_threads + 31) / 32;
+    std::vector<int> warps(n_warps), lanes(32);
+    for (int i = 0; i < n_warps; ++i) warps[i] = order == 1 ? n_warps - 1 - i : i;
+    for (int i = 0; i < 32; ++i) lanes[i] = order == 1 ? 31 - i : i;
     for (;;) {
-        if (order == 2) std::shuffle(seq.begin(), seq.end(), rng);
-        for (int i : seq) {
-            Fiber& f = g.fibers[i];
-            if (f.state != RUNNABLE) continue;
-            g.cur = &f;
-            swapcontext(&g.scheduler, &f.ctx);
-            if (!g.error.empty()) return false;
+        if (order == 2) std::shuffle(warps.begin(), warps.end(), rng);
+        for (int w : warps) {
+            for (bool moved = true; moved;) {
+                moved = false;
+                if (order == 2) std::shuffle(lanes.begin(), lanes.end(), rng);
+                for (int l : lanes) {
+                    const int i = 32 * w + l;
+                    if (i >= g.n_threads || g.fibers[i].state != RUNNABLE) continue;
+                    g.cur = &g.fibers[i];
+                    swapcontext(&g.scheduler, &g.cur->ctx);
+                    if (!g.error.empty()) return false;
+                    moved = true;
+                }
+                moved |= release_warp(w);
+                if (!g.error.empty()) return false;
+            }
         }
         int done = 0, at_block = 0;
         for (int i = 0; i < g.n_threads; ++i) {
@@ -200,32 +214,29 @@ inline bool run_block(int order, std::mt19937_64& rng) {
             at_block += g.fibers[i].state == AT_SYNCTHREADS;
         }
         if (done == g.n_threads) return true;
-        if (release_warps()) continue;
-        if (!g.error.empty()) return false;
-        if (at_block == g.n_threads - done && at_block) {
-            const Fiber* first = nullptr;
-            for (int i = 0; i < g.n_threads; ++i) {
-                const Fiber& f = g.fibers[i];
-                if (f.state == DONE) {
-                    const Fiber& w = *std::find_if(g.fibers, g.fibers + g.n_threads,
-                                                   [](const Fiber& x) { return x.state == AT_SYNCTHREADS; });
-                    schedule_error("__syncthreads at " + std::string(w.file) + ":" + std::to_string(w.line) +
-                                   " is not reached by " + where(f) + ", which exited");
-                    return false;
-                }
-                if (!first) first = &f;
-                else if (!same_site(*first, f)) {
-                    schedule_error(where(*first) + " waits at __syncthreads " + first->file + ":" +
-                                   std::to_string(first->line) + " but " + where(f) + " at " + f.file + ":" +
-                                   std::to_string(f.line));
-                    return false;
-                }
-            }
-            for (int i = 0; i < g.n_threads; ++i) g.fibers[i].state = RUNNABLE;
-            continue;
+        if (at_block != g.n_threads - done) {
+            schedule_error("deadlock: threads wait at warp operations whose lanes wait elsewhere");
+            return false;
         }
-        schedule_error("deadlock: threads wait at warp operations whose lanes wait elsewhere");
-        return false;
+        const Fiber* first = nullptr;
+        for (int i = 0; i < g.n_threads; ++i) {
+            const Fiber& f = g.fibers[i];
+            if (f.state == DONE) {
+                const Fiber& w = *std::find_if(g.fibers, g.fibers + g.n_threads,
+                                               [](const Fiber& x) { return x.state == AT_SYNCTHREADS; });
+                schedule_error("__syncthreads at " + std::string(w.file) + ":" + std::to_string(w.line) +
+                               " is not reached by " + where(f) + ", which exited");
+                return false;
+            }
+            if (!first) first = &f;
+            else if (!same_site(*first, f)) {
+                schedule_error(where(*first) + " waits at __syncthreads " + first->file + ":" +
+                               std::to_string(first->line) + " but " + where(f) + " at " + f.file + ":" +
+                               std::to_string(f.line));
+                return false;
+            }
+        }
+        for (int i = 0; i < g.n_threads; ++i) g.fibers[i].state = RUNNABLE;
     }
 }
 

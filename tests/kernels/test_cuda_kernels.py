@@ -1,0 +1,242 @@
+"""kernels/cuda/*.cu without a GPU: compiled by NVRTC for sm_80 and sm_90 (no register spills), and executed on
+the CPU by tests/cudasim against independent references (gguf-py dequantization, PyTorch operators), on awkward
+shapes and launch geometries. Every launch runs the blocks in forward, reverse and random order; the results must
+be identical, so a missing barrier fails here.
+"""
+import ctypes
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType as GQ
+from gguf import quants as gq
+
+import cudasim
+from kernels.quants import SUPPORTED, GGMLType
+from quant_blocks import K_QUANTS, make_blocks
+
+CUDA_DIR = Path(__file__).resolve().parents[2] / "kernels" / "cuda"
+SOURCES = sorted(CUDA_DIR.glob("*.cu"))
+TYPES = sorted(SUPPORTED - {GGMLType.F32})
+needs_gpp = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is needed to run kernels on the CPU")
+
+
+# ------------------------------------------------------------------------------------------------ NVRTC
+
+def _nvrtc():
+    nvrtc_pkg = pytest.importorskip("nvidia.cuda_nvrtc", reason="pip install nvidia-cuda-nvrtc-cu12 (test extra)")
+    runtime_pkg = pytest.importorskip("nvidia.cuda_runtime", reason="pip install nvidia-cuda-runtime-cu12 (test extra)")
+    lib = ctypes.CDLL(str(Path(list(nvrtc_pkg.__path__)[0]) / "lib" / "libnvrtc.so.12"))
+    return lib, Path(list(runtime_pkg.__path__)[0]) / "include"
+
+
+def nvrtc_compile(source: Path, arch: str) -> tuple[int, str]:
+    """(nvrtcResult, program log) of compiling source for arch with the ptxas report (-Xptxas=-v)."""
+    lib, include = _nvrtc()
+    prog = ctypes.c_void_p()
+    assert lib.nvrtcCreateProgram(ctypes.byref(prog), source.read_bytes(), source.name.encode(), 0, None, None) == 0
+    opts = [f"--gpu-architecture={arch}", "-Xptxas=-v", "--std=c++17", f"-I{include}", f"-I{CUDA_DIR}"]
+    c_opts = (ctypes.c_char_p * len(opts))(*(o.encode() for o in opts))
+    result = lib.nvrtcCompileProgram(prog, len(opts), c_opts)
+    size = ctypes.c_size_t()
+    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+    log = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetProgramLog(prog, log)
+    lib.nvrtcDestroyProgram(ctypes.byref(prog))
+    return result, log.value.decode()
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
+def test_nvrtc_compiles_without_spills(source, arch):
+    result, log = nvrtc_compile(source, arch)
+    assert result == 0, log
+    kernels = re.findall(r"Compiling entry function '(\w+)'", log)
+    assert set(kernels) == set(re.findall(r'extern "C" __global__ void (\w+)', source.read_text())), log
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    assert len(spills) >= len(kernels) and all(s == ("0", "0") for s in spills), log
+
+
+def test_every_source_states_its_launch_contract():
+    for source in SOURCES:
+        head = source.read_text()[:2500]
+        assert "Launch contract" in head and "block" in head and "grid" in head and "shared" in head, source.name
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+def launch_all_orders(module, name, grid, block, args, outputs, shared=0):
+    """Launch in forward, reverse and random block/thread order; the outputs must agree bit for bit."""
+    results = []
+    for order in ("forward", "reverse", "random"):
+        for o in outputs:
+            o[...] = np.nan if o.dtype.kind == "f" else 0
+        module.launch(name, grid, block, args, shared=shared, order=order, seed=len(results) + 1)
+        results.append([o.copy() for o in outputs])
+    for r in results[1:]:
+        for a, b in zip(results[0], r):
+            np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8), err_msg=f"{name}: order-dependent")
+
+
+def mod(name):
+    return cudasim.load(CUDA_DIR / name)
+
+
+def quantized(t, n, k, seed):
+    raw = make_blocks(t, n, k, np.random.default_rng(seed))
+    return raw, gq.dequantize(np.ascontiguousarray(raw), GQ(int(t))).reshape(n, k).astype(np.float32)
+
+
+def k_for(t, blocks):
+    return blocks * (256 if t in K_QUANTS else 32)
+
+
+# --------------------------------------------------------------------------------------- quantized weights
+
+# (rows n, blocks per row, vectors T, grid, block threads): tails, one row, more blocks than rows, big blocks
+MATVEC_SHAPES = [(1, 1, 1, 1, 32), (7, 3, 2, 64, 96), (37, 2, 1, 3, 1024), (5, 1, 3, 2, 64)]
+
+
+@needs_gpp
+@pytest.mark.parametrize("shape", MATVEC_SHAPES, ids=lambda s: "n{}-b{}-t{}-g{}-B{}".format(*s))
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+def test_matvec(t, shape):
+    n, blocks, tokens, grid, block = shape
+    k = k_for(t, blocks)
+    raw, w = quantized(t, n, k, seed=n + int(t))
+    x = np.random.default_rng(k).standard_normal((tokens, k)).astype(np.float32)
+    y = np.empty((tokens, n), np.float32)
+    launch_all_orders(mod("quant_matvec.cu"), f"matvec_{t.name.lower()}", (grid, tokens), block, [raw, x, y, n, k], [y])
+    ref = (torch.from_numpy(x).double() @ torch.from_numpy(w).double().T).numpy()
+    bound = np.abs(x).astype(np.float64) @ np.abs(w).T.astype(np.float64)
+    assert (np.abs(y - ref) <= 1e-5 * bound + 1e-30).all()
+
+
+DEQUANT_SHAPES = [(3, 1, None, 1, 1), (9, 2, [8, 0, 3, 3], 5, 33), (4, 3, None, 40, 1024)]
+
+
+@needs_gpp
+@pytest.mark.parametrize("shape", DEQUANT_SHAPES, ids=lambda s: "n{}-b{}-rows{}-g{}-B{}".format(*s))
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+def test_dequantize_bit_exact(t, shape):
+    n, blocks, rows, grid, block = shape
+    k = k_for(t, blocks)
+    raw, w = quantized(t, n, k, seed=7 * n + int(t))
+    idx = None if rows is None else np.array(rows, np.int32)
+    ref = w if idx is None else w[idx]
+    m = len(ref)
+    out32, out16 = np.empty((m, k), np.float32), np.empty((m, k), np.float16)
+    dq = mod("dequant.cu")
+    launch_all_orders(dq, f"dequant_{t.name.lower()}_f32", grid, block, [raw, idx, m, k, out32], [out32])
+    launch_all_orders(dq, f"dequant_{t.name.lower()}_f16", grid, block, [raw, idx, m, k, out16], [out16])
+    np.testing.assert_array_equal(out32.view(np.uint32), ref.view(np.uint32))
+    np.testing.assert_array_equal(out16.view(np.uint16), torch.from_numpy(ref).half().numpy().view(np.uint16))
+
+
+# ------------------------------------------------------------------------------------------------ operators
+
+def close(out, ref, rtol=1e-5, atol=1e-6):
+    np.testing.assert_allclose(out, ref, rtol=rtol, atol=atol)
+
+
+@needs_gpp
+@pytest.mark.parametrize("rows,d,grid,block", [(1, 64, 1, 32), (5, 100, 2, 96), (3, 2049, 8, 1024)])
+def test_rms_norm(rows, d, grid, block):
+    rng = np.random.default_rng(d)
+    x = (rng.standard_normal((rows, d)) * 3).astype(np.float32)
+    w = rng.standard_normal(d).astype(np.float32)
+    y = np.empty_like(x)
+    launch_all_orders(mod("rms_norm.cu"), "rms_norm_f32", grid, block, [x, w, y, rows, d, 1e-6], [y])
+    ref = torch.nn.functional.rms_norm(torch.from_numpy(x), (d,), torch.from_numpy(w), eps=1e-6).numpy()
+    close(y, ref)
+
+
+@needs_gpp
+@pytest.mark.parametrize("rows,n,grid,block", [(1, 1, 1, 32), (4, 300, 2, 128), (2, 5000, 5, 1024)])
+def test_softmax(rows, n, grid, block):
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal((rows, n)) * 5).astype(np.float32)
+    x[:, ::3] = -np.inf  # masked entries
+    x[:, 0] = 1.0
+    y = np.empty_like(x)
+    launch_all_orders(mod("softmax.cu"), "softmax_f32", grid, block, [x, y, rows, n], [y])
+    close(y, torch.softmax(torch.from_numpy(x), dim=-1).numpy())
+
+
+def torch_rope(x, cos, sin, interleaved):
+    x, c, s = torch.from_numpy(x), torch.from_numpy(cos)[:, None, :], torch.from_numpy(sin)[:, None, :]
+    if interleaved:
+        a, b = x[..., 0::2], x[..., 1::2]
+        return torch.stack([a * c - b * s, b * c + a * s], dim=-1).flatten(-2).numpy()
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat([a * c - b * s, b * c + a * s], dim=-1).numpy()
+
+
+@needs_gpp
+@pytest.mark.parametrize("interleaved", [0, 1])
+@pytest.mark.parametrize("t,h,dh,grid,block", [(1, 3, 64, 1, 32), (5, 4, 128, 3, 1000), (2, 2, 6, 50, 1024)])
+def test_rope(t, h, dh, grid, block, interleaved):
+    rng = np.random.default_rng(dh)
+    x = rng.standard_normal((t, h, dh)).astype(np.float32)
+    angles = np.arange(7, 7 + t)[:, None] * 10000.0 ** (-np.arange(0, dh, 2) / dh)[None, :]
+    cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    y = np.empty_like(x)
+    launch_all_orders(mod("rope.cu"), "rope_f32", grid, block, [x, cos, sin, y, t, h, dh, interleaved], [y])
+    close(y, torch_rope(x, cos, sin, interleaved))
+    mod("rope.cu").launch("rope_f32", grid, block, [x, cos, sin, x, t, h, dh, interleaved])  # in place
+    np.testing.assert_array_equal(x, y)
+
+
+@needs_gpp
+@pytest.mark.parametrize("n,grid,block", [(1, 1, 32), (1000, 3, 100), (5000, 2, 1024)])
+def test_swiglu(n, grid, block):
+    rng = np.random.default_rng(n)
+    gate, up = (rng.standard_normal((2, n)) * 6).astype(np.float32)
+    out = np.empty(n, np.float32)
+    launch_all_orders(mod("swiglu.cu"), "swiglu_f32", grid, block, [gate, up, out, n], [out])
+    close(out, (torch.nn.functional.silu(torch.from_numpy(gate)) * torch.from_numpy(up)).numpy())
+
+
+def torch_attention(q, k, v, start, window):
+    """q: [T, H, Dh]; k, v: [H_kv, S, Dh] → [T, H, Dh], positions start.. for the queries, causal (+ window)."""
+    t, h, dh = q.shape
+    h_kv, s, _ = k.shape
+    qp = torch.arange(start, start + t)[:, None]
+    kp = torch.arange(s)[None, :]
+    mask = kp <= qp
+    if window:
+        mask &= kp > qp - window
+    rep = h // h_kv
+    kk = torch.from_numpy(k).repeat_interleave(rep, 0)
+    vv = torch.from_numpy(v).repeat_interleave(rep, 0)
+    out = torch.nn.functional.scaled_dot_product_attention(torch.from_numpy(q).transpose(0, 1), kk, vv, attn_mask=mask)
+    return out.transpose(0, 1).numpy()
+
+
+ATTENTION_CASES = [  # (t, start, h, h_kv, dh, window, block, cache rows)
+    (1, 0, 2, 1, 32, 0, 32, 1),  # first decode step
+    (1, 40, 8, 2, 64, 0, 128, 48),  # decode, GQA 4, cache longer than the sequence
+    (1, 40, 4, 4, 128, 16, 1024, 41),  # decode with a sliding window, more warps than keys
+    (6, 0, 4, 2, 64, 0, 64, 6),  # prefill
+    (5, 9, 6, 3, 96, 4, 96, 20),  # prefill continuing a cache, window
+    (3, 2, 2, 1, 256, 0, 256, 5),  # widest head
+]
+
+
+@needs_gpp
+@pytest.mark.parametrize("case", ATTENTION_CASES, ids=lambda c: "t{}-start{}-h{}-kv{}-dh{}-w{}-B{}-S{}".format(*c))
+def test_attention(case):
+    t, start, h, h_kv, dh, window, block, rows = case
+    rng = np.random.default_rng(dh + t)
+    q = rng.standard_normal((t, h, dh)).astype(np.float32)
+    k = (rng.standard_normal((h_kv, rows, dh)) * 2).astype(np.float32)
+    v = rng.standard_normal((h_kv, rows, dh)).astype(np.float32)
+    out = np.empty_like(q)
+    shared = block // 32 * (dh + 2) * 4
+    args = [q, k, v, out, t, h, h_kv, dh, start, rows * dh, window, 1.0 / np.sqrt(dh)]
+    launch_all_orders(mod("attention.cu"), "attention_f32", (h, t), block, args, [out], shared=shared)
+    s = start + t
+    close(out, torch_attention(q, k[:, :s], v[:, :s], start, window), rtol=1e-4, atol=1e-5)
