@@ -158,10 +158,14 @@ def _hf_tensors(config: dict, tensors: dict, cfg: ModelConfig) -> list[_Tensor]:
     return out
 
 
-def _hf_metadata(w: gguf.GGUFWriter, src: Path, config: dict, cfg: ModelConfig) -> None:
-    """Architecture keys as convert_hf_to_gguf.py writes them (TextModel / LlamaModel / Qwen2Model)."""
+def _hf_metadata(w: gguf.GGUFWriter, src: Path, config: dict, cfg: ModelConfig, n_params: int) -> None:
+    """general.* and architecture keys as convert_hf_to_gguf.py writes them (gguf.Metadata: name, size label,
+    sampling defaults from generation_config.json; then TextModel / LlamaModel / Qwen2Model)."""
+    meta = gguf.Metadata.load(None, src, None, n_params)
+    meta.name = meta.name or src.resolve().name
+    meta.size_label = meta.size_label or gguf.size_label(n_params, 0, 0, 0)
+    meta.set_gguf_meta_model(w)
     w.add_type("model")
-    w.add_name(src.resolve().name)
     w.add_block_count(cfg.n_layers)
     w.add_context_length(cfg.max_context)
     w.add_embedding_length(cfg.hidden_size)
@@ -298,10 +302,11 @@ def _hf_source(src: Path, pre: str | None) -> tuple[gguf.GGUFWriter, list[_Tenso
                              "tokenizer.json and tokenizer_config.json in the directory.")
     config, tensors = load_hf_dir(src)
     cfg = ModelConfig.from_hf(config)
+    out = _hf_tensors(config, tensors, cfg)
     w = gguf.GGUFWriter(None, "llama" if arch == "mistral" else arch)
-    _hf_metadata(w, src, config, cfg)
+    _hf_metadata(w, src, config, cfg, sum(int(np.prod(t.shape, dtype=np.int64)) for t in out))
     _gpt2_vocab(w, src, cfg.vocab_size, pre)
-    return w, _hf_tensors(config, tensors, cfg), cfg.n_layers, cfg.tie_embeddings
+    return w, out, cfg.n_layers, cfg.tie_embeddings
 
 
 def _encoded(t: _Tensor, target: GGMLType) -> np.ndarray:

@@ -24,7 +24,6 @@ IDS = [5, 17, 100, 200, 3, 44, 91, 250, 12, 7, 300, 2, 64, 128, 33, 9, 101]
 TEXTS = ["Hello, world! How are you?", "def fibonacci(n: int) -> int:\n    return n", "Café 42 🙂 <|im_start|>user",
          "  spaces   and\ttabs\n\nnew lines 1,000,000"]
 LLAMA_CPP_FILES = {"q8_0": "model-Q8_0.gguf", "q4_k_m": "model-Q4_K_M.gguf"}  # converter / llama_model_quantize
-NAME_KEYS = ("general.name", "general.size_label")  # free text the converter derives from the directory name
 
 
 def _tensors(path: Path) -> dict[str, tuple[str, bytes]]:
@@ -33,7 +32,7 @@ def _tensors(path: Path) -> dict[str, tuple[str, bytes]]:
 
 def _fields(path: Path) -> dict:
     r = gguf.GGUFReader(path)
-    return {k: (tuple(f.types), f.contents()) for k, f in r.fields.items() if not k.startswith(("GGUF.", *NAME_KEYS))}
+    return {k: (tuple(f.types), f.contents()) for k, f in r.fields.items() if not k.startswith("GGUF.")}
 
 
 def _llama_cpp_logits(path: Path, ids) -> np.ndarray:
