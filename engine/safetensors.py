@@ -37,20 +37,27 @@ _LAYER_NAMES = {
     "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
 }
+# Gemma 3 norms around attention and FFN (its post_attention_layernorm is not Llama's pre-FFN norm)
+_GEMMA3_LAYER_NAMES = {
+    **_LAYER_NAMES,
+    "post_attention_layernorm.weight": "post_attention_norm.weight",
+    "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+    "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
+}
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 
-def gguf_name(hf_name: str) -> str | None:
+def gguf_name(hf_name: str, layer_names: dict = _LAYER_NAMES) -> str | None:
     """The GGUF-style name for an HF tensor name, or None for tensors the models do not use."""
     if hf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[hf_name]
     m = _LAYER.match(hf_name)
-    if m and m[2] in _LAYER_NAMES:
-        return f"blk.{m[1]}.{_LAYER_NAMES[m[2]]}"
+    if m and m[2] in layer_names:
+        return f"blk.{m[1]}.{layer_names[m[2]]}"
     return None
 
 
-def _read_file(path: Path) -> dict[str, np.ndarray | QTensor]:
+def _read_file(path: Path, layer_names: dict) -> dict[str, np.ndarray | QTensor]:
     """All tensors of one .safetensors file, keyed by GGUF-style name."""
     try:
         mm = np.memmap(path, dtype=np.uint8, mode="r")
@@ -69,7 +76,7 @@ def _read_file(path: Path) -> dict[str, np.ndarray | QTensor]:
     for hf_name, entry in header.items():
         if hf_name == "__metadata__":
             continue
-        name = gguf_name(hf_name)
+        name = gguf_name(hf_name, layer_names)
         if name is None:
             continue
         dtype = entry.get("dtype")
@@ -117,7 +124,8 @@ def load_hf_dir(path: str | Path) -> tuple[dict, dict[str, np.ndarray | QTensor]
                                  "are missing; download every shard.")
     else:
         raise ModelFileError(f"{path}: no model.safetensors or model.safetensors.index.json.")
+    layer_names = _GEMMA3_LAYER_NAMES if config.get("model_type") == "gemma3_text" else _LAYER_NAMES
     tensors = {}
     for f in files:
-        tensors.update(_read_file(f))
+        tensors.update(_read_file(f, layer_names))
     return config, tensors

@@ -1,15 +1,19 @@
 """ModelConfig: one dataclass for every architecture, read from GGUF metadata or an HF config.json."""
+import math
 from dataclasses import dataclass
 
 from engine.errors import ModelFileError, UnsupportedModelError
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma3")
 HF_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
+    "Gemma3ForCausalLM": "gemma3",
 }
+FFN_ACTS = ("silu", "gelu_tanh")
+GEMMA3_SWA_PERIOD = 6  # Gemma 3: every 6th layer is global, the others use the sliding window
 
 
 @dataclass
@@ -20,6 +24,13 @@ class ModelConfig:
     half-split pairs (i, i + Dh/2) that HF checkpoints and Qwen GGUFs use.
     rope_scaling: None, {"rope_type": "linear", "factor"} or {"rope_type": "llama3", "factor", "low_freq_factor",
     "high_freq_factor", "original_max_position_embeddings"}; GGUF files carry llama3 scaling as rope_freqs.weight.
+    sliding_window: attention span of the layers marked in sliding_layers (every layer when that is None).
+    Gemma 3 flags: norm_offset is added to every RMSNorm weight on load (HF Gemma stores w for a (1 + w) scale;
+    llama.cpp's converter already wrote 1 + w into GGUF); post_norms: RMSNorm on the attention and FFN outputs
+    before each residual add; ffn_act "gelu_tanh" (GeGLU) instead of "silu" (SwiGLU); embed_scale multiplies the
+    embeddings (sqrt(hidden), in float32); attn_scale replaces 1/sqrt(head_dim); rope_theta_swa is the RoPE base of
+    sliding-window layers (rope_theta and rope_scaling are then for the global layers only); final_softcap:
+    logits = c * tanh(logits / c).
     """
     arch: str
     vocab_size: int
@@ -38,10 +49,28 @@ class ModelConfig:
     qk_norm: bool = False
     tie_embeddings: bool = False
     sliding_window: int | None = None
+    sliding_layers: tuple[bool, ...] | None = None
+    norm_offset: float = 0.0
+    post_norms: bool = False
+    ffn_act: str = "silu"
+    embed_scale: float | None = None
+    attn_scale: float | None = None
+    rope_theta_swa: float | None = None
+    final_softcap: float | None = None
 
     def __post_init__(self):
         if self.n_heads % self.n_kv_heads:
             raise ModelFileError(f"{self.n_heads} attention heads is not a multiple of {self.n_kv_heads} KV heads.")
+        if self.ffn_act not in FFN_ACTS:
+            raise UnsupportedModelError(f"feed-forward activation {self.ffn_act!r} is not supported (supported: "
+                                        + ", ".join(FFN_ACTS) + ").")
+        if self.sliding_layers is not None and len(self.sliding_layers) != self.n_layers:
+            raise ModelFileError(f"the sliding-window layer pattern names {len(self.sliding_layers)} layers for a "
+                                 f"model of {self.n_layers}; the model's configuration is inconsistent.")
+
+    def is_sliding(self, layer: int) -> bool:
+        """Whether layer attends through the sliding window (and uses rope_theta_swa when set)."""
+        return self.sliding_window is not None and (self.sliding_layers is None or self.sliding_layers[layer])
 
     @classmethod
     def from_gguf(cls, metadata: dict, tensor_shapes: dict) -> "ModelConfig":
@@ -68,14 +97,26 @@ class ModelConfig:
         if embd is None:
             raise ModelFileError("GGUF file has no token_embd.weight tensor; it is not a complete model.")
         window = metadata.get(f"{arch}.attention.sliding_window")
+        n_layers = int(key("block_count"))
+        head_dim = int(metadata.get(f"{arch}.attention.key_length", hidden // n_heads))
+        gemma = {}
+        if arch == "gemma3":
+            # as llama.cpp: query_pre_attn_scalar is not stored; it is hidden/heads for the 62-layer 27B, else head_dim
+            pattern = metadata.get(f"{arch}.attention.sliding_window_pattern", GEMMA3_SWA_PERIOD)
+            gemma = dict(
+                post_norms=True, ffn_act="gelu_tanh", embed_scale=math.sqrt(hidden),
+                attn_scale=(hidden // n_heads if n_layers == 62 else head_dim) ** -0.5,
+                sliding_layers=_sliding_layers(pattern, n_layers) if window else None,
+                rope_theta_swa=float(metadata.get(f"{arch}.rope.freq_base_swa", 10000.0)) if window else None,
+                final_softcap=metadata.get(f"{arch}.final_logit_softcapping") or None)
         return cls(
             arch=arch,
             vocab_size=int(embd[0]),
             hidden_size=hidden,
-            n_layers=int(key("block_count")),
+            n_layers=n_layers,
             n_heads=n_heads,
             n_kv_heads=int(key("attention.head_count_kv", n_heads)),
-            head_dim=int(metadata.get(f"{arch}.attention.key_length", hidden // n_heads)),
+            head_dim=head_dim,
             intermediate_size=int(key("feed_forward_length")),
             rms_eps=float(key("attention.layer_norm_rms_epsilon")),
             rope_theta=float(key("rope.freq_base", 10000.0)),
@@ -86,6 +127,7 @@ class ModelConfig:
             qk_norm="blk.0.attn_q_norm.weight" in tensor_shapes,
             tie_embeddings="output.weight" not in tensor_shapes,
             sliding_window=int(window) if window else None,
+            **gemma,
         )
 
     @classmethod
@@ -101,9 +143,15 @@ class ModelConfig:
                     + ", ".join(HF_ARCHITECTURES))
         n_heads = int(config["num_attention_heads"])
         hidden = int(config["hidden_size"])
+        n_layers = int(config["num_hidden_layers"])
+        gemma = arch == "gemma3"
         scaling = config.get("rope_scaling") or None
-        theta = config.get("rope_theta")
+        theta = config.get("rope_theta", 1e6 if gemma else None)
+        theta_swa = config.get("rope_local_base_freq", 10000.0) if gemma else None
         params = config.get("rope_parameters")  # transformers >= 5 writes this instead of rope_theta/rope_scaling
+        if isinstance(params, dict) and "full_attention" in params:  # per layer type (Gemma 3)
+            theta_swa = (params.get("sliding_attention") or {}).get("rope_theta", theta_swa)
+            params = params["full_attention"]
         if isinstance(params, dict):
             theta = params.get("rope_theta", theta)
             if params.get("rope_type", "default") != "default":
@@ -116,15 +164,34 @@ class ModelConfig:
                 raise UnsupportedModelError(f"RoPE scaling {kind!r} is not supported (supported: linear, llama3).")
             else:
                 scaling = {**scaling, "rope_type": kind}
-        window = config.get("sliding_window") if config.get("use_sliding_window", arch == "mistral") else None
+        uses_window = config.get("use_sliding_window", arch in ("mistral", "gemma3"))
+        window = config.get("sliding_window") if uses_window else None
+        extra = {}
+        if gemma:
+            if config.get("attn_logit_softcapping") is not None:
+                raise UnsupportedModelError("attention logit soft-capping (Gemma 2 style attn_logit_softcapping) is "
+                                            "not supported; Gemma 3 checkpoints have it null.")
+            if config.get("hidden_activation", "gelu_pytorch_tanh") not in ("gelu_pytorch_tanh", "gelu_tanh"):
+                raise UnsupportedModelError(f"Gemma 3 activation {config.get('hidden_activation')!r} is not "
+                                            "supported (supported: gelu_pytorch_tanh).")
+            layer_types = config.get("layer_types")
+            head_dim = int(config.get("head_dim") or 256)
+            extra = dict(
+                post_norms=True, ffn_act="gelu_tanh", norm_offset=1.0, embed_scale=math.sqrt(hidden),
+                attn_scale=float(config.get("query_pre_attn_scalar", head_dim)) ** -0.5,
+                sliding_layers=(tuple(t == "sliding_attention" for t in layer_types) if layer_types
+                                else _sliding_layers(config.get("sliding_window_pattern", GEMMA3_SWA_PERIOD),
+                                                     n_layers)) if window else None,
+                rope_theta_swa=float(theta_swa) if window else None,
+                final_softcap=config.get("final_logit_softcapping") or None)
         return cls(
             arch=arch,
             vocab_size=int(config["vocab_size"]),
             hidden_size=hidden,
-            n_layers=int(config["num_hidden_layers"]),
+            n_layers=n_layers,
             n_heads=n_heads,
             n_kv_heads=int(config.get("num_key_value_heads") or n_heads),
-            head_dim=int(config.get("head_dim") or hidden // n_heads),
+            head_dim=int(config.get("head_dim") or (256 if gemma else hidden // n_heads)),
             intermediate_size=int(config["intermediate_size"]),
             rms_eps=float(config.get("rms_norm_eps", 1e-6)),
             rope_theta=float(theta if theta is not None else 10000.0),
@@ -132,10 +199,20 @@ class ModelConfig:
             rope_interleaved=False,
             rope_scaling=scaling,
             qkv_bias=bool(config.get("attention_bias", arch == "qwen2")),
-            qk_norm=arch == "qwen3",
-            tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+            qk_norm=arch in ("qwen3", "gemma3"),
+            tie_embeddings=bool(config.get("tie_word_embeddings", gemma)),
             sliding_window=int(window) if window else None,
+            **extra,
         )
+
+
+def _sliding_layers(pattern, n_layers: int) -> tuple[bool, ...]:
+    """Which layers use the sliding window: pattern is a list of bools, or a period P (layer i is global when
+    (i + 1) % P == 0, as transformers' sliding_window_pattern and llama.cpp's set_swa_pattern)."""
+    if isinstance(pattern, (list, tuple)):
+        return tuple(bool(p) for p in pattern)
+    period = int(pattern)
+    return tuple(period == 0 or (i + 1) % period != 0 for i in range(n_layers))
 
 
 def _check_arch(arch, where: str) -> None:

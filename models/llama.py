@@ -1,14 +1,19 @@
-"""The Llama family: Llama 2/3, Mistral, SmolLM, Qwen2 (q/k/v bias) and Qwen3 (q/k RMSNorm), one forward.
+"""The Llama family: Llama 2/3, Mistral, SmolLM, Qwen2 (q/k/v bias), Qwen3 (q/k RMSNorm) and Gemma 3, one forward.
 
 Weights use GGUF tensor names (`blk.{i}.attn_q.weight`, ...); HF checkpoints are renamed on load. Differences
-between the members are flags of ModelConfig, not copies of the forward.
+between the members are flags of ModelConfig, not copies of the forward. Gemma 3 is the same block with a few
+more of them (scaled embeddings, (1 + w) norms, norms after attention and FFN, GeGLU, per-layer sliding window
+and RoPE base, its own attention scale, optional logit soft-capping): each is one line here, so it shares this
+forward rather than having a copy of it.
 """
 import numpy as np
 
 from kernels import backend
-from kernels.ops import (attention, embedding, matmul_transb, matmul_transb_many, rms_norm, rope, rope_cos_sin,
-                         rope_inv_freq, swiglu)
+from kernels.ops import (attention, embedding, geglu, matmul_transb, matmul_transb_many, rms_norm, rope,
+                         rope_cos_sin, rope_inv_freq, swiglu)
 from models.config import ModelConfig
+
+_GLU = {"silu": swiglu, "gelu_tanh": geglu}  # ModelConfig.ffn_act (FFN_ACTS) → gated feed-forward activation
 
 
 class Llama:
@@ -17,14 +22,21 @@ class Llama:
     def __init__(self, config: ModelConfig, weights):
         """weights(name, shape, optional=False) -> float32 array | QTensor | None, checked against shape."""
         self.config = c = config
+        self.glu = _GLU[c.ffn_act]
         self.tok_embd = weights("token_embd.weight", (c.vocab_size, c.hidden_size))
-        self.output_norm = weights("output_norm.weight", (c.hidden_size,))
+        self.output_norm = self._norm(weights("output_norm.weight", (c.hidden_size,)))
         self.output = self.tok_embd if c.tie_embeddings else weights("output.weight", (c.vocab_size, c.hidden_size))
         self.layers = [self._layer(weights, i) for i in range(c.n_layers)]
         freq_factors = weights("rope_freqs.weight", (c.head_dim // 2,), optional=True)
         self.inv_freq = backend.xp.asarray(
             rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling, None if freq_factors is None
                           else np.asarray(freq_factors)))
+        self.inv_freq_swa = (None if c.rope_theta_swa is None
+                             else backend.xp.asarray(rope_inv_freq(c.head_dim, c.rope_theta_swa)))
+
+    def _norm(self, weight):
+        """An RMSNorm weight as the forward multiplies by it: weight + config.norm_offset (Gemma's 1 + w)."""
+        return weight + np.float32(self.config.norm_offset) if self.config.norm_offset else weight
 
     def _layer(self, weights, i: int) -> dict:
         c = self.config
@@ -34,7 +46,10 @@ class Llama:
                   "ffn_up": (c.intermediate_size, d), "ffn_down": (d, c.intermediate_size)}
         if c.qk_norm:
             shapes.update(attn_q_norm=(c.head_dim,), attn_k_norm=(c.head_dim,))
+        if c.post_norms:
+            shapes.update(post_attention_norm=(d,), post_ffw_norm=(d,))
         layer = {n: weights(f"blk.{i}.{n}.weight", shape) for n, shape in shapes.items()}
+        layer.update({n: self._norm(layer[n]) for n in layer if n.endswith("norm")})
         if c.qkv_bias:
             for n, size in (("attn_q", q_dim), ("attn_k", kv_dim), ("attn_v", kv_dim)):
                 layer[f"{n}_bias"] = weights(f"blk.{i}.{n}.bias", (size,))
@@ -63,8 +78,12 @@ class Llama:
                 raise ValueError(f"positions start at {int(positions[first])} but the cache holds {start} positions")
         t = len(tokens)
         x = embedding(tokens, self.tok_embd)
-        cos, sin = rope_cos_sin(positions, self.inv_freq)
+        if c.embed_scale:
+            x = x * np.float32(c.embed_scale)
+        rope_global = rope_cos_sin(positions, self.inv_freq)
+        rope_swa = rope_global if self.inv_freq_swa is None else rope_cos_sin(positions, self.inv_freq_swa)
         for i, w in enumerate(self.layers):
+            cos, sin = rope_swa if c.is_sliding(i) else rope_global
             h = rms_norm(x, w["attn_norm"], c.rms_eps)
             q, k, v = matmul_transb_many(h, [w["attn_q"], w["attn_k"], w["attn_v"]])
             if c.qkv_bias:
@@ -78,14 +97,23 @@ class Llama:
             q = rope(q, cos, sin, c.rope_interleaved)
             k = rope(k, cos, sin, c.rope_interleaved)
             a = self._attend(i, q, k, v, caches, starts, spans)
-            x = x + matmul_transb(a.reshape(t, c.n_heads * c.head_dim), w["attn_output"])
+            a = matmul_transb(a.reshape(t, c.n_heads * c.head_dim), w["attn_output"])
+            if c.post_norms:
+                a = rms_norm(a, w["post_attention_norm"], c.rms_eps)
+            x = x + a
             h = rms_norm(x, w["ffn_norm"], c.rms_eps)
-            x = x + matmul_transb(swiglu(*matmul_transb_many(h, [w["ffn_gate"], w["ffn_up"]])), w["ffn_down"])
+            f = matmul_transb(self.glu(*matmul_transb_many(h, [w["ffn_gate"], w["ffn_up"]])), w["ffn_down"])
+            if c.post_norms:
+                f = rms_norm(f, w["post_ffw_norm"], c.rms_eps)
+            x = x + f
         for cache, start, n in zip(caches, starts, lengths):
             cache.length = start + n
         if last_only:
             x = x[spans[1:] - 1]
-        return matmul_transb(rms_norm(x, self.output_norm, c.rms_eps), self.output)
+        logits = matmul_transb(rms_norm(x, self.output_norm, c.rms_eps), self.output)
+        if c.final_softcap:
+            logits = np.float32(c.final_softcap) * backend.xp.tanh(logits / np.float32(c.final_softcap))
+        return logits
 
     def _attend(self, i: int, q, k, v, caches, starts, spans):
         """Layer i's attention of packed sequences, each against its own cache after storing its new keys/values.
@@ -93,6 +121,7 @@ class Llama:
         parts = []
         for cache, start, lo, hi in zip(caches, starts, spans[:-1], spans[1:]):
             cache.store(i, start, k[lo:hi], v[lo:hi])
-            keys, values = cache.layer(i, start + hi - lo)
-            parts.append(attention(q[lo:hi], keys, values, start, self.config.sliding_window))
+            keys, values = cache.layer(i)
+            window = self.config.sliding_window if self.config.is_sliding(i) else None
+            parts.append(attention(q[lo:hi], keys, values, start, window, self.config.attn_scale))
         return parts[0] if len(parts) == 1 else backend.xp.concatenate(parts)

@@ -16,6 +16,11 @@ for qwen3 it ignores `attention.key_length` (it only works when head_dim happens
   * `rope_freqs.weight` (llama3 scaling baked into per-frequency divisors) is applied by overwriting the rotary
     embedding's `inv_freq` with base_inv_freq / rope_freqs, which is exactly what llama.cpp computes;
   * the model runs in float64 with eager attention.
+  * gemma3: llama.cpp's converter wrote every norm weight as 1 + w (transformers' Gemma3RMSNorm scales by 1 + w),
+    so 1 is subtracted back; the GGUF lacks query_pre_attn_scalar and the sliding-window layer pattern, so both
+    are what llama.cpp assumes (head_dim, or hidden / heads for the 62-layer 27B; every 6th layer global unless
+    `gemma3.attention.sliding_window_pattern` says otherwise); local layers use `rope.freq_base_swa` (default
+    10000), global ones `rope.freq_base` and the linear `rope.scaling.factor`.
 Models are cached in-process (lru_cache), keyed by the resolved path.
 """
 from __future__ import annotations
@@ -76,7 +81,14 @@ _GLOBAL_MAP = {
     "output_norm.weight": "model.norm.weight",
     "output.weight": "lm_head.weight",
 }
-_SUPPORTED = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+_GEMMA3_LAYER_MAP = {
+    **_LAYER_MAP,
+    "post_attention_norm.weight": "post_attention_layernorm.weight",
+    "ffn_norm.weight": "pre_feedforward_layernorm.weight",
+    "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
+}
+_SUPPORTED = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+              "gemma3": "Gemma3ForCausalLM"}
 
 
 def _field(reader, key, default=None):
@@ -117,7 +129,23 @@ def _gguf_state_cached(path: str):
     if rope_dim is not None and int(rope_dim) != head_dim:
         raise NotImplementedError("partial rotary embeddings are not handled by this reference")
     scaling_type = g("rope.scaling.type")
-    if scaling_type not in (None, "none"):
+    if arch == "gemma3":
+        layers = meta["num_hidden_layers"]
+        pattern = g("attention.sliding_window_pattern", 6)
+        if isinstance(pattern, list):
+            meta["layer_types"] = ["sliding_attention" if p else "full_attention" for p in pattern]
+        else:
+            meta["layer_types"] = ["sliding_attention" if (i + 1) % int(pattern) else "full_attention"
+                                   for i in range(layers)]
+        meta["sliding_window"] = int(g("attention.sliding_window"))
+        meta["query_pre_attn_scalar"] = hidden // n_head if layers == 62 else head_dim
+        meta["final_logit_softcapping"] = g("final_logit_softcapping")
+        meta["rope_local_base_freq"] = float(g("rope.freq_base_swa", 10000.0))
+        if scaling_type == "linear":
+            meta["rope_scaling"] = {"rope_type": "linear", "factor": float(g("rope.scaling.factor"))}
+        elif scaling_type not in (None, "none"):
+            raise NotImplementedError(f"rope scaling {scaling_type!r} is not handled by this reference")
+    elif scaling_type not in (None, "none"):
         raise NotImplementedError(f"rope scaling {scaling_type!r} is not handled by this reference")
 
     sd: dict[str, np.ndarray] = {}
@@ -129,16 +157,19 @@ def _gguf_state_cached(path: str):
         if name == "rope_freqs.weight":
             rope_freqs = w.copy()
             continue
+        if arch == "gemma3" and name.endswith("norm.weight"):
+            w = w - 1.0
         if name in _GLOBAL_MAP:
             sd[_GLOBAL_MAP[name]] = w
             continue
+        layer_map = _GEMMA3_LAYER_MAP if arch == "gemma3" else _LAYER_MAP
         parts = name.split(".", 2)
-        if parts[0] != "blk" or parts[2] not in _LAYER_MAP:
+        if parts[0] != "blk" or parts[2] not in layer_map:
             raise KeyError(f"unexpected GGUF tensor {name}")
         suffix = parts[2]
         if arch == "llama" and suffix.startswith(("attn_q.", "attn_k.")):
             w = _unpermute(w, n_head if suffix.startswith("attn_q.") else n_kv)
-        sd[f"model.layers.{parts[1]}.{_LAYER_MAP[suffix]}"] = w
+        sd[f"model.layers.{parts[1]}.{layer_map[suffix]}"] = w
     meta["tie_word_embeddings"] = "lm_head.weight" not in sd
     meta["attention_bias"] = any(k.endswith("q_proj.bias") for k in sd)
     meta["vocab_size"] = sd["model.embed_tokens.weight"].shape[0]
@@ -166,6 +197,9 @@ def _gguf_model_cached(path: str):
         if meta["head_dim"] * meta["num_attention_heads"] != meta["hidden_size"]:
             raise NotImplementedError("qwen2 with head_dim != hidden / heads")
         cfg = transformers.Qwen2Config(**cfg_kw, use_sliding_window=False)
+    elif arch == "gemma3":
+        cfg_kw.pop("attention_bias")
+        cfg = transformers.Gemma3TextConfig(**cfg_kw)
     else:
         cfg = transformers.Qwen3Config(**cfg_kw, use_sliding_window=False)
     cfg._attn_implementation = "eager"
@@ -180,6 +214,8 @@ def _gguf_model_cached(path: str):
         raise RuntimeError(f"state dict mismatch: missing {missing}, unexpected {unexpected}")
     # Non-persistent buffers (rotary inv_freq) are still on the meta device: rebuild the rotary embedding.
     model.model.rotary_emb = type(model.model.rotary_emb)(config=cfg)
+    if arch == "gemma3":  # the embedding scale is a non-persistent buffer too
+        model.model.embed_tokens.embed_scale = torch.tensor(meta["hidden_size"] ** 0.5)
     if rope_freqs is not None:
         # llama.cpp: theta_i = pos * base^(-2i/d) / rope_freqs[i]  (float32, like transformers' default init)
         rot = model.model.rotary_emb
