@@ -31,9 +31,10 @@ class KVCache:
         self.k[layer, :, start:end] = k.transpose(1, 0, 2)
         self.v[layer, :, start:end] = v.transpose(1, 0, 2)
 
-    def layer(self, layer: int, end: int):
-        """(k, v) of a layer for positions 0 .. end-1, each [H_kv, end, Dh] (views)."""
-        return self.k[layer, :, :end], self.v[layer, :, :end]
+    def layer(self, layer: int):
+        """(k, v) of a layer, each [H_kv, max_len, Dh] (views); positions from `length` on (after the latest
+        store) are not valid yet. kernels.ops.attention takes them whole."""
+        return self.k[layer], self.v[layer]
 
     def truncate(self, n: int) -> None:
         """Forget every position from n on (keep the first n)."""

@@ -22,6 +22,8 @@ def _xp(a):
 
 def rms_norm(x, weight, eps: float):
     """x: [..., D] float32, weight: [D] → x / sqrt(mean(x²) + eps) * weight."""
+    if cpu.takes(x, weight):
+        return cpu.rms_norm(x, weight, eps)
     xp = _xp(x)
     ms = xp.mean(xp.square(x), axis=-1, keepdims=True)
     return (x / xp.sqrt(ms + eps)) * weight
@@ -63,6 +65,8 @@ def rope(x, cos, sin, interleaved: bool):
     interleaved=False (HF, Qwen, GPT-NeoX): pairs (i, i + Dh/2). interleaved=True (llama.cpp's Llama layout,
     GGUF llama Q/K are stored permuted for it): pairs (2i, 2i + 1).
     """
+    if cpu.takes(x, cos, sin):
+        return cpu.rope(x, cos, sin, interleaved)
     xp = _xp(x)
     c, s = cos[:, None, :], sin[:, None, :]
     out = xp.empty_like(x)
@@ -87,6 +91,8 @@ def silu(x):
 
 def swiglu(gate, up):
     """SwiGLU feed-forward gate: silu(gate) * up. gate, up: [T, F]."""
+    if cpu.takes(gate, up):
+        return cpu.swiglu(gate, up)
     return silu(gate) * up
 
 
@@ -113,17 +119,23 @@ def attention(q, k, v, start: int, window: int | None = None, scale: float | Non
     """Causal grouped-query attention of new queries against the cache.
 
     q: [T, H, Dh] float32 — queries at positions start .. start+T-1.
-    k, v: [H_kv, S, Dh] — cached keys/values for positions 0 .. S-1 (S = start + T; the new ones included).
+    k, v: [H_kv, S_max, Dh] — cached keys/values; positions 0 .. start+T-1 are used (the new ones included) and
+    any beyond are ignored, so a KV cache layer can be passed whole.
     window: sliding-window size (a query at p sees keys p-window+1 .. p), or None for full causal.
     scale: multiplies q·k (default 1/√Dh). Query head h uses key/value head h // (H / H_kv).
     Returns [T, H, Dh] float32.
     """
     xp = _xp(q)
     t, h, dh = q.shape
-    h_kv, s, _ = k.shape
+    h_kv, s = k.shape[0], start + t
+    if k.shape[1] < s or v.shape[1] < s:
+        raise ValueError(f"attention over {s} positions but the cache holds {k.shape[1]}")
+    scale = 1.0 / np.sqrt(dh) if scale is None else scale
+    if t == 1 and cpu.takes(q, k, v) and k.flags.c_contiguous and v.flags.c_contiguous:
+        return cpu.decode_attention(q, k, v, s, window, scale)
+    k, v = k[:, :s], v[:, :s]
     group = h // h_kv
     qg = q.reshape(t, h_kv, group, dh).transpose(1, 2, 0, 3).reshape(h_kv, group * t, dh)
-    scale = 1.0 / np.sqrt(dh) if scale is None else scale
     scores = (qg @ k.transpose(0, 2, 1)) * np.float32(scale)  # [H_kv, G*T, S]
     scores = scores.reshape(h_kv, group, t, s)
     if t > 1 or (window is not None and s > window):  # one query at the end of the cache sees every key

@@ -18,9 +18,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
 os.environ.setdefault("GOMP_SPINCOUNT", "100000")
 
 try:
-    from kernels.cpu import int8_kernels, quant_kernels
+    from kernels.cpu import int8_kernels, op_kernels, quant_kernels
 except ImportError:  # numba missing or broken: the NumPy path runs
-    int8_kernels = quant_kernels = None
+    int8_kernels = op_kernels = quant_kernels = None
 
 available = quant_kernels is not None and os.environ.get("ENGINE_KERNELS", "numba") != "numpy"
 if available:
@@ -88,6 +88,38 @@ def _get_pool() -> ThreadPoolExecutor:
     if _pool is None or _pool._max_workers != _workers():
         _pool = ThreadPoolExecutor(_workers(), thread_name_prefix="engine-prefill")
     return _pool
+
+
+def takes(*arrays) -> bool:
+    """Whether the compiled small operators apply: numba is on and every array is a float32 NumPy array."""
+    return available and all(isinstance(a, np.ndarray) and a.dtype == np.float32 for a in arrays)
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    out = np.empty(x.shape, np.float32)
+    d = x.shape[-1]
+    op_kernels.rms_norm(np.ascontiguousarray(x).reshape(-1, d), np.asarray(weight), eps, out.reshape(-1, d))
+    return out
+
+
+def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, interleaved: bool) -> np.ndarray:
+    out = np.empty(x.shape, np.float32)
+    op_kernels.rope(np.asarray(x), cos, sin, interleaved, out)
+    return out
+
+
+def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    out = np.empty(gate.shape, np.float32)
+    op_kernels.swiglu(gate, up, out)
+    return out
+
+
+def decode_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, length: int, window: int | None,
+                     scale: float) -> np.ndarray:
+    """ops.attention for one query (q: [1, H, Dh]) at position length - 1; k, v: [H_kv, S_max, Dh] C-contiguous."""
+    out = np.empty(q.shape, np.float32)
+    op_kernels.decode_attention(q[0], k, v, length, window or 0, scale, out[0])
+    return out
 
 
 def dequantize_rows(w, index) -> np.ndarray:

@@ -1,0 +1,69 @@
+"""kernels/cpu/op_kernels.py (compiled small operators) against the NumPy reference path of kernels/ops.py, which
+tests/kernels/test_ops.py checks against PyTorch."""
+import numpy as np
+import pytest
+
+from kernels import cpu, ops
+
+pytestmark = pytest.mark.skipif(not cpu.available, reason="numba kernels unavailable (ENGINE_KERNELS=numpy)")
+rng = np.random.default_rng(0)
+
+
+def both(monkeypatch, fn, *args, **kwargs):
+    """(compiled result, NumPy reference result) of one ops call."""
+    fast = fn(*args, **kwargs)
+    monkeypatch.setattr(cpu, "available", False)
+    slow = fn(*args, **kwargs)
+    monkeypatch.setattr(cpu, "available", True)
+    return fast, slow
+
+
+def f32(*shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", [(1, 576), (5, 64), (3, 4, 128)])
+def test_rms_norm(monkeypatch, shape):
+    x, w = f32(*shape, scale=3.0), f32(shape[-1])
+    fast, slow = both(monkeypatch, ops.rms_norm, x, w, 1e-5)
+    np.testing.assert_allclose(fast, slow, rtol=2e-6, atol=2e-6)
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_rope(monkeypatch, interleaved):
+    x = f32(3, 4, 64)
+    cos, sin = ops.rope_cos_sin(np.array([0, 7, 300]), ops.rope_inv_freq(64, 10000.0))
+    fast, slow = both(monkeypatch, ops.rope, x, cos, sin, interleaved)
+    np.testing.assert_allclose(fast, slow, rtol=1e-6, atol=1e-6)
+
+
+def test_swiglu(monkeypatch):
+    gate, up = f32(2, 300, scale=20.0), f32(2, 300)  # large |gate|: exp over- and underflow
+    fast, slow = both(monkeypatch, ops.swiglu, gate, up)
+    np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("window", [None, 1, 5, 64])
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (8, 2)])
+def test_decode_attention_on_a_whole_cache_layer(monkeypatch, window, heads, kv_heads):
+    s, s_max, dh = 23, 40, 32
+    k, v = f32(kv_heads, s_max, dh), f32(kv_heads, s_max, dh)
+    k[:, s:], v[:, s:] = np.nan, np.nan  # positions past the query are never read
+    q = f32(1, heads, dh, scale=2.0)
+    fast, slow = both(monkeypatch, ops.attention, q, k, v, s - 1, window, 0.3)
+    np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-6)
+    exact = ops.attention(q, np.ascontiguousarray(k[:, :s]), np.ascontiguousarray(v[:, :s]), s - 1, window, 0.3)
+    np.testing.assert_allclose(fast, exact, rtol=1e-5, atol=1e-6)
+    assert np.isfinite(fast).all()
+
+
+def test_attention_of_strided_views_takes_the_reference_path(monkeypatch):
+    k = f32(9, 2, 16).transpose(1, 0, 2)  # not C-contiguous
+    v, q = f32(2, 9, 16), f32(1, 2, 16)
+    fast, slow = both(monkeypatch, ops.attention, q, k, v, 8)
+    np.testing.assert_array_equal(fast, slow)
+
+
+def test_attention_rejects_a_cache_shorter_than_the_positions():
+    with pytest.raises(ValueError, match="cache holds 5"):
+        ops.attention(f32(1, 2, 16), f32(2, 5, 16), f32(2, 5, 16), 5)
