@@ -827,7 +827,8 @@ def run_cli(args) -> int:
     """Load the model and run the REPL. args: the namespace of build_parser() (engine.generate's works too)."""
     import engine
     try:
-        llm = engine.load(args.model, n_ctx=args.ctx_size, threads=args.threads, activations=args.activations)
+        llm = engine.load(args.model, n_ctx=args.ctx_size, threads=args.threads, activations=args.activations,
+                          device=args.device)
         print(f"{loaded_line(llm)}; /help for commands, Ctrl-D to exit", file=sys.stderr, flush=True)
         chat = Chat(llm, system=args.system, enable_thinking=getattr(args, "enable_thinking", None))
         sampling = _sampling_from_args(args)

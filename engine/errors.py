@@ -29,6 +29,10 @@ class ContextOverflowError(EngineError):
     """The prompt (plus what is asked to be generated) does not fit in the context window."""
 
 
+class DeviceError(EngineError):
+    """The requested compute device is unknown or not usable on this machine (e.g. --device cuda without a GPU)."""
+
+
 class InvalidRequestError(EngineError, ValueError):
     """A caller passed an invalid argument (empty prompt, bad sampling value, ...)."""
 

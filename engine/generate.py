@@ -8,6 +8,7 @@ import numpy as np
 
 from engine.errors import EngineError
 from engine.sampler import Sampler, SamplingParams
+from kernels import backend
 
 
 @dataclass
@@ -46,7 +47,7 @@ def generate_tokens(model, cache, ids: list[int], params: SamplingParams, max_to
     logits = model.forward(new, np.arange(keep, keep + len(new)), cache, last_only=True)
     stats.finish_reason = "length"
     for n in range(max_tokens):
-        token = sampler(np.asarray(logits[-1]), history)
+        token = sampler(backend.to_host(logits[-1]), history)
         now = time.perf_counter()
         if n == 0:
             stats.prefill_s = now - t0
@@ -123,6 +124,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     p.add_argument("--ctx-size", type=int, default=None, help="context length (default: the model's)")
     p.add_argument("--threads", type=int, default=None, help="worker threads (default: ENGINE_THREADS or all cores)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                   help="where to compute (default: ENGINE_DEVICE or auto = CUDA when a GPU is usable)")
     p.add_argument("--activations", choices=("float32", "int8"), default=None,
                    help="one-token mat-vec activations: float32 (default, exact) or int8 (opt-in, faster; "
                         "default: ENGINE_ACTIVATIONS)")
@@ -145,7 +148,8 @@ def main(argv=None) -> int:
         return run_cli(args)
     import engine
     try:
-        llm = engine.load(args.model, n_ctx=args.ctx_size, threads=args.threads, activations=args.activations)
+        llm = engine.load(args.model, n_ctx=args.ctx_size, threads=args.threads, activations=args.activations,
+                          device=args.device)
         print(loaded_line(llm), file=sys.stderr)
         use_chat = args.chat if args.chat is not None else llm.template is not None
         if use_chat:

@@ -44,7 +44,7 @@ class LLM:
         """Logits [len(ids), vocab] float32 of one forward over ids on a fresh cache."""
         ids = self._check_ids(ids)
         cache = self.new_cache(len(ids))
-        return np.asarray(self.model.forward(np.asarray(ids), np.arange(len(ids)), cache))
+        return backend.to_host(self.model.forward(np.asarray(ids), np.arange(len(ids)), cache))
 
     def encode_prompt(self, prompt: str | Sequence[int]) -> list[int]:
         """Token ids of a raw prompt: text is tokenized with BOS as the model wants and special tokens parsed."""
@@ -116,16 +116,21 @@ class LLM:
 
 
 def load(model: str | None = None, n_ctx: int | None = None, threads: int | None = None,
-         activations: str | None = None) -> LLM:
+         activations: str | None = None, device: str | None = None) -> LLM:
     """Load a model: a registry id (`smollm2`, `qwen3.4b_q4`), a .gguf path, an HF-style directory or an HF repo
     id (`org/name`, or `org/name:file.gguf`). None loads the embedded default (SmolLM2-135M-Instruct Q4_1).
 
     n_ctx: context length per sequence (default: the model's). threads: worker threads (default: ENGINE_THREADS,
     else all cores). activations: "float32" (default) or "int8" for the opt-in int8 mat-vec (default:
-    ENGINE_ACTIVATIONS)."""
+    ENGINE_ACTIVATIONS). device: "auto" (CUDA when a GPU is usable), "cpu" or "cuda" (default: ENGINE_DEVICE, else
+    auto); chosen once per process, as every array the engine allocates follows it."""
     t0 = time.perf_counter()
+    on_gpu = backend.select_device(device) == "cuda"
     backend.set_threads(threads or int(os.environ.get("ENGINE_THREADS", 0)) or None)
     source = hub.resolve(model)
     loaded = load_source(source)
+    if on_gpu:
+        from kernels import cuda
+        cuda.upload(loaded.model)
     backend.set_activations(activations)
     return LLM(loaded, source, n_ctx, load_s=time.perf_counter() - t0)

@@ -20,6 +20,30 @@ def use(module_name: str) -> None:
         raise ValueError(f"unknown array module {module_name!r}; use 'numpy' or 'cupy'")
 
 
+def select_device(device: str | None) -> str:
+    """Choose where the engine computes, once, before a model loads: "cpu", "cuda", or "auto" (CUDA when CuPy sees
+    a GPU). None reads ENGINE_DEVICE (default "auto"). Sets the array module; returns "cpu" or "cuda"."""
+    import os
+    from engine.errors import DeviceError
+    from kernels import cuda
+    device = (device or os.environ.get("ENGINE_DEVICE") or "auto").lower()
+    if device not in ("auto", "cpu", "cuda"):
+        raise DeviceError(f"device {device!r} is not one of auto, cpu, cuda (--device / ENGINE_DEVICE).")
+    if device == "auto":
+        device = "cuda" if cuda.available() else "cpu"
+    elif device == "cuda" and not cuda.available():
+        raise DeviceError("--device cuda was asked for but no CUDA GPU is usable here (CuPy missing or no device "
+                          "seen); install the GPU extra (pip install -e .[cuda]) on a machine with an NVIDIA GPU "
+                          "and driver, or use --device cpu.")
+    use("cupy" if device == "cuda" else "numpy")
+    return device
+
+
+def to_host(a):
+    """A NumPy array of a (copied from the GPU when a is a CuPy array)."""
+    return a.get() if name == "cupy" and hasattr(a, "get") else numpy.asarray(a)
+
+
 def set_threads(n: int | None) -> int:
     """Limit BLAS and the compiled kernels to n worker threads (None: all cores). Returns the count in force."""
     import os

@@ -5,7 +5,7 @@ Shapes: T tokens, D model width, H query heads, H_kv key/value heads, Dh head wi
 """
 import numpy as np
 
-from kernels import cpu
+from kernels import cpu, cuda
 from kernels.qtensor import QTensor
 
 TILE_ELEMS = 1 << 20  # rows of a quantized matrix dequantized per step: ~4 MB of float32
@@ -22,6 +22,8 @@ def _xp(a):
 
 def rms_norm(x, weight, eps: float):
     """x: [..., D] float32, weight: [D] → x / sqrt(mean(x²) + eps) * weight."""
+    if cuda.takes(x, weight):
+        return cuda.rms_norm(x, weight, eps)
     if cpu.takes(x, weight):
         return cpu.rms_norm(x, weight, eps)
     xp = _xp(x)
@@ -54,7 +56,7 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None = None, freq
 
 def rope_cos_sin(positions, inv_freq: np.ndarray):
     """positions: [T] int, inv_freq: [Dh/2] → (cos, sin), each [T, Dh/2] float32. Angles are taken in float64."""
-    xp = _xp(positions)
+    xp = _xp(inv_freq)
     angles = xp.asarray(positions, dtype=xp.float64)[:, None] * xp.asarray(inv_freq)[None, :]
     return xp.cos(angles).astype(xp.float32), xp.sin(angles).astype(xp.float32)
 
@@ -65,6 +67,8 @@ def rope(x, cos, sin, interleaved: bool):
     interleaved=False (HF, Qwen, GPT-NeoX): pairs (i, i + Dh/2). interleaved=True (llama.cpp's Llama layout,
     GGUF llama Q/K are stored permuted for it): pairs (2i, 2i + 1).
     """
+    if cuda.takes(x, cos, sin):
+        return cuda.rope(x, cos, sin, interleaved)
     if cpu.takes(x, cos, sin):
         return cpu.rope(x, cos, sin, interleaved)
     xp = _xp(x)
@@ -91,6 +95,8 @@ def silu(x):
 
 def swiglu(gate, up):
     """SwiGLU feed-forward gate: silu(gate) * up. gate, up: [T, F]."""
+    if cuda.takes(gate, up):
+        return cuda.swiglu(gate, up)
     if cpu.takes(gate, up):
         return cpu.swiglu(gate, up)
     return silu(gate) * up
@@ -110,6 +116,8 @@ def geglu(gate, up):
 
 def softmax(x, axis: int = -1):
     """Numerically stable softmax along axis (masked entries may be -inf)."""
+    if cuda.takes(x) and axis in (-1, x.ndim - 1):
+        return cuda.softmax(x)
     xp = _xp(x)
     e = xp.exp(x - xp.max(x, axis=axis, keepdims=True))
     return e / xp.sum(e, axis=axis, keepdims=True)
@@ -131,6 +139,10 @@ def attention(q, k, v, start: int, window: int | None = None, scale: float | Non
     if k.shape[1] < s or v.shape[1] < s:
         raise ValueError(f"attention over {s} positions but the cache holds {k.shape[1]}")
     scale = 1.0 / np.sqrt(dh) if scale is None else scale
+    if cuda.takes(q, k, v):
+        out = cuda.attention(q, k, v, start, window, scale)
+        if out is not None:
+            return out
     if t == 1 and cpu.takes(q, k, v) and k.flags.c_contiguous and v.flags.c_contiguous:
         return cpu.decode_attention(q, k, v, s, window, scale)
     k, v = k[:, :s], v[:, :s]
@@ -160,6 +172,8 @@ def matmul_transb(x, w):
         return x @ w.T
     if cpu.available and isinstance(x, np.ndarray):
         return cpu.matmul_transb(x, w)
+    if cuda.takes(x, w.raw):
+        return cuda.matmul_transb(x, w)
     xp = _xp(x)
     n, k = w.shape
     out = xp.empty((x.shape[0], n), dtype=xp.float32)
@@ -180,6 +194,8 @@ def matmul_transb_many(x, ws):
 
 def embedding(ids, table):
     """Rows of the embedding table. ids: [T] int; table: [V, D] float32 array or QTensor → [T, D] float32."""
+    if cuda.takes(table.raw if isinstance(table, QTensor) else table):
+        return cuda.embedding(ids, table)
     if isinstance(table, QTensor):
         if cpu.available:
             return cpu.dequantize_rows(table, ids)

@@ -18,10 +18,6 @@ __device__ __forceinline__ float load_bf16(const u8* p) {
     return __bfloat162float(__ushort_as_bfloat16((unsigned short)load_u16(p)));
 }
 
-__device__ __forceinline__ void store(float* p, float v) { *p = v; }
-
-__device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
-
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

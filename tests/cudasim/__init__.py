@@ -129,9 +129,11 @@ class Module:
             inside = buf[GUARD:GUARD + a.nbytes]
             if (buf[:GUARD] != 0xFF).any() or (buf[GUARD + a.nbytes:] != 0xFF).any():
                 raise KernelError(f"{name}: write outside argument {p.name} ({a.nbytes} bytes)")
-            if p.const and (inside != a.view(np.uint8).reshape(-1)).any():
-                raise KernelError(f"{name}: write into const argument {p.name}")
-            a.view(np.uint8).reshape(-1)[:] = inside
+            if p.const:
+                if (inside != a.view(np.uint8).reshape(-1)).any():
+                    raise KernelError(f"{name}: write into const argument {p.name}")
+            else:
+                a.view(np.uint8).reshape(-1)[:] = inside
 
 
 def _dim3(d) -> ctypes.Array:

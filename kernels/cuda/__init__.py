@@ -1,0 +1,213 @@
+"""The GPU path: the RawKernels of kernels/cuda/*.cu launched through CuPy, GPU twins of kernels/ops.py.
+
+Weights stay GGUF blocks on the device (QTensor over a cupy uint8 array). Decode (up to MATVEC_MAX_T vectors)
+runs the fused dequantize-and-dot mat-vec; prefill dequantizes row tiles to float32 and multiplies them with cuBLAS
+(`cupy.matmul`; float32 because an f16 product overflows to inf on large activations). Nothing here imports CuPy until a kernel is launched, so the module loads on any machine.
+Launch geometries follow the contract at the top of each .cu file.
+"""
+from pathlib import Path
+
+import numpy as np
+
+from engine.errors import UnsupportedModelError
+from kernels.qtensor import QTensor
+from kernels.quants import GGMLType
+
+DIR = Path(__file__).parent
+MATVEC_MAX_T = 4  # up to this many vectors use the mat-vec kernel (one launch); more use dequantize + cuBLAS
+MATVEC_WARPS = 4  # rows per mat-vec block (one warp each)
+TILE_ELEMS = 1 << 24  # elements of a weight dequantized per cuBLAS call: 64 MB of float32
+ATTENTION_WARPS = 4
+# weight type -> (elements per kernel block, parts per block): QK and PARTS of quant_blocks.cuh
+KERNEL_BLOCKS = {GGMLType.F16: (8, 1), GGMLType.BF16: (8, 1), GGMLType.Q8_0: (32, 8), GGMLType.Q4_0: (32, 8),
+                 GGMLType.Q4_1: (32, 8), GGMLType.Q5_0: (32, 8), GGMLType.Q5_1: (32, 8), GGMLType.Q4_K: (256, 32),
+                 GGMLType.Q5_K: (256, 32), GGMLType.Q6_K: (256, 32)}
+NULL = np.uint64(0)  # a null pointer argument (CuPy turns None into a bogus address)
+
+_modules: dict[str, object] = {}
+
+
+def available() -> bool:
+    """Whether CuPy is installed and sees a CUDA device."""
+    try:
+        import cupy
+        return bool(cupy.cuda.is_available())
+    except Exception:  # no cupy, no driver, broken install: all mean "no GPU here"
+        return False
+
+
+def takes(*arrays) -> bool:
+    """Whether every array is a CuPy array (the GPU path applies)."""
+    return all(type(a).__module__.startswith("cupy") for a in arrays)
+
+
+def include_dirs() -> list[str]:
+    """Header directories for NVRTC: this directory, and the CUDA headers (cuda_fp16.h, cuda_bf16.h) of the
+    nvidia-cuda-runtime-cu12 wheel or, without it, of the CUDA toolkit CuPy found."""
+    dirs = [str(DIR)]
+    try:
+        import nvidia.cuda_runtime
+        dirs.append(str(Path(list(nvidia.cuda_runtime.__path__)[0]) / "include"))
+    except ImportError:
+        import cupy
+        if cupy.cuda.get_cuda_path():
+            dirs.append(str(Path(cupy.cuda.get_cuda_path()) / "include"))
+    return dirs
+
+
+def kernel(source: str, name: str):
+    """The compiled kernel `name` of kernels/cuda/<source> (each file is compiled once per process)."""
+    import cupy
+    if source not in _modules:
+        options = ("--std=c++17", *(f"-I{d}" for d in include_dirs()))
+        _modules[source] = cupy.RawModule(code=(DIR / source).read_text(), options=options)
+    return _modules[source].get_function(name)
+
+
+def _blocks(n: int, per_block: int) -> int:
+    return max(1, -(-n // per_block))
+
+
+# ------------------------------------------------------------------------------------------------ weights
+
+def to_device(w):
+    """A weight on the GPU: QTensor → QTensor over a cupy uint8 array (blocks as stored); ndarray → cupy array."""
+    import cupy
+    if isinstance(w, QTensor):
+        if w.ggml_type not in KERNEL_BLOCKS or w.shape[1] % KERNEL_BLOCKS[w.ggml_type][0]:
+            raise UnsupportedModelError(f"{w.type_name} weights of shape {w.shape} have no CUDA kernel; run this "
+                                        "model on the CPU (--device cpu).")
+        return QTensor(cupy.asarray(np.ascontiguousarray(w.raw)), w.ggml_type, w.shape)
+    if isinstance(w, np.ndarray):
+        return cupy.asarray(w)
+    return w
+
+
+def upload(model) -> None:
+    """Move every weight a model object holds (attributes, and lists/dicts of them) to the GPU, in place."""
+    def move(v):
+        if isinstance(v, list):
+            return [move(x) for x in v]
+        if isinstance(v, dict):
+            return {k: move(x) for k, x in v.items()}
+        return to_device(v)
+    for name, value in vars(model).items():
+        setattr(model, name, move(value))
+
+
+# ------------------------------------------------------------------------------------------------ operators
+
+def matmul_transb(x, w: QTensor):
+    """x @ wᵀ on the GPU. x: [T, K] float32 cupy; w: [N, K] QTensor on the device → [T, N] float32."""
+    import cupy
+    x = cupy.ascontiguousarray(x, dtype=cupy.float32)
+    t, k = x.shape
+    n = w.shape[0]
+    suffix = w.type_name.lower()
+    if t <= MATVEC_MAX_T:
+        y = cupy.empty((t, n), dtype=cupy.float32)
+        kernel("quant_matvec.cu", f"matvec_{suffix}")(
+            (_blocks(n, MATVEC_WARPS), t), (32 * MATVEC_WARPS,), (w.raw, x, y, np.int32(n), np.int32(k)))
+        return y
+    out = cupy.empty((t, n), dtype=cupy.float32)
+    step = max(1, TILE_ELEMS // k)
+    for i in range(0, n, step):
+        j = min(n, i + step)
+        out[:, i:j] = cupy.matmul(x, dequantize(w, slice(i, j)).T)
+    return out
+
+
+def dequantize(w: QTensor, rows):
+    """Rows of a device QTensor as a [n, K] float32 cupy array.
+    rows: a slice (contiguous rows) or int indices (gathered, e.g. token ids)."""
+    import cupy
+    k = w.shape[1]
+    if isinstance(rows, slice):
+        raw, index = w.raw[rows], NULL
+        n = raw.shape[0]
+    else:
+        raw, index = w.raw, cupy.asarray(rows, dtype=cupy.int32)
+        n = index.shape[0]
+    out = cupy.empty((n, k), dtype=cupy.float32)
+    qk, parts = KERNEL_BLOCKS[w.ggml_type]
+    parts *= n * (k // qk)
+    kernel("dequant.cu", f"dequant_{w.type_name.lower()}")(
+        (_blocks(parts, 256),), (256,), (raw, index, np.int32(n), np.int32(k), out))
+    return out
+
+
+def embedding(ids, table):
+    """Rows of the embedding table on the GPU. ids: [T] int; table: QTensor on the device or cupy array."""
+    import cupy
+    if isinstance(table, QTensor):
+        return dequantize(table, np.asarray(ids))
+    return table[cupy.asarray(ids)].astype(cupy.float32)
+
+
+def rms_norm(x, weight, eps: float):
+    """x: [..., D] float32 cupy, weight: [D] → RMSNorm over the last axis."""
+    import cupy
+    x = cupy.ascontiguousarray(x, dtype=cupy.float32)
+    d = x.shape[-1]
+    rows = x.size // d
+    y = cupy.empty_like(x)
+    threads = min(1024, 32 * _blocks(d, 32 * 4))  # about four elements a thread
+    kernel("rms_norm.cu", "rms_norm_f32")((min(rows, 65535),), (threads,),
+                                          (x, cupy.ascontiguousarray(weight, dtype=cupy.float32), y,
+                                           np.int32(rows), np.int32(d), np.float32(eps)))
+    return y
+
+
+def rope(x, cos, sin, interleaved: bool):
+    """x: [T, H, Dh] float32 cupy rotated by position; cos, sin: [T, Dh/2]."""
+    import cupy
+    x = cupy.ascontiguousarray(x, dtype=cupy.float32)
+    t, h, dh = x.shape
+    y = cupy.empty_like(x)
+    kernel("rope.cu", "rope_f32")((_blocks(t * h * dh // 2, 256),), (256,),
+                                  (x, cupy.ascontiguousarray(cos, dtype=cupy.float32),
+                                   cupy.ascontiguousarray(sin, dtype=cupy.float32), y, np.int32(t), np.int32(h),
+                                   np.int32(dh), np.int32(bool(interleaved))))
+    return y
+
+
+def swiglu(gate, up):
+    """silu(gate) * up, elementwise, float32 cupy."""
+    import cupy
+    gate = cupy.ascontiguousarray(gate, dtype=cupy.float32)
+    out = cupy.empty_like(gate)
+    kernel("swiglu.cu", "swiglu_f32")((_blocks(gate.size, 256),), (256,),
+                                      (gate, cupy.ascontiguousarray(up, dtype=cupy.float32), out,
+                                       np.int32(gate.size)))
+    return out
+
+
+def softmax(x):
+    """Softmax over the last axis of a float32 cupy array."""
+    import cupy
+    x = cupy.ascontiguousarray(x, dtype=cupy.float32)
+    n = x.shape[-1]
+    rows = x.size // n
+    y = cupy.empty_like(x)
+    kernel("softmax.cu", "softmax_f32")((min(rows, 65535),), (256,), (x, y, np.int32(rows), np.int32(n)))
+    return y
+
+
+def attention(q, k, v, start: int, window: int | None, scale: float):
+    """ops.attention on the GPU: q [T, H, Dh]; k, v [H_kv, S, Dh] (rows of a head contiguous, heads any stride,
+    as a KV cache's layer views are). None when the kernel does not cover the shape (the array code runs)."""
+    import cupy
+    t, h, dh = q.shape
+    h_kv = k.shape[0]
+    row_major = all(a.strides[2] == 4 and a.strides[1] == dh * 4 and a.strides[0] % 4 == 0 and a.dtype == cupy.float32
+                    and a.strides == k.strides for a in (k, v))
+    if dh % 32 or dh > 256 or h % h_kv or not row_major:
+        return None
+    q = cupy.ascontiguousarray(q, dtype=cupy.float32)
+    out = cupy.empty_like(q)
+    shared = ATTENTION_WARPS * (dh + 2) * 4
+    kernel("attention.cu", "attention_f32")(
+        (h, t), (32 * ATTENTION_WARPS,),
+        (q, k, v, out, np.int32(t), np.int32(h), np.int32(h_kv), np.int32(dh), np.int32(start),
+         np.int32(k.strides[0] // 4), np.int32(window or 0), np.float32(scale)), shared_mem=shared)
+    return out
