@@ -1,7 +1,7 @@
 """Token throughput: prefill and decode tok/s, achieved GB/s and peak memory; ours against llama.cpp and transformers.
 
     python -m bench.tokens --model ID_OR_PATH [--prompt-len 128] [--gen 64] [--threads 2] [--repeat 1]
-        [--activations float32|int8]
+        [--activations float32|int8] [--device cpu|cuda]
         [--vs llama.cpp] [--vs transformers] [--hf-dir DIR] [--no-ours] [--json out.json]
 
 Each engine runs in its own subprocess (so peak RSS is its own) on the same prompt: prompt-len pseudo-random
@@ -62,7 +62,7 @@ def run_ours(path: str, a) -> dict:
     backend.set_threads(a.threads)
     import engine
 
-    llm = engine.load(path, n_ctx=a.prompt_len + a.gen + 8, activations=a.activations)
+    llm = engine.load(path, n_ctx=a.prompt_len + a.gen + 8, activations=a.activations, device=a.device)
     model = llm.model
     state = {}
 
@@ -167,7 +167,7 @@ def spawn(engine: str, path: str, a) -> dict | None:
         result = Path(tmp, "result.json")
         cmd = [sys.executable, "-m", "bench.tokens", "--child", engine, "--child-path", path, "--result", str(result),
                "--prompt-len", str(a.prompt_len), "--gen", str(a.gen), "--threads", str(a.threads),
-               "--repeat", str(a.repeat), "--activations", a.activations]
+               "--repeat", str(a.repeat), "--activations", a.activations, "--device", a.device]
         r = subprocess.run(cmd)
         if r.returncode != 0 or not result.exists():
             print(f"{engine}: failed (exit status {r.returncode})", file=sys.stderr)
@@ -194,6 +194,22 @@ def read_bandwidth(threads: int, mb: int = 400) -> float:
         t0 = time.perf_counter()
         total(a)
         best = min(best, time.perf_counter() - t0)
+    return a.nbytes / best / 1e9
+
+
+def gpu_read_bandwidth(mb: int = 1024) -> float:
+    """GB/s of a CuPy sum over a float32 array of mb MB in GPU memory, best of 10 (timed with CUDA events)."""
+    import cupy
+    a = cupy.ones(mb * 2**20 // 4, dtype=cupy.float32)
+    a.sum()
+    best = float("inf")
+    for _ in range(10):
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        a.sum()
+        end.record()
+        end.synchronize()
+        best = min(best, cupy.cuda.get_elapsed_time(start, end) / 1e3)
     return a.nbytes / best / 1e9
 
 
@@ -233,6 +249,7 @@ def main(argv=None) -> None:
     ap.add_argument("--repeat", type=int, default=1, help="timed runs per engine; the best is reported")
     ap.add_argument("--activations", choices=("float32", "int8"), default="float32",
                     help="our one-token mat-vec activations (int8: the opt-in integer path)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where our engine runs")
     ap.add_argument("--vs", action="append", default=[], choices=ENGINES[1:], help="peer engine (repeatable)")
     ap.add_argument("--hf-dir", default=None, help="HF directory for transformers (default: the model)")
     ap.add_argument("--no-ours", action="store_true", help="run the peers only")
@@ -260,7 +277,7 @@ def main(argv=None) -> None:
             engines.remove(peer)
 
     load = os.getloadavg()[0]  # other work on the machine skews every figure
-    bw = read_bandwidth(a.threads)
+    bw = gpu_read_bandwidth() if a.device == "cuda" else read_bandwidth(a.threads)
     results = {}
     for e in engines:
         print(f"running {e} on {paths[e]} ...", flush=True)

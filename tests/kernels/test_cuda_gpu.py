@@ -1,0 +1,117 @@
+"""The CUDA path on a real GPU (skipped without one): the same references as tests/kernels/test_cuda_kernels.py
+against CuPy launches, and tiny models loaded with device="cuda" against transformers.
+
+These have not run in this project's CI (no GPU there); the kernels themselves are exercised on the CPU by
+tests/kernels/test_cuda_kernels.py and the launchers by tests/kernels/test_cuda_launchers.py.
+"""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType as GQ
+from gguf import quants as gq
+
+from kernels import backend, cuda, ops
+from kernels.qtensor import QTensor
+from quant_blocks import make_blocks
+
+pytestmark = pytest.mark.skipif(not cuda.available(), reason="no CUDA GPU (CuPy with a device) on this machine")
+TYPES = sorted(cuda.KERNEL_BLOCKS)
+TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny"
+
+
+@pytest.fixture
+def cp():
+    import cupy
+    backend.use("cupy")
+    yield cupy
+    backend.use("numpy")
+
+
+def quantized(t, n, k, seed=0):
+    raw = make_blocks(t, n, k, np.random.default_rng(seed + int(t)))
+    w = gq.dequantize(np.ascontiguousarray(raw), GQ(int(t))).reshape(n, k).astype(np.float64)
+    return cuda.to_device(QTensor(raw, t, (n, k))), w
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 9])
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+def test_matmul_transb(cp, t, tokens):
+    k = 512 if cuda.KERNEL_BLOCKS[t][0] == 256 else 96
+    w, ref_w = quantized(t, 37, k)
+    x = np.random.default_rng(tokens).standard_normal((tokens, k)).astype(np.float32)
+    y = ops.matmul_transb(cp.asarray(x), w).get()
+    bound = np.abs(x).astype(np.float64) @ np.abs(ref_w).T
+    assert (np.abs(y - x.astype(np.float64) @ ref_w.T) <= 1e-5 * bound + 1e-30).all()
+
+
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+def test_dequantize_and_embedding_bit_exact(cp, t):
+    k = 512 if cuda.KERNEL_BLOCKS[t][0] == 256 else 96
+    w, ref_w = quantized(t, 9, k)
+    ids = np.array([8, 0, 3, 3])
+    np.testing.assert_array_equal(cuda.dequantize(w, slice(2, 7)).get(), ref_w[2:7].astype(np.float32))
+    np.testing.assert_array_equal(ops.embedding(ids, w).get(), ref_w[ids].astype(np.float32))
+
+
+def test_operators(cp):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 4, 128)).astype(np.float32)
+    w = rng.standard_normal(128).astype(np.float32)
+    tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+    np.testing.assert_allclose(ops.rms_norm(cp.asarray(x), cp.asarray(w), 1e-6).get(),
+                               torch.nn.functional.rms_norm(tx, (128,), tw, 1e-6), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ops.swiglu(cp.asarray(x), cp.asarray(x[::-1].copy())).get(),
+                               torch.nn.functional.silu(tx) * tx.flip(0), rtol=1e-5, atol=1e-6)
+    s = x.copy()
+    s[..., ::3] = -np.inf
+    np.testing.assert_allclose(ops.softmax(cp.asarray(s)).get(), torch.softmax(torch.from_numpy(s), -1), rtol=1e-5,
+                               atol=1e-7)
+    angles = rng.standard_normal((3, 64)).astype(np.float32)
+    cos, sin = np.cos(angles), np.sin(angles)
+    a, b = tx[..., 0::2], tx[..., 1::2]
+    c, si = torch.from_numpy(cos)[:, None], torch.from_numpy(sin)[:, None]
+    ref = torch.stack([a * c - b * si, b * c + a * si], dim=-1).flatten(-2)
+    np.testing.assert_allclose(ops.rope(cp.asarray(x), cp.asarray(cos), cp.asarray(sin), True).get(), ref,
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("t,start,window", [(1, 300, None), (1, 300, 64), (17, 0, None), (5, 40, 16)])
+def test_attention(cp, t, start, window):
+    rng = np.random.default_rng(t + start)
+    h, h_kv, dh, s_max = 8, 2, 128, 320
+    q = rng.standard_normal((t, h, dh)).astype(np.float32)
+    k, v = rng.standard_normal((2, h_kv, s_max, dh)).astype(np.float32)
+    out = ops.attention(cp.asarray(q), cp.asarray(k), cp.asarray(v), start, window).get()
+    s = start + t
+    qp, kp = torch.arange(start, s)[:, None], torch.arange(s)[None, :]
+    mask = (kp <= qp) & ((kp > qp - window) if window else True)
+    kk, vv = (torch.from_numpy(a[:, :s]).repeat_interleave(h // h_kv, 0) for a in (k, v))
+    ref = torch.nn.functional.scaled_dot_product_attention(torch.from_numpy(q).transpose(0, 1), kk, vv,
+                                                           attn_mask=mask).transpose(0, 1)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["model-F16.gguf", "model-Q8_0.gguf", "model-Q4_K_M.gguf"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def test_tiny_model_on_gpu(arch, fmt):
+    """engine.load(device="cuda"): prefill, a chunk and single decode steps against transformers."""
+    import engine
+    from reference import gguf_logits
+    path = TINY / arch / fmt
+    if not path.exists():
+        pytest.skip(f"no {fmt} fixture for {arch}")
+    try:
+        llm = engine.load(str(path), device="cuda")
+        model = llm.model
+        cache = llm.new_cache(32)
+        ids = [5, 17, 100, 200, 3, 44, 91, 250, 12, 7, 300, 2]
+        parts = [model.forward(np.array(ids[:6]), np.arange(6), cache),
+                 model.forward(np.array(ids[6:9]), np.arange(6, 9), cache)]
+        parts += [model.forward(np.array([i]), np.array([p]), cache) for p, i in enumerate(ids[9:], 9)]
+        logits = np.concatenate([backend.to_host(p) for p in parts])
+    finally:
+        backend.use("numpy")
+    ref = gguf_logits(path, ids)
+    np.testing.assert_array_less(np.abs(logits - ref).max(), 5e-3)
