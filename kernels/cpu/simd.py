@@ -350,12 +350,9 @@ def _nibble_block(size, offset):
     return block
 
 
-def _q4_k_block(row, i, acc):
-    """Q4_K super-block i (144 bytes): f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles;
-    sub-block j (32 values) is d·sc_j·q − dmin·m_j, q from the low (j even) or high (j odd) nibbles of the 32
-    bytes at 16 + 32·(j // 2)."""
-    b, blk = row.b, row.blk
-    o = _i64(b, i, 144)
+def _q4_k_scales(row, o):
+    """Q4_K super-block header at o: (d, dmin, scales, mins) with the 8 six-bit scales and mins as <8 x float>."""
+    b = row.b
     d, dmin = row.f16(o), row.f16(_i64(b, o, 1, 2))
     u0, u1, u2 = (row.at("row", _i64(b, o, 1, 4 + 4 * k), _I32) for k in range(3))
 
@@ -373,6 +370,16 @@ def _q4_k_block(row, i, acc):
     undef = ir.Constant(packed.type, ir.Undefined)
     scales = b.uitofp(b.shuffle_vector(packed, undef, ir.Constant(_vec(_I32, 8), list(range(8)))), _vec(_F32, 8))
     mins = b.uitofp(b.shuffle_vector(packed, undef, ir.Constant(_vec(_I32, 8), list(range(8, 16)))), _vec(_F32, 8))
+    return d, dmin, scales, mins
+
+
+def _q4_k_block(row, i, acc):
+    """Q4_K super-block i (144 bytes): f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles;
+    sub-block j (32 values) is d·sc_j·q − dmin·m_j, q from the low (j even) or high (j odd) nibbles of the 32
+    bytes at 16 + 32·(j // 2)."""
+    b, blk = row.b, row.blk
+    o = _i64(b, i, 144)
+    d, dmin, scales, mins = _q4_k_scales(row, o)
     first = _i64(b, i, 8)
     factors = b.fmul(b.fmul(blk.splat(d, 8), scales), row.at("xd", first, _F32, 8))
     acc = b.fsub(acc, b.fmul(b.fmul(blk.splat(dmin, 8), mins), row.at("xs", first, _F32, 8)))
@@ -414,3 +421,4 @@ int8_row_q4_0 = _row_primitive(_nibble_block(18, 8))
 int8_row_q4_1 = _row_primitive(_nibble_block(20, 0))
 int8_row_q4_k = _row_primitive(_q4_k_block)
 int8_row_q6_k = _row_primitive(_q6_k_block)
+
