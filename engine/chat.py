@@ -32,6 +32,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,7 +196,8 @@ class _FeedLog:
             raise _Cancelled
         del self.fed[cache.length:]
         self.fed.extend(int(t) for t in tokens)  # trimmed back to cache.length if the forward does not finish
-        with _COMPUTE_LOCK:
+        # engine.scheduler.Scheduler runs forwards on its own thread, under the lock: calling it must not hold it.
+        with nullcontext() if getattr(self.model, "serializes_forwards", False) else _COMPUTE_LOCK:
             return self.model.forward(tokens, positions, cache, last_only=last_only)
 
 

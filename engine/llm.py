@@ -89,8 +89,9 @@ class LLM:
         return Chat(self, system=system, enable_thinking=enable_thinking, context_overflow=context_overflow)
 
     def stream(self, ids: list[int], cache: KVCache, params: SamplingParams, max_tokens: int,
-               stop: str | Sequence[str] | None = None) -> Iterator[str]:
-        """Generate after ids, reusing whatever prefix of ids the cache already holds."""
+               stop: str | Sequence[str] | None = None, stats: GenerationStats | None = None) -> Iterator[str]:
+        """Generate after ids, reusing whatever prefix of ids the cache already holds. stats (default: a new one)
+        is filled in as generation runs and kept as last_stats."""
         if len(ids) > cache.max_len:
             raise ContextOverflowError(f"the prompt is {len(ids)} tokens but the context holds {cache.max_len}; "
                                        "shorten the prompt or load the model with a larger n_ctx "
@@ -100,7 +101,8 @@ class LLM:
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         if any(not s for s in stops):
             raise InvalidRequestError("stop strings must be non-empty")
-        stats = self.last_stats = GenerationStats(prompt_tokens=len(ids))
+        stats = self.last_stats = stats or GenerationStats()
+        stats.prompt_tokens = len(ids)
         return stream_text(self.model, self.tokenizer, cache, ids, params, max_tokens, stops, stats)
 
     def _check_ids(self, ids) -> list[int]:
@@ -127,10 +129,10 @@ def load(model: str | None = None, n_ctx: int | None = None, threads: int | None
     t0 = time.perf_counter()
     on_gpu = backend.select_device(device) == "cuda"
     backend.set_threads(threads or int(os.environ.get("ENGINE_THREADS", 0)) or None)
+    backend.set_activations(activations)
     source = hub.resolve(model)
     loaded = load_source(source)
     if on_gpu:
         from kernels import cuda
         cuda.upload(loaded.model)
-    backend.set_activations(activations)
     return LLM(loaded, source, n_ctx, load_s=time.perf_counter() - t0)
