@@ -316,9 +316,7 @@ extern "C" const char* cudasim_error() { return cudasim::g.error.c_str(); }
 // ------------------------------------------------------------------------------------------ language surface
 #define __global__
 #define __device__
-#define __host__
 #define __forceinline__ inline
-#define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
 #define __shared__ static __attribute__((section("cudasim_shared")))
 #define CUDASIM_DYNAMIC_SHARED(type, name) type* const name = reinterpret_cast<type*>(cudasim::g.dynamic_shared)
@@ -371,7 +369,6 @@ inline int __dp4a(int a, int b, int c) {
 }
 
 inline float __int_as_float(int i) { return cudasim::bits_f32((uint32_t)i); }
-inline int __float_as_int(float f) { return (int)cudasim::f32_bits(f); }
 inline float __fmul_rn(float a, float b) { return a * b; }  // g++ runs with -ffp-contract=off: never fused
 
 // ------------------------------------------------------------------------------------------ f16 and bf16
@@ -383,9 +380,7 @@ struct __nv_bfloat16 {
 };
 
 inline __half __ushort_as_half(unsigned short u) { return __half{u}; }
-inline unsigned short __half_as_ushort(__half h) { return h.x; }
 inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short u) { return __nv_bfloat16{u}; }
-inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 h) { return h.x; }
 
 inline float __half2float(__half h) {
     const uint32_t sign = (uint32_t)(h.x & 0x8000) << 16, exp = h.x >> 10 & 31, man = h.x & 0x3FF;
