@@ -84,13 +84,18 @@ def to_device(w):
 
 
 def upload(model) -> None:
-    """Move every weight a model object holds (attributes, and lists/dicts of them) to the GPU, in place."""
+    """Move every weight a model object holds (attributes, and lists/dicts of them) to the GPU, in place.
+    A weight held twice (a tied output matrix) is uploaded once."""
+    moved = {}
+
     def move(v):
         if isinstance(v, list):
             return [move(x) for x in v]
         if isinstance(v, dict):
             return {k: move(x) for k, x in v.items()}
-        return to_device(v)
+        if id(v) not in moved:
+            moved[id(v)] = (v, to_device(v))  # v kept alive so its id stays unique
+        return moved[id(v)][1]
     for name, value in vars(model).items():
         setattr(model, name, move(value))
 

@@ -149,6 +149,16 @@ def test_attention_on_cache_layers(device, t, start, window):
                           0.1) is None  # Dh not a multiple of 32: the array code runs instead
 
 
+def test_upload_moves_every_weight_once(device):
+    from engine.hub import resolve
+    from engine.loader import load_source
+    model = load_source(resolve(str(TINY / "qwen2" / "model-Q8_0.gguf"))).model  # tied output matrix
+    cuda.upload(model)
+    weights = [model.tok_embd, model.output_norm] + [w for layer in model.layers for w in layer.values()]
+    assert all(isinstance(w.raw if isinstance(w, QTensor) else w, DeviceArray) for w in weights)
+    assert model.output is model.tok_embd
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_model_forward_prefill_chunk_decode(device, arch):
     """A tiny model loaded for the device: prefill (dequantize + matmul), a 3-token chunk and single tokens (mat-vec),
