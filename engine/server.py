@@ -1,0 +1,600 @@
+"""The HTTP server: OpenAI-compatible API, conversations for the web UI, and the UI itself (engine/web/).
+
+    app = create_app(llm, max_batch=8, max_queue=32, kv_budget=1 << 30)   # a FastAPI app; run it with uvicorn
+
+Every request runs on a worker thread (at most max_batch at once, up to max_queue more wait; beyond that: 429
+with Retry-After) whose generation loop calls the engine.scheduler.Scheduler in place of the model, so all
+running requests share one batched forward per token. Chat completions reuse the KV cache of an earlier request
+whose prompt shares the longest prefix (a follow-up of a conversation costs only its new tokens). UI sessions
+are engine.chat Chats in one SessionStore (the KV byte budget, LRU eviction) with the API's caches.
+"""
+
+import asyncio
+import itertools
+import json
+import threading
+import time
+import uuid
+from contextlib import asynccontextmanager, closing
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from engine.chat import SessionStore, _common_prefix
+from engine.errors import ContextOverflowError, EngineError, InvalidRequestError
+from engine.generate import GenerationStats
+from engine.sampler import SamplingParams
+from engine.scheduler import Scheduler
+
+WEB_DIR = Path(__file__).parent / "web"
+MAX_BODY_BYTES = 1 << 20
+ROLES = ("system", "user", "assistant", "developer", "tool")
+
+
+class ApiError(Exception):
+    """An error answered to the client as OpenAI does: {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+# ---- request validation -------------------------------------------------------------------------------------------
+
+
+def _number(body: dict, name: str, default, lo=None, hi=None, integer=False, lo_open=False):
+    """body[name] checked: a number (an integer when integer) within [lo, hi] ((lo, hi] when lo_open)."""
+    v = body.get(name)
+    if v is None:
+        return default
+    kinds = (int,) if integer else (int, float)
+    if isinstance(v, bool) or not isinstance(v, kinds):
+        raise ApiError(400, f"'{name}' must be {'an integer' if integer else 'a number'}, got {json.dumps(v)[:40]}",
+                       param=name, code="invalid_type")
+    if (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and v > hi):
+        span = f"{'(' if lo_open else '['}{'' if lo is None else lo}, {'' if hi is None else hi}]"
+        raise ApiError(400, f"'{name}' must be in {span}, got {v}", param=name, code="invalid_value")
+    return v
+
+
+def _sampling(body: dict, n_ctx: int) -> dict:
+    """The sampling keywords of engine.chat / LLM.generate from an OpenAI request body (plus top_k, min_p,
+    repeat_penalty). max_tokens is None when the request leaves it to the context."""
+    max_tokens = _number(body, "max_completion_tokens", None, 1, n_ctx, integer=True)
+    max_tokens = _number(body, "max_tokens", max_tokens, 1, n_ctx, integer=True)
+    stop = body.get("stop")
+    if stop is not None:
+        stops = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > 16:
+            raise ApiError(400, "'stop' must be a non-empty string or a list of up to 16 of them", param="stop")
+    if _number(body, "n", 1, 1, 1, integer=True) != 1:
+        raise ApiError(400, "only n=1 is supported", param="n")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ApiError(400, "'stream' must be a boolean", param="stream", code="invalid_type")
+    return dict(max_tokens=max_tokens, stop=stop, temperature=_number(body, "temperature", 1.0, 0, 2),
+                top_p=_number(body, "top_p", None, 0, 1, lo_open=True), seed=_number(body, "seed", None, integer=True),
+                top_k=_number(body, "top_k", None, 1, integer=True), min_p=_number(body, "min_p", None, 0, 1),
+                repeat_penalty=_number(body, "repeat_penalty", 1.0, 0, lo_open=True))
+
+
+def _include_usage(body: dict) -> bool:
+    opts = body.get("stream_options") or {}
+    if not isinstance(opts, dict) or not isinstance(opts.get("include_usage", False), bool):
+        raise ApiError(400, "'stream_options' must be an object like {\"include_usage\": true}",
+                       param="stream_options")
+    return bool(opts.get("include_usage"))
+
+
+def _text_of(content, i: int) -> str:
+    """A message's content as text: a string, or a list of {"type": "text", "text"} parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                         and isinstance(p.get("text"), str) for p in content):
+        return "".join(p["text"] for p in content)
+    raise ApiError(400, f"messages[{i}].content must be a string or a list of text parts", param=f"messages[{i}]")
+
+
+def _messages(body: dict) -> list[dict]:
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise ApiError(400, "'messages' must be a non-empty list of {\"role\", \"content\"} objects",
+                       param="messages")
+    out = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise ApiError(400, f"messages[{i}] needs a role among {ROLES}", param=f"messages[{i}]")
+        role = "system" if m["role"] == "developer" else m["role"]
+        out.append({"role": role, "content": _text_of(m.get("content") or "", i)})
+    if not any(m["role"] == "user" for m in out):
+        raise ApiError(400, "'messages' needs at least one user message", param="messages")
+    return out
+
+
+def _usage(stats: GenerationStats) -> dict:
+    return {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
+            "total_tokens": stats.prompt_tokens + stats.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": stats.cached_tokens}}
+
+
+def _finish(stats: GenerationStats) -> str:
+    return "length" if stats.finish_reason == "length" else "stop"
+
+
+# ---- the service: admission, worker threads, scheduler ------------------------------------------------------------
+
+
+@dataclass
+class SessionInfo:
+    """A UI conversation: its Chat lives in the SessionStore under id."""
+    id: str
+    title: str
+    created: float
+    updated: float
+
+
+class Service:
+    """Runs requests on worker threads against the scheduler; counts what runs (active) and waits (queued)."""
+
+    def __init__(self, llm, max_batch: int = 8, max_queue: int = 32, kv_budget: int = 1 << 30,
+                 model_id: str | None = None):
+        if max_batch < 1 or max_queue < 0:
+            raise InvalidRequestError("max_batch must be >= 1 and max_queue >= 0")
+        self.llm, self.max_batch, self.max_queue = llm, max_batch, max_queue
+        self.model_id = model_id or llm.source.id
+        self.scheduler = Scheduler(llm.model)
+        self.served = self.scheduler.serving(llm)
+        self.store = SessionStore(self.served, max_bytes=kv_budget)
+        self.sessions: dict[str, SessionInfo] = {}
+        self.active = self.queued = 0
+        self.requests = self.rejected = 0
+        self._pool = ThreadPoolExecutor(max_batch, thread_name_prefix="engine-request")
+        self._lock = threading.Lock()
+        self._api_idle: list[str] = []  # API cache slots (sessions "api:N") not in use
+        self._api_ids = itertools.count()
+
+    def health(self) -> dict:
+        return {"status": "ok", "model": self.model_id, "active": self.active, "queued": self.queued,
+                "batch": self.scheduler.batch_size, "max_batch": self.max_batch, "max_queue": self.max_queue,
+                "requests": self.requests, "rejected": self.rejected, "steps": self.scheduler.steps,
+                "kv_bytes": self.store.used_bytes, "kv_budget": self.store.max_bytes}
+
+    def close(self) -> None:
+        self.scheduler.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def admit(self) -> None:
+        """Count a new request in, or raise 429 when max_batch run and max_queue wait."""
+        with self._lock:
+            if self.active + self.queued >= self.max_batch + self.max_queue:
+                self.rejected += 1
+                raise ApiError(429, f"the server is busy ({self.active} running, {self.queued} waiting); retry "
+                               "shortly", type_="rate_limit_error", code="server_busy", headers={"Retry-After": "1"})
+            self.queued += 1
+            self.requests += 1
+
+    async def run(self, make: Callable[[], Iterator], cancel: threading.Event) -> AsyncIterator:
+        """Items of make()'s iterator, produced on a worker thread (after admit()). Setting cancel, or leaving
+        the iteration early, stops it before its next token and frees its place in the batch."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def put(item) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the event loop is gone
+                pass
+
+        def work() -> None:
+            with self._lock:
+                self.queued -= 1
+                self.active += 1
+            try:
+                if cancel.is_set():
+                    return
+                it = make()
+                try:
+                    for item in it:
+                        put(("item", item))
+                        if cancel.is_set():
+                            break
+                finally:
+                    if hasattr(it, "close"):
+                        it.close()
+            except BaseException as e:  # noqa: BLE001 — handed to the request
+                put(("error", e))
+            finally:
+                self.scheduler.leave()
+                with self._lock:
+                    self.active -= 1
+                put(("end", None))
+
+        try:
+            self._pool.submit(work)
+        except RuntimeError:
+            with self._lock:
+                self.queued -= 1
+            raise ApiError(503, "the server is shutting down", type_="server_error")
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "end":
+                    return
+                if kind == "error":
+                    raise value
+                yield value
+        finally:
+            cancel.set()
+
+    # -- chat completions on pooled caches --
+
+    def api_chat(self, messages: list[dict], enable_thinking):
+        """(session id, Chat) of the idle API cache slot whose tokens share the longest prefix with messages'
+        prompt (a new slot when none shares any and fewer than 2 × max_batch exist). Give it back with
+        release_api_chat."""
+        ids = self.llm.encode_chat(self.llm.apply_chat_template(
+            messages, **({} if enable_thinking is None else {"enable_thinking": enable_thinking})))
+        with self._lock:
+            scored = [(_common_prefix(self.store.get(sid).cached_ids, ids), sid) for sid in self._api_idle]
+            best = max(scored, default=(0, None))
+            sid = best[1]
+            if sid is None or (best[0] == 0 and len(self._api_idle) < 2 * self.max_batch):
+                sid = f"api:{next(self._api_ids)}"
+            else:
+                self._api_idle.remove(sid)
+        chat = self.store.get(sid, context_overflow="error")
+        chat.enable_thinking = enable_thinking
+        chat.messages = messages
+        return sid, chat, len(ids)
+
+    def release_api_chat(self, sid: str) -> None:
+        with self._lock:
+            self._api_idle.append(sid)
+
+    # -- UI sessions --
+
+    def session(self, sid: str) -> SessionInfo:
+        info = self.sessions.get(sid)
+        if info is None:
+            raise ApiError(404, f"no session {sid!r}; list them with GET /api/sessions", code="session_not_found")
+        return info
+
+    def session_view(self, info: SessionInfo, messages: bool = True) -> dict:
+        chat = self.store.get(info.id)
+        view = asdict(info) | {"system": chat.system, "n_messages": len(chat.messages)}
+        if messages:
+            view["messages"] = [m for m in chat.messages if m["role"] != "system"]
+        return view
+
+
+# ---- the app ------------------------------------------------------------------------------------------------------
+
+
+def create_app(llm, max_batch: int = 8, max_queue: int = 32, kv_budget: int = 1 << 30, model_id: str | None = None):
+    """The FastAPI app serving llm (an engine.LLM). See the module docstring and README.md."""
+    from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+    from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+    from fastapi.staticfiles import StaticFiles
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    service = Service(llm, max_batch, max_queue, kv_budget, model_id)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        service.close()
+
+    app = FastAPI(title="engine", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.service = service
+
+    @app.exception_handler(ApiError)
+    async def api_error(request, e: ApiError):
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, e):
+        type_ = "not_found_error" if e.status_code == 404 else "invalid_request_error"
+        return JSONResponse(ApiError(e.status_code, str(e.detail), type_).body(), status_code=e.status_code)
+
+    async def read_json(request: Request) -> dict:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            raise ApiError(413, f"the request body is over {MAX_BODY_BYTES} bytes", code="body_too_large")
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > MAX_BODY_BYTES:
+                raise ApiError(413, f"the request body is over {MAX_BODY_BYTES} bytes", code="body_too_large")
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError as e:
+            raise ApiError(400, f"the body is not valid JSON: {e}", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "the body must be a JSON object", code="invalid_json")
+        return body
+
+    def check_model(body: dict) -> None:
+        model = body.get("model")
+        if model is not None and not isinstance(model, str):
+            raise ApiError(400, "'model' must be a string", param="model", code="invalid_type")
+        if model not in (None, "", service.model_id):
+            raise ApiError(404, f"the model {model!r} does not exist here; this server serves {service.model_id!r} "
+                           "(GET /v1/models)", param="model", code="model_not_found")
+
+    def sse(payload) -> str:
+        return f"data: {payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)}\n\n"
+
+    def engine_error(e: EngineError) -> ApiError:
+        code = "context_length_exceeded" if isinstance(e, ContextOverflowError) else None
+        return ApiError(400, str(e), code=code)
+
+    async def answer(body: dict, kind: str, make, stats: Callable[[], GenerationStats], shape) -> object:
+        """Run make() (pieces) and answer as OpenAI does: a JSON body, or SSE chunks ending with [DONE].
+        stats() gives the generation's statistics once it has ended; shape(pieces, delta, finish) a choice."""
+        cancel = threading.Event()
+        rid, created = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}", int(time.time())
+        head = {"id": rid, "object": "chat.completion" if kind == "chat" else "text_completion", "created": created,
+                "model": service.model_id}
+        include_usage = _include_usage(body)
+        service.admit()
+        pieces = service.run(make, cancel)
+        if not body.get("stream"):
+            parts = []
+            try:
+                async for piece in pieces:
+                    parts.append(piece)
+            except EngineError as e:
+                raise engine_error(e) from None
+            return JSONResponse(head | {"choices": [shape(parts, None, _finish(stats()))], "usage": _usage(stats())})
+        head["object"] += ".chunk" if kind == "chat" else ""
+        try:  # fail before the stream starts when the request itself is bad
+            first = await anext(pieces, None)
+        except EngineError as e:
+            raise engine_error(e) from None
+
+        async def events():
+            try:
+                if kind == "chat":
+                    yield sse(head | {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                   "logprobs": None, "finish_reason": None}]})
+                if first is not None:
+                    yield sse(head | {"choices": [shape([first], True, None)]})
+                    async for piece in pieces:
+                        yield sse(head | {"choices": [shape([piece], True, None)]})
+                yield sse(head | {"choices": [shape([], True, _finish(stats()))]})
+                if include_usage:
+                    yield sse(head | {"choices": [], "usage": _usage(stats())})
+            except EngineError as e:
+                yield sse(ApiError(400, str(e)).body())
+            finally:
+                cancel.set()
+                await pieces.aclose()
+            yield sse("[DONE]")
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.get("/health")
+    async def health():
+        return service.health()
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": service.model_id, "object": "model", "created": 0,
+                                           "owned_by": "engine", "context_length": llm.n_ctx}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        body = await read_json(request)
+        check_model(body)
+        messages = _messages(body)
+        sampling = _sampling(body, llm.n_ctx)
+        kwargs = body.get("chat_template_kwargs") or {}
+        thinking = kwargs.get("enable_thinking") if isinstance(kwargs, dict) else None
+        if llm.template is None:
+            raise ApiError(400, "this model has no chat template; use /v1/completions with a raw prompt")
+        usage = [GenerationStats()]  # the turn's Usage, once the worker thread has it
+
+        def make():
+            sid, chat, n_prompt = service.api_chat(messages, thinking)
+            try:
+                gen = chat.regenerate(**sampling | {"max_tokens": sampling["max_tokens"] or llm.n_ctx - n_prompt})
+                with closing(gen):
+                    yield from gen
+            finally:
+                usage[0] = chat.last_usage or usage[0]
+                service.release_api_chat(sid)
+
+        def shape(pieces, delta, finish):
+            content = "".join(p.text for p in pieces if p.kind == "content")
+            reasoning = "".join(p.text for p in pieces if p.kind == "reasoning")
+            if delta:
+                d = ({"content": content} if content else {}) | ({"reasoning_content": reasoning} if reasoning else {})
+                return {"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}
+            msg = {"role": "assistant", "content": content}
+            if reasoning:
+                msg["reasoning_content"] = reasoning.strip("\n")
+            return {"index": 0, "message": msg, "logprobs": None, "finish_reason": finish}
+
+        return await answer(body, "chat", make, lambda: usage[0], shape)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        body = await read_json(request)
+        check_model(body)
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not (isinstance(prompt, str) and prompt) and not (
+                isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool)
+                                                            for t in prompt)):
+            raise ApiError(400, "'prompt' must be a non-empty string (or one list of token ids)", param="prompt")
+        sampling = _sampling(body, llm.n_ctx)
+        try:
+            ids = llm.encode_prompt(prompt)
+            params = SamplingParams(sampling["temperature"], sampling["top_k"], sampling["top_p"], sampling["min_p"],
+                                    sampling["repeat_penalty"], 64, sampling["seed"])
+        except EngineError as e:
+            raise engine_error(e) from None
+        max_tokens = sampling["max_tokens"] or max(1, llm.n_ctx - len(ids))
+        if len(ids) + max_tokens > llm.n_ctx:
+            raise ApiError(400, f"the prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) exceed the "
+                           f"{llm.n_ctx}-token context; shorten the prompt or lower max_tokens",
+                           param="max_tokens", code="context_length_exceeded")
+        stats = GenerationStats()
+
+        def make():
+            cache = llm.new_cache(len(ids) + max_tokens)
+            return service.served.stream(ids, cache, params, max_tokens, sampling["stop"], stats=stats)
+
+        def shape(pieces, delta, finish):
+            return {"index": 0, "text": "".join(pieces), "logprobs": None, "finish_reason": finish}
+
+        return await answer(body, "text", make, lambda: stats, shape)
+
+    # -- UI sessions --
+
+    @app.get("/api/sessions")
+    async def list_sessions():
+        infos = sorted(service.sessions.values(), key=lambda s: -s.updated)
+        return {"sessions": [service.session_view(s, messages=False) for s in infos]}
+
+    @app.post("/api/sessions")
+    async def create_session(request: Request):
+        body = await read_json(request)
+        title, system = body.get("title") or "New chat", body.get("system")
+        if not isinstance(title, str) or (system is not None and not isinstance(system, str)):
+            raise ApiError(400, "'title' and 'system' must be strings")
+        if llm.template is None:
+            raise ApiError(400, "this model has no chat template, so it cannot chat")
+        now = time.time()
+        info = SessionInfo(uuid.uuid4().hex[:12], title[:200], now, now)
+        service.store.get(info.id, system=system or None)
+        service.sessions[info.id] = info
+        return service.session_view(info)
+
+    @app.get("/api/sessions/{sid}")
+    async def get_session(sid: str):
+        return service.session_view(service.session(sid))
+
+    @app.patch("/api/sessions/{sid}")
+    async def update_session(sid: str, request: Request):
+        info = service.session(sid)
+        body = await read_json(request)
+        if "title" in body:
+            if not isinstance(body["title"], str) or not body["title"].strip():
+                raise ApiError(400, "'title' must be a non-empty string", param="title")
+            info.title = body["title"].strip()[:200]
+        if "system" in body:
+            if body["system"] is not None and not isinstance(body["system"], str):
+                raise ApiError(400, "'system' must be a string or null", param="system")
+            try:
+                service.store.get(sid).system = body["system"] or None
+            except EngineError as e:
+                raise ApiError(409, str(e)) from None
+        info.updated = time.time()
+        return service.session_view(info)
+
+    @app.delete("/api/sessions/{sid}")
+    async def delete_session(sid: str):
+        service.session(sid)
+        service.store.get(sid).cancel()
+        service.store.drop(sid)
+        del service.sessions[sid]
+        return {"id": sid, "deleted": True}
+
+    @app.post("/api/sessions/{sid}/undo")
+    async def undo(sid: str):
+        info = service.session(sid)
+        try:
+            removed = service.store.get(sid).undo()
+        except EngineError as e:
+            raise ApiError(409, str(e)) from None
+        info.updated = time.time()
+        return service.session_view(info) | {"removed": len(removed)}
+
+    @app.websocket("/api/sessions/{sid}/ws")
+    async def session_ws(websocket: WebSocket, sid: str):
+        """Client → {"type": "send", "content", "options"} | {"type": "regenerate", "options"} | {"type": "stop"}.
+        Server → {"type": "start"}, {"type": "piece", "kind": "content" | "reasoning", "text"}, {"type": "done",
+        "usage", "finish_reason", "tokens_per_s"}, {"type": "error", "message"}."""
+        await websocket.accept()
+        if sid not in service.sessions:
+            await websocket.send_json({"type": "error", "message": f"no session {sid!r}"})
+            await websocket.close(code=4404)
+            return
+        turn: asyncio.Task | None = None
+        cancel = threading.Event()
+
+        async def run_turn(msg: dict, cancel: threading.Event):
+            info, chat = service.sessions[sid], service.store.get(sid)
+            try:
+                options = msg.get("options") or {}
+                if not isinstance(options, dict):
+                    raise ApiError(400, "'options' must be an object")
+                sampling = {k: v for k, v in _sampling(options, llm.n_ctx).items() if v is not None}
+                if "enable_thinking" in options:
+                    chat.enable_thinking = options["enable_thinking"]
+                if msg["type"] == "send":
+                    content = msg.get("content")
+                    if not isinstance(content, str) or not content.strip():
+                        raise ApiError(400, "the message is empty")
+                    if info.title == "New chat":
+                        info.title = content.strip().splitlines()[0][:60]
+                    make = lambda: chat.send(content, **sampling)  # noqa: E731
+                else:
+                    make = lambda: chat.regenerate(**sampling)  # noqa: E731
+                service.admit()
+                await websocket.send_json({"type": "start"})
+                async for piece in service.run(make, cancel):
+                    await websocket.send_json({"type": "piece", "kind": piece.kind, "text": piece.text})
+                u = chat.last_usage
+                info.updated = time.time()
+                await websocket.send_json({"type": "done", "finish_reason": u.finish_reason if u else None,
+                                           "usage": _usage(u) if u else None,
+                                           "tokens_per_s": round(u.decode_tps, 2) if u else 0.0,
+                                           "session": service.session_view(info, messages=False)})
+            except ApiError as e:
+                await websocket.send_json({"type": "error", "message": e.message, "status": e.status})
+            except EngineError as e:
+                await websocket.send_json({"type": "error", "message": str(e), "status": 400})
+
+        try:
+            while True:
+                msg = await websocket.receive_json()
+                if not isinstance(msg, dict):
+                    await websocket.send_json({"type": "error", "message": "messages must be JSON objects"})
+                elif msg.get("type") == "stop":
+                    cancel.set()
+                elif msg.get("type") in ("send", "regenerate"):
+                    if turn is not None and not turn.done():
+                        await websocket.send_json({"type": "error", "message": "an answer is streaming; stop it "
+                                                                               "first"})
+                        continue
+                    cancel = threading.Event()
+                    turn = asyncio.create_task(run_turn(msg, cancel))
+                else:
+                    await websocket.send_json({"type": "error", "message": "type must be send, regenerate or stop"})
+        except (WebSocketDisconnect, RuntimeError, ValueError):
+            pass
+        finally:
+            cancel.set()
+            if turn is not None:
+                try:
+                    await turn
+                except Exception:  # noqa: BLE001 — the socket is gone; the turn ended as cancelled
+                    pass
+
+    @app.get("/")
+    async def index():
+        return FileResponse(WEB_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+    return app
