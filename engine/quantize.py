@@ -2,13 +2,14 @@
 
     python -m engine.quantize SRC --type f16|q8_0|q4_0|q4_k_m|q6_k -o OUT.gguf [--tokenizer-pre NAME]
 
-SRC is an HF-style directory (config.json, safetensors, sharded or not, tokenizer.json, tokenizer_config.json)
-or a GGUF file (its metadata is copied, its tensors dequantized and quantized again; tensors already of the
-target type are copied as they are). The file is what llama.cpp writes (convert_hf_to_gguf.py, then
-llama-quantize): the same metadata keys, Llama/Mistral Q/K rows permuted for interleaved RoPE, llama3 RoPE
-scaling as a `rope_freqs.weight` tensor, no `output.weight` when the embeddings are tied, and the tensor types
-of llama.cpp's `llama_tensor_get_type` (see `tensor_type`). Quantizers: kernels.quants (byte-identical to
-llama.cpp's reference quantizers). Written with gguf-py's GGUFWriter (32-byte alignment), one tensor at a time.
+SRC is an HF-style directory (config.json, safetensors, sharded or not, tokenizer_config.json, and
+tokenizer.json (byte-level BPE) or tokenizer.model (SentencePiece: Llama 2, Mistral, Gemma 3)) or a GGUF file
+(its metadata is copied, its tensors dequantized and quantized again; tensors already of the target type are
+copied as they are). The file is what llama.cpp writes (convert_hf_to_gguf.py, then llama-quantize): the
+same metadata keys, Llama/Mistral Q/K rows permuted for interleaved RoPE, llama3 RoPE scaling as a
+`rope_freqs.weight` tensor, Gemma 3 norm weights stored as 1 + w, no `output.weight` when the embeddings are
+tied, and the tensor types of llama.cpp's `llama_tensor_get_type` (see `tensor_type`). Quantizers:
+kernels.quants (byte-identical to llama.cpp's reference quantizers). Written with gguf-py's GGUFWriter (32-byte alignment), one tensor at a time.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ FILE_TYPES = {
 }
 # llama.cpp's tensor_type_fallback: the type to use when a row length is not a multiple of the block size
 _FALLBACK = {GGMLType.Q4_K: GGMLType.Q5_0, GGMLType.Q6_K: GGMLType.Q8_0}
-_HF_ARCHS = ("llama", "mistral", "qwen2", "qwen3")  # architectures whose config.json we translate
+_HF_ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma3")  # architectures whose config.json we translate
 _CHUNK_ELEMS = 1 << 19  # elements quantized per step (bounds the K-quant searches' temporaries)
 _LAYER = re.compile(r"^blk\.(\d+)\.")
 
@@ -154,13 +155,15 @@ def _hf_tensors(config: dict, tensors: dict, cfg: ModelConfig) -> list[_Tensor]:
         if cfg.arch in ("llama", "mistral") and re.search(r"\.attn_[qk]\.(weight|bias)$", name):
             heads = cfg.n_heads if ".attn_q." in name else cfg.n_kv_heads
             t = _permute(t.dequantize() if isinstance(t, QTensor) else np.asarray(t, dtype=np.float32), heads)
+        elif cfg.arch == "gemma3" and name.endswith("norm.weight"):  # Gemma3RMSNorm scales by (1 + w)
+            t = np.asarray(t, dtype=np.float32) + np.float32(1)
         out.append(_Tensor.of(name, t))
     return out
 
 
 def _hf_metadata(w: gguf.GGUFWriter, src: Path, config: dict, cfg: ModelConfig, n_params: int) -> None:
     """general.* and architecture keys as convert_hf_to_gguf.py writes them (gguf.Metadata: name, size label,
-    sampling defaults from generation_config.json; then TextModel / LlamaModel / Qwen2Model)."""
+    sampling defaults from generation_config.json; then TextModel / LlamaModel / Qwen2Model / Gemma3Model)."""
     meta = gguf.Metadata.load(None, src, None, n_params)
     meta.name = meta.name or src.resolve().name
     meta.size_label = meta.size_label or gguf.size_label(n_params, 0, 0, 0)
@@ -177,9 +180,16 @@ def _hf_metadata(w: gguf.GGUFWriter, src: Path, config: dict, cfg: ModelConfig, 
         w.add_rope_scaling_factor(float(cfg.rope_scaling["factor"]))
     w.add_rope_freq_base(cfg.rope_theta)
     w.add_layer_norm_rms_eps(cfg.rms_eps)
-    if config.get("head_dim") is not None:
+    if cfg.rope_theta_swa is not None:
+        w.add_rope_freq_base_swa(cfg.rope_theta_swa)
+    if config.get("head_dim") is not None or cfg.arch == "gemma3":
         w.add_key_length(cfg.head_dim)
         w.add_value_length(cfg.head_dim)
+    if cfg.arch == "gemma3":
+        if cfg.final_softcap:
+            w.add_final_logit_softcapping(cfg.final_softcap)
+        if cfg.sliding_window is not None and config.get("sliding_window_pattern") != 1:
+            w.add_sliding_window(cfg.sliding_window)
     if cfg.arch in ("llama", "mistral"):
         w.add_vocab_size(cfg.vocab_size)
         w.add_rope_dimension_count(cfg.head_dim)
@@ -233,9 +243,9 @@ def _gpt2_vocab(w: gguf.GGUFWriter, src: Path, vocab_size: int, pre: str | None)
     except Exception as e:  # noqa: BLE001 - any parse failure means an unusable tokenizer.json
         raise TokenizerError(f"{path}: cannot read ({e}).") from None
     if (tok_json.get("model") or {}).get("type") != "BPE" or "ByteLevel" not in json.dumps(tok_json.get("decoder")):
-        raise TokenizerError(f"{path}: only byte-level BPE tokenizers (GPT-2 / Llama-3 / Qwen style) are converted "
-                             "here. Convert SentencePiece models with llama.cpp's convert_hf_to_gguf.py, then "
-                             "requantize that GGUF with engine.quantize.")
+        raise TokenizerError(f"{path}: only byte-level BPE tokenizer.json files (GPT-2 / Llama-3 / Qwen style) are "
+                             "converted. For a SentencePiece model (Llama 2, Mistral, Gemma 3) put its "
+                             "tokenizer.model in the directory.")
     pre = pre or _pre_tokenizer_name(tok_json, path)
     vocab = {i: t for t, i in hf.get_vocab(with_added_tokens=True).items()}
     added = hf.get_added_tokens_decoder()
@@ -262,6 +272,79 @@ def _gpt2_vocab(w: gguf.GGUFWriter, src: Path, vocab_size: int, pre: str | None)
     w.add_token_list(tokens)
     w.add_token_types(types)
     gguf.SpecialVocab(src, load_merges=True).add_to_gguf(w, quiet=True)
+
+
+def _spm_vocab(w: gguf.GGUFWriter, src: Path, vocab_size: int) -> None:
+    """tokenizer.ggml.* for a SentencePiece tokenizer.model, as convert_hf_to_gguf's _set_vocab_sentencepiece
+    writes it: pieces, scores and types (UNKNOWN / CONTROL / UNUSED / BYTE / NORMAL) for the first vocab_size ids,
+    [PADi] UNUSED for ids the model lacks, then the tokens of added_tokens.json (USER_DEFINED) and of
+    tokenizer_config.json's added_tokens_decoder (CONTROL when special or special-looking, else USER_DEFINED),
+    score -1000; then special ids, add_bos/add_eos and the chat template (gguf.SpecialVocab)."""
+    try:
+        from sentencepiece import SentencePieceProcessor
+    except ImportError:
+        raise TokenizerError(f"{src / 'tokenizer.model'} is a SentencePiece model; reading it needs the "
+                             "sentencepiece package: pip install sentencepiece") from None
+    path = src / "tokenizer.model"
+    sp = SentencePieceProcessor()
+    try:
+        sp.LoadFromFile(str(path))
+    except Exception as e:  # noqa: BLE001 - any parse failure means an unusable tokenizer.model
+        raise TokenizerError(f"{path}: cannot read as a SentencePiece model ({e}).") from None
+    tokens = [f"[PAD{i}]" for i in range(vocab_size)]
+    scores = [-10000.0] * vocab_size
+    types = [gguf.TokenType.UNUSED] * vocab_size
+    for i in range(min(sp.vocab_size(), vocab_size)):
+        tokens[i], scores[i] = sp.IdToPiece(i), sp.GetScore(i)
+        types[i] = (gguf.TokenType.UNKNOWN if sp.IsUnknown(i) else gguf.TokenType.CONTROL if sp.IsControl(i)
+                    else gguf.TokenType.UNUSED if sp.IsUnused(i) else gguf.TokenType.BYTE if sp.IsByte(i)
+                    else gguf.TokenType.NORMAL)
+    added = {}
+    if (src / "added_tokens.json").is_file():
+        added = json.loads((src / "added_tokens.json").read_text(encoding="utf-8"))
+    for text, i in added.items():
+        if i < vocab_size:
+            tokens[i], scores[i], types[i] = text, -1000.0, gguf.TokenType.USER_DEFINED
+    decoder = {}
+    if (src / "tokenizer_config.json").is_file():
+        decoder = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8")).get(
+            "added_tokens_decoder", {})
+    for key, data in decoder.items():
+        i, text = int(key), data["content"]
+        if i >= vocab_size:
+            continue
+        if data.get("special") or _looks_special(text):
+            types[i] = gguf.TokenType.CONTROL
+        else:
+            text = text.replace("\u2581", " ")
+            types[i] = gguf.TokenType.USER_DEFINED
+        tokens[i], scores[i] = text, -1000.0
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    gguf.SpecialVocab(src, n_vocab=vocab_size).add_to_gguf(w, quiet=True)
+
+
+def _vocab(w: gguf.GGUFWriter, src: Path, arch: str, vocab_size: int, pre: str | None) -> None:
+    """The tokenizer metadata as the converter's model class writes it: SentencePiece when tokenizer.model exists
+    (Llama, Mistral, Gemma 3), else byte-level BPE from tokenizer.json."""
+    spm = arch in ("llama", "mistral", "gemma3") and (src / "tokenizer.model").is_file()
+    if not spm and not (src / "tokenizer.json").is_file():
+        raise TokenizerError(f"{src}: no tokenizer.json (or tokenizer.model); the GGUF must embed a tokenizer. Put "
+                             "the model's tokenizer files (tokenizer.json or tokenizer.model, and "
+                             "tokenizer_config.json) in the directory.")
+    if arch in ("llama", "mistral") and (src / "tokenizer_config.json").is_file():  # LlamaModel.set_vocab
+        prefix = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8")).get("add_prefix_space")
+        if prefix is not None:
+            w.add_add_space_prefix(prefix)
+    if spm:
+        _spm_vocab(w, src, vocab_size)
+        if arch == "gemma3":
+            w.add_add_space_prefix(False)
+    else:
+        _gpt2_vocab(w, src, vocab_size, pre)
 
 
 # ------------------------------------------------------------------------------------------------- writing
@@ -297,15 +380,12 @@ def _hf_source(src: Path, pre: str | None) -> tuple[gguf.GGUFWriter, list[_Tenso
     except json.JSONDecodeError as e:
         raise ModelFileError(f"{config_path}: not valid JSON ({e}).") from None
     arch = _hf_arch(config)
-    if not (src / "tokenizer.json").is_file():
-        raise TokenizerError(f"{src}: no tokenizer.json; the GGUF must embed a tokenizer. Put the model's "
-                             "tokenizer.json and tokenizer_config.json in the directory.")
     config, tensors = load_hf_dir(src)
     cfg = ModelConfig.from_hf(config)
     out = _hf_tensors(config, tensors, cfg)
     w = gguf.GGUFWriter(None, "llama" if arch == "mistral" else arch)
     _hf_metadata(w, src, config, cfg, sum(int(np.prod(t.shape, dtype=np.int64)) for t in out))
-    _gpt2_vocab(w, src, cfg.vocab_size, pre)
+    _vocab(w, src, arch, cfg.vocab_size, pre)
     return w, out, cfg.n_layers, cfg.tie_embeddings
 
 
