@@ -1,0 +1,265 @@
+"""The server against the official `openai` client and plain HTTP/WebSocket clients, on a live 127.0.0.1 server.
+
+Most tests serve the tiny Qwen3 fixture (fast); the batching test serves SmolLM2: 8 parallel greedy streams must
+give exactly the text of 8 sequential runs of LLM.generate (one sequence, no scheduler).
+"""
+import json
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from websockets.sync.client import connect
+
+import engine
+from engine.chat import _COMPUTE_LOCK
+from live_server import LiveServer
+
+TINY = Path(__file__).parent.parent / "fixtures" / "tiny" / "qwen3" / "model-Q8_0.gguf"
+GREEDY = dict(temperature=0, extra_body={"repeat_penalty": 1.3})
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = LiveServer(engine.load(str(TINY), n_ctx=256), max_batch=4, max_queue=2)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+
+
+def wait_idle(server, timeout=10.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        h = httpx.get(server.url + "/health").json()
+        if h["active"] == 0 and h["queued"] == 0 and h["batch"] == 0:
+            return h
+        time.sleep(0.05)
+    raise AssertionError(f"the server did not become idle: {h}")
+
+
+def test_models_and_health(server, client):
+    models = client.models.list().data
+    assert [m.id for m in models] == [server.service.model_id]
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+
+
+def test_chat_stream_equals_non_stream(server, client):
+    messages = [{"role": "user", "content": "Tell me something."}]
+    full = client.chat.completions.create(model=server.service.model_id, messages=messages, max_tokens=12, **GREEDY)
+    choice = full.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason == "length" and full.usage.completion_tokens == 12
+    assert full.usage.total_tokens == full.usage.prompt_tokens + 12
+    chunks = list(client.chat.completions.create(model=server.service.model_id, messages=messages, max_tokens=12,
+                                                 stream=True, stream_options={"include_usage": True}, **GREEDY))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == choice.message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 12
+    # the same prompt again: all but the last prompt token come from the pooled cache
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens == chunks[-1].usage.prompt_tokens - 1
+
+
+def test_sse_wire_format_ends_with_done(server):
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True, "temperature": 0}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in r.iter_lines() if line]
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]"
+    assert json.loads(events[0][6:])["object"] == "chat.completion.chunk"
+
+
+def test_follow_up_reuses_the_cached_prefix(server, client):
+    first = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a colour."}]
+    a = client.chat.completions.create(model=server.service.model_id, messages=first, max_tokens=6, **GREEDY)
+    follow = first + [{"role": "assistant", "content": a.choices[0].message.content},
+                      {"role": "user", "content": "Another one."}]
+    b = client.chat.completions.create(model=server.service.model_id, messages=follow, max_tokens=6, **GREEDY)
+    assert b.usage.prompt_tokens_details.cached_tokens >= a.usage.prompt_tokens - 1
+
+
+def test_completions_and_stop(server, client):
+    llm = server.service.llm
+    expected = "".join(llm.generate("Once upon a time", max_tokens=10, repeat_penalty=1.3))
+    r = client.completions.create(model=server.service.model_id, prompt="Once upon a time", max_tokens=10, **GREEDY)
+    assert r.choices[0].text == expected and r.usage.completion_tokens == 10
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model=server.service.model_id, prompt="Once upon a time", max_tokens=10, stream=True, **GREEDY))
+    assert streamed == expected
+    stop = expected[3:6]
+    r = client.completions.create(model=server.service.model_id, prompt="Once upon a time", max_tokens=10,
+                                  stop=[stop], **GREEDY)
+    assert r.choices[0].text == expected[:expected.index(stop)] and r.choices[0].finish_reason == "stop"
+
+
+def test_seeded_sampling_is_reproducible(server, client):
+    kw = dict(model=server.service.model_id, messages=[{"role": "user", "content": "hi"}], max_tokens=8,
+              temperature=1.0, top_p=0.9, seed=7)
+    assert client.chat.completions.create(**kw).choices[0].message.content == \
+        client.chat.completions.create(**kw).choices[0].message.content
+
+
+MSG = [{"role": "user", "content": "x"}]
+
+
+@pytest.mark.parametrize("body,status,param", [
+    (b"{not json", 400, None),
+    (b"[1, 2]", 400, None),
+    ({"model": "no-such-model", "messages": MSG}, 404, "model"),
+    ({"messages": MSG, "max_tokens": -5}, 400, "max_tokens"),
+    ({"messages": MSG, "max_tokens": 10 ** 9}, 400, "max_tokens"),
+    ({"messages": MSG, "max_completion_tokens": 0}, 400, "max_completion_tokens"),
+    ({"messages": MSG, "max_tokens": "ten"}, 400, "max_tokens"),
+    ({"messages": MSG, "temperature": "hot"}, 400, "temperature"),
+    ({"messages": MSG, "top_p": 0}, 400, "top_p"),
+    ({"messages": MSG, "stream": "yes"}, 400, "stream"),
+    ({"messages": MSG, "stop": [""]}, 400, "stop"),
+    ({"messages": "hello"}, 400, "messages"),
+    ({"messages": [{"role": "wizard", "content": "x"}]}, 400, "messages[0]"),
+    ({"messages": [{"role": "user", "content": 5}]}, 400, "messages[0]"),
+    ({"messages": [{"role": "user", "content": "x " * 400}], "max_tokens": 10}, 400, None),  # over the context
+])
+def test_bad_chat_requests_get_openai_errors(server, body, status, param):
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    r = httpx.post(server.url + "/v1/chat/completions", content=content,
+                   headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    assert err["param"] == param
+
+
+def test_bad_completions_and_oversized_body(server, client):
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model=server.service.model_id, prompt="", max_tokens=3)
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="gpt-4", prompt="hi", max_tokens=3)
+    r = httpx.post(server.url + "/v1/completions", content=b"x" * (2 << 20))
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+    assert httpx.get(server.url + "/v1/nothing").json()["error"]["type"] == "not_found_error"
+
+
+def test_disconnect_mid_stream_frees_the_slot(server):
+    body = {"messages": [{"role": "user", "content": "Talk for a long time."}], "max_tokens": 200, "stream": True,
+            "temperature": 0}
+    before = server.service.scheduler.steps
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body) as r:
+        lines = r.iter_lines()
+        assert next(lines).startswith("data: ")
+        _COMPUTE_LOCK.acquire()  # the scheduler cannot run the next step until the client has gone
+    try:
+        assert server.service.active == 1
+        time.sleep(0.3)
+    finally:
+        _COMPUTE_LOCK.release()
+    wait_idle(server)
+    assert server.service.scheduler.steps - before < 20  # it stopped at once, not after 200 tokens
+
+
+def test_overload_is_429_with_retry_after():
+    srv = LiveServer(engine.load(str(TINY), n_ctx=256), max_batch=1, max_queue=0)
+    try:
+        first = threading.Thread(target=httpx.post, args=(srv.url + "/v1/chat/completions",),
+                                 kwargs=dict(json={"messages": MSG, "max_tokens": 2}, timeout=30))
+        with _COMPUTE_LOCK:  # the first request's forward waits, so it holds the only place
+            first.start()
+            deadline = time.monotonic() + 10
+            while srv.service.active < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            busy = httpx.post(srv.url + "/v1/chat/completions", json={"messages": MSG, "max_tokens": 2})
+            assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
+            assert busy.json()["error"]["type"] == "rate_limit_error"
+        first.join()
+        wait_idle(srv)
+        assert httpx.post(srv.url + "/v1/chat/completions", json={"messages": MSG, "max_tokens": 2}).status_code == 200
+    finally:
+        srv.stop()
+
+
+def ws_turn(ws, message: dict) -> tuple[str, dict]:
+    ws.send(json.dumps(message))
+    text = ""
+    while True:
+        m = json.loads(ws.recv(timeout=30))
+        if m["type"] == "piece":
+            text += m["text"]
+        elif m["type"] in ("done", "error"):
+            return text, m
+
+
+def test_sessions_api_and_websocket(server):
+    api = server.url + "/api/sessions"
+    s = httpx.post(api, json={"system": "Be brief."}).json()
+    sid = s["id"]
+    assert s["messages"] == [] and s["system"] == "Be brief."
+    ws_url = server.url.replace("http", "ws") + f"/api/sessions/{sid}/ws"
+    with connect(ws_url) as ws:
+        text, done = ws_turn(ws, {"type": "send", "content": "Hello there", "options": {"max_tokens": 6,
+                                                                                        "temperature": 0}})
+        assert done["type"] == "done" and done["usage"]["completion_tokens"] == 6 and done["tokens_per_s"] >= 0
+        got = httpx.get(f"{api}/{sid}").json()
+        assert [m["role"] for m in got["messages"]] == ["user", "assistant"]
+        assert got["messages"][1]["content"] == text and got["title"] == "Hello there"
+        again, done = ws_turn(ws, {"type": "regenerate", "options": {"max_tokens": 6, "temperature": 0}})
+        assert again == text and done["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+        # stop: a long answer ends early, cancelled, and keeps what streamed
+        ws.send(json.dumps({"type": "send", "content": "More", "options": {"max_tokens": 150, "temperature": 0}}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "start"
+        assert json.loads(ws.recv(timeout=30))["type"] == "piece"
+        ws.send(json.dumps({"type": "stop"}))
+        while (m := json.loads(ws.recv(timeout=30)))["type"] != "done":
+            pass
+        assert m["finish_reason"] == "cancelled" and m["usage"]["completion_tokens"] < 150
+    assert httpx.patch(f"{api}/{sid}", json={"title": "Renamed"}).json()["title"] == "Renamed"
+    assert [x["title"] for x in httpx.get(api).json()["sessions"] if x["id"] == sid] == ["Renamed"]
+    undone = httpx.post(f"{api}/{sid}/undo").json()
+    assert undone["removed"] == 2 and [m["content"] for m in undone["messages"]] == ["Hello there", text]
+    assert httpx.delete(f"{api}/{sid}").json()["deleted"]
+    assert httpx.get(f"{api}/{sid}").status_code == 404
+    wait_idle(server)
+
+
+def test_ui_is_served(server):
+    page = httpx.get(server.url + "/")
+    assert page.status_code == 200 and "/static/app.js" in page.text
+    for name in ("app.js", "markdown.js", "style.css"):
+        assert httpx.get(f"{server.url}/static/{name}").status_code == 200
+
+
+def test_eight_parallel_greedy_streams_equal_sequential_runs(smollm2_gguf):
+    """Continuous batching on SmolLM2: 8 concurrent streams share batched forwards (B > 1, BLAS) and still give
+    exactly the greedy text of 8 one-at-a-time LLM.generate runs (B = 1, the fused mat-vec)."""
+    llm = engine.load(str(smollm2_gguf), n_ctx=512)
+    topics = ["cats", "the sea", "Paris", "robots", "music", "winter", "coffee", "trains"]
+    prompts = [llm.apply_chat_template([{"role": "user", "content": f"Write two sentences about {t}."}])
+               for t in topics]
+    sequential = ["".join(llm.generate(llm.encode_chat(p), max_tokens=24)) for p in prompts]
+    srv = LiveServer(llm, max_batch=8, max_queue=8)
+    try:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
+        out = [None] * 8
+
+        def run(i):
+            stream = client.chat.completions.create(
+                model=srv.service.model_id, messages=[{"role": "user", "content": f"Write two sentences about "
+                                                                                  f"{topics[i]}."}],
+                max_tokens=24, temperature=0, stream=True)
+            out[i] = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert srv.service.scheduler.max_rows_per_step >= 4  # the streams really ran batched
+        assert out == sequential
+    finally:
+        srv.stop()
