@@ -1,0 +1,109 @@
+"""The web UI in real headless Chromium (Debian's `chromium` + `chromedriver`, driven by selenium): send a message
+and watch it stream, stop it, regenerate, reload and find the conversation again; the markdown renderer escapes
+HTML. Skipped when no chromium/chromedriver binary is installed (`apt-get install chromium chromium-driver`)."""
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+import engine
+from live_server import LiveServer
+
+TINY = Path(__file__).parent.parent / "fixtures" / "tiny" / "qwen3" / "model-Q8_0.gguf"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                                reason="no chromium/chromedriver binary (apt-get install chromium chromium-driver)")
+
+
+class SlowModel:
+    """The tiny model, 30 ms per forward: answers stream slowly enough for a browser to watch and stop them."""
+
+    def __init__(self, model):
+        self.model, self.config = model, model.config
+
+    def forward_packed(self, *args, **kwargs):
+        time.sleep(0.03)
+        return self.model.forward_packed(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = LiveServer(engine.load(str(TINY), n_ctx=512))
+    srv.service.scheduler.model = SlowModel(srv.service.scheduler.model)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def wait_for(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for the page")
+
+
+def test_send_stream_stop_regenerate_reload(server, browser):
+    from selenium.webdriver.common.by import By
+    find = browser.find_element
+    browser.get(server.url + "/")
+    wait_for(lambda: find(By.ID, "model-name").get_attribute("textContent") not in ("", "…"))
+    browser.execute_script("document.getElementById('settings').open = true")
+    for name, value in (("opt-max_tokens", "150"), ("opt-temperature", "0")):
+        box = find(By.ID, name)
+        box.clear()
+        box.send_keys(value)
+    find(By.ID, "input").send_keys("Hello *there*")
+    find(By.ID, "send").click()
+
+    def answer() -> str:
+        found = browser.find_elements(By.CSS_SELECTOR, ".message.assistant .content")
+        return found[-1].text if found else ""
+
+    first = wait_for(answer)
+    wait_for(lambda: len(answer()) > len(first))  # it streams: the answer grows while we watch
+    assert find(By.CSS_SELECTOR, ".message.user").text == "Hello *there*"
+    find(By.ID, "stop").click()
+    stats = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, ".message.assistant .stats")[-1].text)
+    assert "cancelled" in stats and "tok/s" in stats
+    stopped = answer()
+    assert stopped and not find(By.ID, "send").get_attribute("disabled")
+
+    find(By.ID, "regenerate").click()
+    wait_for(lambda: "length" in browser.find_elements(By.CSS_SELECTOR, ".message.assistant .stats")[-1].text,
+             timeout=60)
+    regenerated = answer()
+    assert regenerated.startswith(stopped) and len(regenerated) > len(stopped)  # greedy: the same start, finished
+
+    browser.refresh()
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#sessions li.active"))
+    assert find(By.CSS_SELECTOR, "#sessions li.active .name").text == "Hello *there*"
+    wait_for(lambda: answer() == regenerated)
+    assert [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".message.user")] == ["Hello *there*"]
+
+
+def test_markdown_is_rendered_and_escaped(server, browser):
+    browser.get(server.url + "/")
+    html = browser.execute_script(
+        "return renderMarkdown('# Title\\n<img src=x onerror=alert(1)> **bold** `a<b`\\n\\n```py\\nif a < b:\\n"
+        "    print(\"<script>\")\\n```\\n- one\\n- two')")
+    assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert "<h1>Title</h1>" in html and "<strong>bold</strong>" in html and "<code>a&lt;b</code>" in html
+    assert '<pre data-lang="py"><code>if a &lt; b:\n    print(&quot;&lt;script&gt;&quot;)</code></pre>' in html
+    assert "<ul><li>one</li><li>two</li></ul>" in html
