@@ -92,7 +92,12 @@ def _get_pool() -> ThreadPoolExecutor:
 
 def takes(*arrays) -> bool:
     """Whether the compiled small operators apply: numba is on and every array is a float32 NumPy array."""
-    return available and all(isinstance(a, np.ndarray) and a.dtype == np.float32 for a in arrays)
+    if not available:
+        return False
+    for a in arrays:
+        if not isinstance(a, np.ndarray) or a.dtype != np.float32:
+            return False
+    return True
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:

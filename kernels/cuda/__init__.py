@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import UnsupportedModelError
+from kernels import backend
 from kernels.qtensor import QTensor
 from kernels.quants import GGMLType
 
@@ -37,8 +38,8 @@ def available() -> bool:
 
 
 def takes(*arrays) -> bool:
-    """Whether every array is a CuPy array (the GPU path applies)."""
-    return all(type(a).__module__.startswith("cupy") for a in arrays)
+    """Whether every array is a CuPy array (the GPU path applies; never while the backend is NumPy)."""
+    return backend.name == "cupy" and all(type(a).__module__.startswith("cupy") for a in arrays)
 
 
 def include_dirs() -> list[str]:
