@@ -167,6 +167,14 @@ class ModelConfig:
         uses_window = config.get("use_sliding_window", arch in ("mistral", "gemma3"))
         window = config.get("sliding_window") if uses_window else None
         extra = {}
+        if window and arch in ("qwen2", "qwen3"):  # as transformers: layers >= max_window_layers, or layer_types
+            layer_types = config.get("layer_types")
+            sliding = (tuple(t == "sliding_attention" for t in layer_types) if layer_types else
+                       tuple(i >= int(config.get("max_window_layers", 28)) for i in range(n_layers)))
+            if any(sliding):
+                extra = dict(sliding_layers=sliding)
+            else:
+                window = None
         if gemma:
             if config.get("attn_logit_softcapping") is not None:
                 raise UnsupportedModelError("attention logit soft-capping (Gemma 2 style attn_logit_softcapping) is "
