@@ -541,6 +541,8 @@ def create_app(llm, max_batch: int = 8, max_queue: int = 32, kv_budget: int = 1 
                     raise ApiError(400, "'options' must be an object")
                 sampling = {k: v for k, v in _sampling(options, llm.n_ctx).items() if v is not None}
                 if "enable_thinking" in options:
+                    if options["enable_thinking"] not in (None, True, False):
+                        raise ApiError(400, "'enable_thinking' must be true, false or null")
                     chat.enable_thinking = options["enable_thinking"]
                 if msg["type"] == "send":
                     content = msg.get("content")
