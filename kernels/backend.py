@@ -75,7 +75,8 @@ def describe() -> str:
     """One line saying which compute path runs."""
     from kernels import cpu
     if name == "cupy":
-        return "kernels: CUDA (CuPy)"
+        from kernels.cuda import graph
+        return f"kernels: CUDA (CuPy), {graph.describe()}"
     if cpu.available:
         import numba
         acts = "int8 activations (opt-in)" if cpu.activations == "int8" else "float32 activations"

@@ -9,6 +9,7 @@ forward rather than having a copy of it.
 import numpy as np
 
 from kernels import backend
+from kernels.cuda import graph as cuda_graph
 from kernels.ops import (attention, embedding, geglu, matmul_transb, matmul_transb_many, rms_norm, rope,
                          rope_cos_sin, rope_inv_freq, swiglu)
 from models.config import ModelConfig
@@ -59,7 +60,12 @@ class Llama:
         """tokens: [T] int; positions: [T] int, contiguous from cache.length; cache: KVCache.
 
         Returns logits [T, vocab] float32 (or [1, vocab] for the last token when last_only). Advances cache.length.
+        One token on the GPU replays the cache's captured decode step (kernels/cuda/graph.py) when it can.
         """
+        if len(tokens) == 1:
+            logits = cuda_graph.decode(self, cache, int(tokens[0]), int(positions[0]))
+            if logits is not None:
+                return logits
         return self.forward_packed(tokens, positions, [cache], [len(tokens)], last_only)
 
     def forward_packed(self, tokens, positions, caches, lengths, last_only: bool = False):

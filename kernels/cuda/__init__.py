@@ -103,19 +103,18 @@ def upload(model) -> None:
 
 # ------------------------------------------------------------------------------------------------ operators
 
-def matmul_transb(x, w: QTensor):
-    """x @ wᵀ on the GPU. x: [T, K] float32 cupy; w: [N, K] QTensor on the device → [T, N] float32."""
+def matmul_transb(x, w: QTensor, out=None):
+    """x @ wᵀ on the GPU. x: [T, K] float32 cupy; w: [N, K] QTensor on the device → [T, N] float32 (into out, a
+    contiguous [T, N] float32 cupy array, when given)."""
     import cupy
     x = cupy.ascontiguousarray(x, dtype=cupy.float32)
     t, k = x.shape
     n = w.shape[0]
-    suffix = w.type_name.lower()
+    out = cupy.empty((t, n), dtype=cupy.float32) if out is None else out
     if t <= MATVEC_MAX_T:
-        y = cupy.empty((t, n), dtype=cupy.float32)
-        kernel("quant_matvec.cu", f"matvec_{suffix}")(
-            (_blocks(n, MATVEC_WARPS), t), (32 * MATVEC_WARPS,), (w.raw, x, y, np.int32(n), np.int32(k)))
-        return y
-    out = cupy.empty((t, n), dtype=cupy.float32)
+        kernel("quant_matvec.cu", f"matvec_{w.type_name.lower()}")(
+            (_blocks(n, MATVEC_WARPS), t), (32 * MATVEC_WARPS,), (w.raw, x, out, np.int32(n), np.int32(k)))
+        return out
     step = max(1, TILE_ELEMS // k)
     for i in range(0, n, step):
         j = min(n, i + step)
@@ -123,9 +122,9 @@ def matmul_transb(x, w: QTensor):
     return out
 
 
-def dequantize(w: QTensor, rows):
-    """Rows of a device QTensor as a [n, K] float32 cupy array.
-    rows: a slice (contiguous rows) or int indices (gathered, e.g. token ids)."""
+def dequantize(w: QTensor, rows, out=None):
+    """Rows of a device QTensor as a [n, K] float32 cupy array (into out when given).
+    rows: a slice (contiguous rows) or int indices (gathered, e.g. token ids; a device int32 array is read there)."""
     import cupy
     k = w.shape[1]
     if isinstance(rows, slice):
@@ -134,7 +133,7 @@ def dequantize(w: QTensor, rows):
     else:
         raw, index = w.raw, cupy.asarray(rows, dtype=cupy.int32)
         n = index.shape[0]
-    out = cupy.empty((n, k), dtype=cupy.float32)
+    out = cupy.empty((n, k), dtype=cupy.float32) if out is None else out
     qk, parts = KERNEL_BLOCKS[w.ggml_type]
     parts *= n * (k // qk)
     kernel("dequant.cu", f"dequant_{w.type_name.lower()}")(
@@ -150,13 +149,13 @@ def embedding(ids, table):
     return table[cupy.asarray(ids)].astype(cupy.float32)
 
 
-def rms_norm(x, weight, eps: float):
-    """x: [..., D] float32 cupy, weight: [D] → RMSNorm over the last axis."""
+def rms_norm(x, weight, eps: float, out=None):
+    """x: [..., D] float32 cupy, weight: [D] → RMSNorm over the last axis (into out when given; out may be x)."""
     import cupy
     x = cupy.ascontiguousarray(x, dtype=cupy.float32)
     d = x.shape[-1]
     rows = x.size // d
-    y = cupy.empty_like(x)
+    y = cupy.empty_like(x) if out is None else out
     threads = min(1024, 32 * _blocks(d, 32 * 4))  # about four elements a thread
     kernel("rms_norm.cu", "rms_norm_f32")((min(rows, 65535),), (threads,),
                                           (x, cupy.ascontiguousarray(weight, dtype=cupy.float32), y,
@@ -164,12 +163,12 @@ def rms_norm(x, weight, eps: float):
     return y
 
 
-def rope(x, cos, sin, interleaved: bool):
-    """x: [T, H, Dh] float32 cupy rotated by position; cos, sin: [T, Dh/2]."""
+def rope(x, cos, sin, interleaved: bool, out=None):
+    """x: [T, H, Dh] float32 cupy rotated by position; cos, sin: [T, Dh/2] (into out when given; out may be x)."""
     import cupy
     x = cupy.ascontiguousarray(x, dtype=cupy.float32)
     t, h, dh = x.shape
-    y = cupy.empty_like(x)
+    y = cupy.empty_like(x) if out is None else out
     kernel("rope.cu", "rope_f32")((_blocks(t * h * dh // 2, 256),), (256,),
                                   (x, cupy.ascontiguousarray(cos, dtype=cupy.float32),
                                    cupy.ascontiguousarray(sin, dtype=cupy.float32), y, np.int32(t), np.int32(h),
@@ -177,11 +176,11 @@ def rope(x, cos, sin, interleaved: bool):
     return y
 
 
-def swiglu(gate, up):
-    """silu(gate) * up, elementwise, float32 cupy."""
+def swiglu(gate, up, out=None):
+    """silu(gate) * up, elementwise, float32 cupy (into out when given; out may be gate or up)."""
     import cupy
     gate = cupy.ascontiguousarray(gate, dtype=cupy.float32)
-    out = cupy.empty_like(gate)
+    out = cupy.empty_like(gate) if out is None else out
     kernel("swiglu.cu", "swiglu_f32")((_blocks(gate.size, 256),), (256,),
                                       (gate, cupy.ascontiguousarray(up, dtype=cupy.float32), out,
                                        np.int32(gate.size)))
@@ -199,21 +198,60 @@ def softmax(x):
     return y
 
 
+def _attention_fits(q, k, v) -> bool:
+    """Whether the attention kernels cover q [T, H, Dh] against cache layers k, v [H_kv, S, Dh]: Dh a multiple of
+    32 up to 256, H a multiple of H_kv, rows of a head contiguous and the same strides for k and v."""
+    import cupy
+    _, h, dh = q.shape
+    row_major = all(a.strides[2] == 4 and a.strides[1] == dh * 4 and a.strides[0] % 4 == 0 and a.dtype == cupy.float32
+                    and a.strides == k.strides for a in (k, v))
+    return dh % 32 == 0 and dh <= 256 and h % k.shape[0] == 0 and row_major
+
+
 def attention(q, k, v, start: int, window: int | None, scale: float):
     """ops.attention on the GPU: q [T, H, Dh]; k, v [H_kv, S, Dh] (rows of a head contiguous, heads any stride,
     as a KV cache's layer views are). None when the kernel does not cover the shape (the array code runs)."""
     import cupy
-    t, h, dh = q.shape
-    h_kv = k.shape[0]
-    row_major = all(a.strides[2] == 4 and a.strides[1] == dh * 4 and a.strides[0] % 4 == 0 and a.dtype == cupy.float32
-                    and a.strides == k.strides for a in (k, v))
-    if dh % 32 or dh > 256 or h % h_kv or not row_major:
+    if not _attention_fits(q, k, v):
         return None
+    t, h, dh = q.shape
     q = cupy.ascontiguousarray(q, dtype=cupy.float32)
     out = cupy.empty_like(q)
-    shared = ATTENTION_WARPS * (dh + 2) * 4
     kernel("attention.cu", "attention_f32")(
         (h, t), (32 * ATTENTION_WARPS,),
-        (q, k, v, out, np.int32(t), np.int32(h), np.int32(h_kv), np.int32(dh), np.int32(start),
-         np.int32(k.strides[0] // 4), np.int32(window or 0), np.float32(scale)), shared_mem=shared)
+        (q, k, v, out, np.int32(t), np.int32(h), np.int32(k.shape[0]), np.int32(dh), np.int32(start),
+         np.int32(k.strides[0] // 4), np.int32(window or 0), np.float32(scale)),
+        shared_mem=ATTENTION_WARPS * (dh + 2) * 4)
     return out
+
+
+# ------------------------------------------------------------------- decode steps reading the position on the device
+
+def attention_decode(q, k, v, pos, window: int | None, scale: float, out) -> None:
+    """One query at the position pos (a device int32 [1]) against cache layers k, v (as for attention, which must
+    fit): q, out [1, H, Dh] float32 contiguous."""
+    _, h, dh = q.shape
+    kernel("attention.cu", "attention_decode_f32")(
+        (h,), (32 * ATTENTION_WARPS,),
+        (q, k, v, out, pos, np.int32(h), np.int32(k.shape[0]), np.int32(dh), np.int32(k.strides[0] // 4),
+         np.int32(window or 0), np.float32(scale)), shared_mem=ATTENTION_WARPS * (dh + 2) * 4)
+
+
+def rope_table(inv_freq, pos, cos, sin) -> None:
+    """cos, sin [1, Dh/2] float32 of the position pos (a device int32 [1]); inv_freq: [Dh/2] float64."""
+    half = inv_freq.shape[0]
+    kernel("rope.cu", "rope_table_f32")((_blocks(half, 128),), (128,), (inv_freq, pos, cos, sin, np.int32(half)))
+
+
+def kv_store(k, v, k_layer, v_layer, pos) -> None:
+    """Write k, v [1, H_kv, Dh] float32 at the position pos (a device int32 [1]) of cache layers [H_kv, S, Dh]
+    (rows of a head contiguous, pos < S)."""
+    _, h_kv, dh = k.shape
+    kernel("kv_store.cu", "kv_store_f32")((_blocks(h_kv * dh, 256),), (256,),
+                                          (k, v, k_layer, v_layer, pos, np.int32(h_kv), np.int32(dh),
+                                           np.int32(k_layer.strides[0] // 4)))
+
+
+def add(x, y, out) -> None:
+    """out = x + y, float32 contiguous arrays of one size (out may be x or y)."""
+    kernel("add.cu", "add_f32")((_blocks(x.size, 256),), (256,), (x, y, out, np.int32(x.size)))

@@ -11,15 +11,23 @@
 //   args: q const float* [t, h, dh]; k, v const float* [h_kv, S, dh] with kv_stride floats between heads
 //         (rows of a head contiguous, S >= start + t); out float* [t, h, dh]; int t, h, h_kv, dh (a multiple of 32,
 //         at most 256), start, kv_stride, window; float scale (1 / sqrt(dh)).
+//
+// Launch contract (attention_decode_f32), one query at a position read from device memory (a captured decode step:
+// the keys 0 .. pos, or the window ending at pos, are read whatever the replay):
+//   block (32 * R, 1, 1), 1 <= R <= 32; grid (h, 1, 1).
+//   shared memory (dynamic): R * (dh + 2) * 4 bytes.
+//   args: q const float* [1, h, dh]; k, v as above (S > pos); out float* [1, h, dh]; pos const int* (one int);
+//         int h, h_kv, dh, kv_stride, window; float scale.
 #include "common.cuh"
 
 #define MAX_DH_PER_LANE 8
 
-extern "C" __global__ void attention_f32(const float* q, const float* k, const float* v, float* out, int t, int h,
-                                         int h_kv, int dh, int start, int kv_stride, int window, float scale) {
+// Query tok (at position pos) of head blockIdx.x, as described above.
+__device__ __forceinline__ void attend(const float* q, const float* k, const float* v, float* out, int h, int h_kv,
+                                       int dh, int tok, int pos, int kv_stride, int window, float scale) {
     extern __shared__ float smem[];  // [R] max | [R] sum | [R][dh] weighted values
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5, per_lane = dh / 32;
-    const int head = blockIdx.x, tok = blockIdx.y, pos = start + tok;
+    const int head = blockIdx.x;
     const int lo = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0;
     const long long kv_off = (long long)(head / (h / h_kv)) * kv_stride;
     const float* qr = q + ((long long)tok * h + head) * dh;
@@ -66,4 +74,15 @@ extern "C" __global__ void attention_f32(const float* q, const float* k, const f
         for (int w = 0; w < nwarps; ++w) sum += s_acc[w * dh + d] * expf(s_max[w] - mx);
         o[d] = sum / total;
     }
+}
+
+extern "C" __global__ void attention_f32(const float* q, const float* k, const float* v, float* out, int t, int h,
+                                         int h_kv, int dh, int start, int kv_stride, int window, float scale) {
+    attend(q, k, v, out, h, h_kv, dh, blockIdx.y, start + blockIdx.y, kv_stride, window, scale);
+}
+
+extern "C" __global__ void attention_decode_f32(const float* q, const float* k, const float* v, float* out,
+                                                const int* pos, int h, int h_kv, int dh, int kv_stride, int window,
+                                                float scale) {
+    attend(q, k, v, out, h, h_kv, dh, 0, *pos, kv_stride, window, scale);
 }

@@ -7,7 +7,23 @@
 //   shared memory: none.
 //   args: x const float* [t, h, dh], cos const float* [t, dh/2], sin const float* [t, dh/2], y float* [t, h, dh],
 //         int t, int h, int dh (even), int interleaved.
+//
+// Launch contract (rope_table_f32), the cos/sin of one position read from device memory (a captured decode step):
+//   block (B, 1, 1), any B from 1 to 1024; grid (G, 1, 1), any G >= 1: threads stride over the half frequencies.
+//   shared memory: none.
+//   args: inv_freq const double* [half], pos const int* (one int), cos float* [half], sin float* [half], int half.
+//   Angles are taken in double, as kernels/ops.py rope_cos_sin does.
 #include "common.cuh"
+
+extern "C" __global__ void rope_table_f32(const double* inv_freq, const int* pos, float* cos_out, float* sin_out,
+                                          int half) {
+    const double p = (double)*pos;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < half; i += gridDim.x * blockDim.x) {
+        const double angle = p * inv_freq[i];
+        cos_out[i] = (float)cos(angle);
+        sin_out[i] = (float)sin(angle);
+    }
+}
 
 extern "C" __global__ void rope_f32(const float* x, const float* cos, const float* sin, float* y, int t, int h,
                                     int dh, int interleaved) {

@@ -237,3 +237,60 @@ def test_attention(case):
     launch_all_orders(mod("attention.cu"), "attention_f32", (h, t), block, args, [out], shared=shared)
     s = start + t
     close(out, torch_attention(q, k[:, :s], v[:, :s], start, window), rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------ decode-step kernels (position in device memory)
+
+@needs_gpp
+@pytest.mark.parametrize("half,pos,grid,block", [(1, 0, 1, 32), (32, 7, 1, 1024), (64, 131071, 3, 5)])
+def test_rope_table(half, pos, grid, block):
+    inv_freq = 10000.0 ** (-np.arange(half, dtype=np.float64) / half)
+    cos, sin = np.empty((2, 1, half), np.float32)
+    launch_all_orders(mod("rope.cu"), "rope_table_f32", grid, block, [inv_freq, np.array([pos], np.int32), cos, sin,
+                                                                       half], [cos, sin])
+    angles = torch.tensor(pos, dtype=torch.float64) * torch.from_numpy(inv_freq)
+    np.testing.assert_array_equal(cos[0], torch.cos(angles).float().numpy())
+    np.testing.assert_array_equal(sin[0], torch.sin(angles).float().numpy())
+
+
+@needs_gpp
+@pytest.mark.parametrize("h_kv,dh,rows,pos,grid,block", [(1, 32, 1, 0, 1, 32), (2, 64, 9, 8, 2, 100),
+                                                         (3, 128, 40, 17, 7, 1024)])
+def test_kv_store(h_kv, dh, rows, pos, grid, block):
+    rng = np.random.default_rng(dh)
+    k, v = rng.standard_normal((2, h_kv, dh)).astype(np.float32)
+    k_cache, v_cache = rng.standard_normal((2, h_kv, rows, dh)).astype(np.float32)
+    ref_k, ref_v = k_cache.copy(), v_cache.copy()
+    ref_k[:, pos], ref_v[:, pos] = k, v
+    launch_all_orders(mod("kv_store.cu"), "kv_store_f32", grid, block,
+                      [k, v, k_cache, v_cache, np.array([pos], np.int32), h_kv, dh, rows * dh], [])
+    np.testing.assert_array_equal(k_cache, ref_k)
+    np.testing.assert_array_equal(v_cache, ref_v)
+
+
+@needs_gpp
+@pytest.mark.parametrize("n,grid,block", [(1, 1, 32), (1000, 3, 100), (5000, 2, 1024)])
+def test_add(n, grid, block):
+    x, y = np.random.default_rng(n).standard_normal((2, n)).astype(np.float32)
+    out = np.empty(n, np.float32)
+    launch_all_orders(mod("add.cu"), "add_f32", grid, block, [x, y, out, n], [out])
+    np.testing.assert_array_equal(out, (torch.from_numpy(x) + torch.from_numpy(y)).numpy())
+    mod("add.cu").launch("add_f32", grid, block, [x, y, x, n])  # in place
+    np.testing.assert_array_equal(x, out)
+
+
+@needs_gpp
+@pytest.mark.parametrize("case", [c for c in ATTENTION_CASES if c[0] == 1],
+                         ids=lambda c: "start{1}-h{2}-kv{3}-dh{4}-w{5}-B{6}-S{7}".format(*c))
+def test_attention_decode(case):
+    """The query position read from device memory: as attention_f32 with start = pos, t = 1."""
+    _, pos, h, h_kv, dh, window, block, rows = case
+    rng = np.random.default_rng(dh + pos)
+    q = rng.standard_normal((1, h, dh)).astype(np.float32)
+    k = (rng.standard_normal((h_kv, rows, dh)) * 2).astype(np.float32)
+    v = rng.standard_normal((h_kv, rows, dh)).astype(np.float32)
+    out = np.empty_like(q)
+    args = [q, k, v, out, np.array([pos], np.int32), h, h_kv, dh, rows * dh, window, 1.0 / np.sqrt(dh)]
+    launch_all_orders(mod("attention.cu"), "attention_decode_f32", (h,), block, args, [out],
+                      shared=block // 32 * (dh + 2) * 4)
+    close(out, torch_attention(q, k[:, :pos + 1], v[:, :pos + 1], pos, window), rtol=1e-4, atol=1e-5)

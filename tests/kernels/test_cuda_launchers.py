@@ -3,8 +3,11 @@ upload, KV cache, host transfer) run against a stand-in device whose kernels exe
 
 The stand-in `cupy` is NumPy whose arrays are a subclass living in a module named cupy.* (so the engine takes them
 for device arrays), and `kernels.cuda.kernel` returns a launcher that runs the .cu kernel in cudasim with the same
-grid, block, shared memory and arguments the real launch would get. References: gguf-py dequantization, PyTorch
-and transformers (tests/reference.py), independent of the engine.
+grid, block, shared memory and arguments the real launch would get. Its `cupy.cuda.Stream` captures as a CUDA graph
+does: while a stream captures, our kernel launches on it are recorded (arguments by reference, as pointers), not run,
+and `Graph.launch` runs the recording again; anything else on the device then (an allocation, a host copy, a
+CuPy elementwise operation, a sync such as `.get()`) fails loudly. References: gguf-py dequantization, PyTorch and
+transformers (tests/reference.py), independent of the engine.
 """
 import shutil
 import sys
@@ -20,6 +23,7 @@ from gguf import quants as gq
 import cudasim
 from engine.errors import DeviceError, UnsupportedModelError
 from kernels import backend, cuda
+from kernels.cuda import graph as cuda_graph
 from kernels.qtensor import QTensor
 from kernels.quants import GGMLType
 from quant_blocks import make_blocks
@@ -28,14 +32,116 @@ pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is need
 TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny"
 
 
+class CaptureViolation(AssertionError):
+    """Work in a captured region that a CUDA graph cannot hold: an allocation, a host copy or a sync."""
+
+
+def _forbid(what: str) -> None:
+    if Stream.capturing is not None:
+        raise CaptureViolation(f"{what} while a stream captures a graph")
+
+
 class DeviceArray(np.ndarray):
     """A NumPy array the engine takes for a CuPy one."""
 
     def get(self):
+        _forbid("a device-to-host copy (.get)")
         return np.asarray(self).copy()
+
+    def set(self, host):
+        _forbid("a host-to-device copy (.set)")
+        np.asarray(self)[...] = host
+
+    def item(self, *args):
+        _forbid("a sync (.item)")
+        return super().item(*args)
+
+    def __int__(self):
+        _forbid("a sync (int)")
+        return int(np.asarray(self))
+
+    def __float__(self):
+        _forbid("a sync (float)")
+        return float(np.asarray(self))
+
+    def __bool__(self):
+        _forbid("a sync (bool)")
+        return bool(np.asarray(self))
+
+    def __getitem__(self, index):
+        out = super().__getitem__(index)
+        if not isinstance(out, np.ndarray):
+            _forbid("a sync (reading an element)")
+        return out
+
+    def __setitem__(self, index, value):
+        _forbid("a CuPy copy kernel (item assignment)")
+        super().__setitem__(index, value)
+
+    def __array_finalize__(self, obj):
+        if self.base is None:
+            _forbid("an allocation (copy)")
+
+    def __array_wrap__(self, arr, context=None, return_scalar=False):
+        _forbid(f"a CuPy elementwise kernel ({context[0].__name__ if context else 'reduction'})")
+        return super().__array_wrap__(arr, context, return_scalar)
 
 
 DeviceArray.__module__ = "cupy.standin"
+
+
+class Graph:
+    """A captured sequence of kernel launches; launch() runs it again. names: the kernels, in order."""
+
+    def __init__(self, launches):
+        self.launches = launches
+        self.names = [name for name, _ in launches]
+        self.replays = 0
+
+    def launch(self, stream=None):
+        assert Stream.capturing is None
+        for _, run in self.launches:
+            run()
+        self.replays += 1
+
+
+class Event:
+    def __init__(self, disable_timing=False):
+        pass
+
+
+class Stream:
+    """cupy.cuda.Stream: the stand-in runs everything at once, so streams only matter while one captures."""
+    current = []  # streams entered with `with`, innermost last
+    capturing = None  # the stream capturing now
+
+    def __init__(self, null=False, non_blocking=False):
+        self.launches = None
+
+    def __enter__(self):
+        Stream.current.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        Stream.current.pop()
+
+    def begin_capture(self, mode=None):
+        assert Stream.capturing is None
+        Stream.capturing, self.launches = self, []
+
+    def end_capture(self):
+        assert Stream.capturing is self
+        Stream.capturing = None
+        return Graph(self.launches)
+
+    def record(self, event=None):
+        return event or Event()
+
+    def wait_event(self, event):
+        pass
+
+
+Stream.null = Stream(null=True)
 
 
 def _device_module() -> types.ModuleType:
@@ -44,6 +150,9 @@ def _device_module() -> types.ModuleType:
     def wrap(f):
         def call(*args, **kwargs):
             out = f(*args, **kwargs)
+            if isinstance(out, np.ndarray) and not any(isinstance(a, DeviceArray) and np.shares_memory(a, out)
+                                                       for a in args):
+                _forbid(f"an allocation or host copy (cupy.{f.__name__})")
             return out.view(DeviceArray) if isinstance(out, np.ndarray) else out
         return call
 
@@ -51,6 +160,8 @@ def _device_module() -> types.ModuleType:
         f = getattr(np, name)
         return f if isinstance(f, type) or not callable(f) else wrap(f)
     mod.__getattr__ = attr
+    mod.cuda = types.SimpleNamespace(Stream=Stream, Event=Event, Graph=Graph,
+                                     get_current_stream=lambda: Stream.current[-1] if Stream.current else Stream.null)
     return mod
 
 
@@ -58,8 +169,15 @@ def _launcher(source, name):
     module = cudasim.load(cuda.DIR / source)
 
     def launch(grid, block, args, shared_mem=0):
-        module.launch(name, grid, block, [None if a is cuda.NULL else a for a in args], shared=shared_mem,
-                      order="random", seed=1)
+        args = [None if a is cuda.NULL else a for a in args]
+
+        def run():
+            module.launch(name, grid, block, args, shared=shared_mem, order="random", seed=1)
+        if Stream.capturing is None:
+            run()
+        else:
+            assert Stream.current and Stream.current[-1] is Stream.capturing, "a launch off the capturing stream"
+            Stream.capturing.launches.append((name, run))
     return launch
 
 
@@ -70,9 +188,12 @@ def device(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", _device_module())
     monkeypatch.setattr(cuda, "kernel", _launcher)
     monkeypatch.setattr(cpu, "available", False)
+    monkeypatch.setattr(cuda_graph, "_notice", "")
     backend.use("cupy")
     yield sys.modules["cupy"]
     backend.use("numpy")
+    Stream.capturing = None
+    Stream.current.clear()
 
 
 def on_device(a):
@@ -159,30 +280,86 @@ def test_upload_moves_every_weight_once(device):
     assert model.output is model.tok_embd
 
 
+def load_tiny(arch):
+    from engine.hub import resolve
+    from engine.loader import load_source
+    loaded = load_source(resolve(str(TINY / arch / "model-Q8_0.gguf")))
+    cuda.upload(loaded.model)
+    return loaded.model, loaded.config
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_model_forward_prefill_chunk_decode(device, arch):
-    """A tiny model loaded for the device: prefill (dequantize + matmul), a 3-token chunk and single tokens (mat-vec),
-    KV cache on the device; logits match transformers on the gguf-py-dequantized weights."""
-    from engine.hub import resolve
+    """A tiny model loaded for the device: prefill (dequantize + matmul), a 3-token chunk, then single tokens through
+    the cache's decode graph (the first run directly, then captured and replayed); KV cache on the device. Logits
+    match transformers on the gguf-py-dequantized weights, and the replays match the uncaptured forward."""
+    from engine.errors import ContextOverflowError
     from engine.kvcache import KVCache
-    from engine.loader import load_source
     from reference import gguf_logits
-    path = TINY / arch / "model-Q8_0.gguf"
-    loaded = load_source(resolve(str(path)))
-    cuda.upload(loaded.model)
-    assert isinstance(loaded.model.layers[0]["attn_q"].raw, DeviceArray)
-    c = loaded.config
-    cache = KVCache(c.n_layers, c.n_kv_heads, c.head_dim, 32)
-    assert isinstance(cache.k, DeviceArray)
+    model, c = load_tiny(arch)
+    assert isinstance(model.layers[0]["attn_q"].raw, DeviceArray)
     ids = [5, 17, 100, 200, 3, 44, 91, 250, 12, 7, 300, 2]
-    parts = [loaded.model.forward(np.array(ids[:6]), np.arange(6), cache),
-             loaded.model.forward(np.array(ids[6:9]), np.arange(6, 9), cache)]
-    parts += [loaded.model.forward(np.array([i]), np.array([p]), cache) for p, i in enumerate(ids[9:], 9)]
+    cache = KVCache(c.n_layers, c.n_kv_heads, c.head_dim, len(ids))
+    assert isinstance(cache.k, DeviceArray)
+    parts = [model.forward(np.array(ids[:6]), np.arange(6), cache), model.forward(np.array(ids[6:9]), np.arange(6, 9),
+                                                                                  cache)]
+    parts += [model.forward(np.array([i]), np.array([p]), cache) for p, i in enumerate(ids[9:], 9)]
     assert all(isinstance(p, DeviceArray) for p in parts)
+    graph = cuda_graph._graphs[cache]
+    assert graph.failure == "" and graph.graph.replays == 2  # steps 10 and 11 replayed the capture
+    per_layer = 16 + 2 * c.qk_norm + 3 * c.qkv_bias
+    assert graph.graph.names.count("attention_decode_f32") == c.n_layers
+    assert len(graph.graph.names) == 4 + c.n_layers * per_layer
     logits = backend.to_host(np.concatenate(parts))
-    ref = gguf_logits(path, ids)
+    ref = gguf_logits(TINY / arch / "model-Q8_0.gguf", ids)
     assert ref.std() > 0.5
     np.testing.assert_array_less(np.abs(logits - ref).max(), 5e-3)
+    with pytest.raises(ContextOverflowError):  # a full cache is refused before the graph writes past it
+        model.forward(np.array([1]), np.array([len(ids)]), cache)
+    cache.truncate(9)
+    uncaptured = [model.forward_packed(np.array([i]), np.array([p]), [cache], [1]) for p, i in enumerate(ids[9:], 9)]
+    np.testing.assert_allclose(logits[9:], backend.to_host(np.concatenate(uncaptured)), rtol=1e-5, atol=1e-5)
+
+
+def test_decode_without_capture_falls_back(device, monkeypatch, caplog):
+    """Stream capture failing: the first step (run directly) stands, later steps run the uncaptured forward, and the
+    reason is logged and shown by describe()."""
+    from engine.kvcache import KVCache
+    from reference import gguf_logits
+
+    def refuse(self, mode=None):
+        raise RuntimeError("operation not permitted when stream is capturing")
+    monkeypatch.setattr(Stream, "begin_capture", refuse)
+    model, c = load_tiny("llama")
+    cache = KVCache(c.n_layers, c.n_kv_heads, c.head_dim, 4)
+    ids = [5, 17]
+    logits = [model.forward(np.array([i]), np.array([p]), cache) for p, i in enumerate(ids)]
+    assert cache not in cuda_graph._graphs and model in cuda_graph._refused
+    assert "stream capture failed: RuntimeError" in cuda_graph.describe()
+    assert "not captured" in caplog.text and "stream capture failed" in backend.describe()
+    np.testing.assert_array_less(np.abs(backend.to_host(np.concatenate(logits))
+                                        - gguf_logits(TINY / "llama" / "model-Q8_0.gguf", ids)).max(), 5e-3)
+
+
+def test_standin_capture_records_and_forbids(device):
+    """What the graph tests rely on: captured launches are recorded, not run, and replay with the arguments' current
+    contents; allocations, host copies, CuPy operations and syncs inside a capture fail."""
+    x, y, out = (on_device(np.full(5, v, np.float32)) for v in (1.0, 2.0, 0.0))
+    stream = device.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        cuda.add(x, y, out)
+        for bad in (lambda: device.empty(3), lambda: device.asarray(np.zeros(2)), lambda: x + y, lambda: x.copy(),
+                    lambda: x.get(), lambda: float(x[0]), lambda: out.set(np.zeros(5)), lambda: out.__setitem__(0, 1)):
+            with pytest.raises(CaptureViolation):
+                bad()
+        graph = stream.end_capture()
+    assert graph.names == ["add_f32"] and (out == 0).all()
+    graph.launch(stream)
+    np.testing.assert_array_equal(out, 3.0)
+    x.set(np.full(5, 10.0, np.float32))
+    graph.launch(stream)
+    np.testing.assert_array_equal(out, 12.0)
 
 
 def test_weights_without_a_kernel_are_refused():
