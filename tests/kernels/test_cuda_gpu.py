@@ -115,3 +115,64 @@ def test_tiny_model_on_gpu(arch, fmt):
         backend.use("numpy")
     ref = gguf_logits(path, ids)
     np.testing.assert_array_less(np.abs(logits - ref).max(), 5e-3)
+
+
+def test_decode_step_kernels(cp):
+    """The kernels reading the position from device memory (kernels/cuda/graph.py's decode step)."""
+    rng = np.random.default_rng(0)
+    h, h_kv, dh, s_max, pos = 8, 2, 128, 320, 300
+    pos_d = cp.asarray([pos], dtype=cp.int32)
+    inv_freq = cp.asarray(10000.0 ** (-np.arange(dh // 2) / (dh // 2)))
+    cos, sin = cp.empty((1, dh // 2), cp.float32), cp.empty((1, dh // 2), cp.float32)
+    cuda.rope_table(inv_freq, pos_d, cos, sin)
+    angles = pos * torch.from_numpy(inv_freq.get())
+    np.testing.assert_allclose(cos.get()[0], torch.cos(angles).float(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(sin.get()[0], torch.sin(angles).float(), rtol=0, atol=1e-6)
+    k_new, v_new = rng.standard_normal((2, 1, h_kv, dh)).astype(np.float32)
+    k, v = rng.standard_normal((2, h_kv, s_max, dh)).astype(np.float32)
+    k_d, v_d = cp.asarray(k), cp.asarray(v)
+    cuda.kv_store(cp.asarray(k_new), cp.asarray(v_new), k_d, v_d, pos_d)
+    k[:, pos], v[:, pos] = k_new[0], v_new[0]
+    np.testing.assert_array_equal(k_d.get(), k)
+    np.testing.assert_array_equal(v_d.get(), v)
+    q = rng.standard_normal((1, h, dh)).astype(np.float32)
+    for window in (None, 64):
+        out = cp.empty((1, h, dh), cp.float32)
+        cuda.attention_decode(cp.asarray(q), k_d, v_d, pos_d, window, 1 / np.sqrt(dh), out)
+        kp = torch.arange(pos + 1)[None, :]
+        mask = (kp <= pos) & ((kp > pos - window) if window else True)
+        kk, vv = (torch.from_numpy(a[:, :pos + 1]).repeat_interleave(h // h_kv, 0) for a in (k, v))
+        ref = torch.nn.functional.scaled_dot_product_attention(torch.from_numpy(q).transpose(0, 1), kk, vv,
+                                                               attn_mask=mask).transpose(0, 1)
+        np.testing.assert_allclose(out.get(), ref, rtol=1e-4, atol=1e-5)
+    x, y = rng.standard_normal((2, 1000)).astype(np.float32)
+    out = cp.empty(1000, cp.float32)
+    cuda.add(cp.asarray(x), cp.asarray(y), out)
+    np.testing.assert_array_equal(out.get(), x + y)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def test_decode_graph_on_gpu(arch):
+    """Single-token forwards replay a real CUDA graph (cupy.cuda.Stream capture): logits against transformers and
+    against the uncaptured forward on the same cache."""
+    import engine
+    from engine.kvcache import KVCache
+    from kernels.cuda import graph as cuda_graph
+    from reference import gguf_logits
+    path = TINY / arch / "model-Q8_0.gguf"
+    ids = [5, 17, 100, 200, 3, 44, 91, 250, 12, 7, 300, 2]
+    try:
+        model = engine.load(str(path), device="cuda").model
+        cache = KVCache(model.config.n_layers, model.config.n_kv_heads, model.config.head_dim, 32)
+        parts = [model.forward(np.array(ids[:4]), np.arange(4), cache)]
+        parts += [model.forward(np.array([i]), np.array([p]), cache) for p, i in enumerate(ids[4:], 4)]
+        graph = cuda_graph._graphs[cache]
+        assert graph.graph is not None, graph.failure
+        logits = np.concatenate([backend.to_host(p) for p in parts])
+        cache.truncate(4)
+        uncaptured = [backend.to_host(model.forward_packed(np.array([i]), np.array([p]), [cache], [1]))
+                      for p, i in enumerate(ids[4:], 4)]
+    finally:
+        backend.use("numpy")
+    np.testing.assert_allclose(logits[4:], np.concatenate(uncaptured), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_less(np.abs(logits - gguf_logits(path, ids)).max(), 5e-3)
