@@ -1,5 +1,4 @@
 """kernels/cpu (numba) against gguf-py dequantization + NumPy matmul, for every type, thread count and shape."""
-import numba
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as GQ
@@ -22,14 +21,6 @@ def reference(t, raw):
 def weights(t, n, k, seed=0):
     raw = make_blocks(t, n, k, np.random.default_rng(seed + int(t)))
     return QTensor(raw, t, (n, k)), reference(t, raw).reshape(n, k)
-
-
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def threads(request):
-    before = numba.get_num_threads()
-    numba.set_num_threads(min(request.param, numba.config.NUMBA_NUM_THREADS))
-    yield
-    numba.set_num_threads(before)
 
 
 @pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)

@@ -1,6 +1,5 @@
 """The opt-in int8-activation mat-vec (kernels/cpu/int8_kernels.py) against gguf-py dequantization + float64
 NumPy: exact integer arithmetic on the quantized activations, and the documented error bound against float32."""
-import numba
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as GQ
@@ -18,14 +17,6 @@ INT8 = [GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K, GGMLType.Q6_
 @pytest.fixture
 def int8(monkeypatch):
     monkeypatch.setattr(cpu, "activations", "int8")
-
-
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def threads(request):
-    before = numba.get_num_threads()
-    numba.set_num_threads(min(request.param, numba.config.NUMBA_NUM_THREADS))
-    yield
-    numba.set_num_threads(before)
 
 
 def weights(t, n, k, seed=0):

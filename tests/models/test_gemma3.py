@@ -8,7 +8,6 @@ q width 128 != hidden 64, tied embeddings, (1 + w) norms, pre/post norms, GeGLU.
 """
 import json
 import shutil
-from pathlib import Path
 
 import gguf
 import numpy as np
@@ -16,35 +15,20 @@ import pytest
 
 from engine.errors import UnsupportedModelError
 from engine.generate import GenerationStats, generate_tokens
-from engine.hub import resolve
-from engine.kvcache import KVCache
-from engine.loader import load_source
 from engine.sampler import SamplingParams
 from models import ModelConfig
-from reference import gguf_logits, hf_greedy, hf_logits
+from reference import hf_greedy, hf_logits
+from tiny_models import TINY, fresh_cache, load, reference
 
-TINY = Path(__file__).parent.parent / "fixtures" / "tiny" / "gemma3"
+FIXTURE = TINY / "gemma3"
 FORMATS = ["hf", "model-F32.gguf", "model-Q8_0.gguf"]
 IDS = [2, 5, 17, 100, 200, 3, 44, 91, 250, 12, 7, 300, 2, 64, 128, 33, 9, 101, 480, 6]  # 20 > window 5
 TEXTS = ["Hello world", "  two  spaces and a tab\there", "Numbers: 3.14159 and 1,000,000.", "Café, naïve 🙂 — 你好",
          "<start_of_turn>user\nWhat is the capital of France?<end_of_turn>\n<start_of_turn>model\n", "\n\n x"]
 
 
-def load(path: Path):
-    return load_source(resolve(str(path)))
-
-
-def reference(path: Path, ids):
-    return hf_logits(path, ids) if path.is_dir() else gguf_logits(path, ids)
-
-
-def fresh_cache(loaded, n=64):
-    c = loaded.config
-    return KVCache(c.n_layers, c.n_kv_heads, c.head_dim, n)
-
-
 def test_tiny_gemma3_exercises_the_features():
-    hf, gg = load(TINY / "hf").config, load(TINY / "model-F32.gguf").config
+    hf, gg = load(FIXTURE / "hf").config, load(FIXTURE / "model-F32.gguf").config
     for c in (hf, gg):
         assert c.arch == "gemma3" and c.tie_embeddings and c.qk_norm and c.post_norms and c.ffn_act == "gelu_tanh"
         assert c.sliding_layers == (True,) * 5 + (False, True) and c.sliding_window < len(IDS)
@@ -52,15 +36,15 @@ def test_tiny_gemma3_exercises_the_features():
         assert c.n_heads * c.head_dim != c.hidden_size and c.embed_scale == pytest.approx(8.0)
     assert (hf.norm_offset, gg.norm_offset) == (1.0, 0.0)
     # llama.cpp's converter stores Gemma's norm weights as 1 + w
-    reader = gguf.GGUFReader(TINY / "model-F32.gguf")
+    reader = gguf.GGUFReader(FIXTURE / "model-F32.gguf")
     stored = {t.name: np.array(t.data) for t in reader.tensors}
-    hf_w = load(TINY / "hf").model.layers[2]["post_ffw_norm"]  # (1 + w) after loading
+    hf_w = load(FIXTURE / "hf").model.layers[2]["post_ffw_norm"]  # (1 + w) after loading
     np.testing.assert_array_equal(stored["blk.2.post_ffw_norm.weight"], hf_w)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_logits_match_transformers(fmt):
-    path = TINY / fmt
+    path = FIXTURE / fmt
     loaded = load(path)
     ours = loaded.model.forward(np.array(IDS), np.arange(len(IDS)), fresh_cache(loaded))
     ref = reference(path, IDS)
@@ -71,7 +55,7 @@ def test_logits_match_transformers(fmt):
 @pytest.mark.parametrize("fmt", ["hf", "model-F32.gguf"])
 def test_prefill_then_decode_equals_one_forward(fmt):
     """Chunks and single tokens against the cache, past the sliding window, equal transformers' one forward."""
-    path = TINY / fmt
+    path = FIXTURE / fmt
     loaded = load(path)
     cache = fresh_cache(loaded)
     parts = [loaded.model.forward(np.array(IDS[:7]), np.arange(7), cache),
@@ -82,7 +66,7 @@ def test_prefill_then_decode_equals_one_forward(fmt):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_32_greedy_tokens_identical(fmt):
-    path = TINY / fmt
+    path = FIXTURE / fmt
     loaded = load(path)
     prompt = IDS[:6]
     ours = list(generate_tokens(loaded.model, fresh_cache(loaded), prompt, SamplingParams(), 32, frozenset(),
@@ -94,9 +78,9 @@ def test_32_greedy_tokens_identical(fmt):
 
 def test_layer_types_query_scalar_and_final_softcap_from_config_json(tmp_path):
     """transformers 5 style `layer_types`, query_pre_attn_scalar != head_dim and final_logit_softcapping."""
-    for f in (TINY / "hf").iterdir():
+    for f in (FIXTURE / "hf").iterdir():
         shutil.copy(f, tmp_path / f.name)
-    config = json.loads((TINY / "hf" / "config.json").read_text())
+    config = json.loads((FIXTURE / "hf" / "config.json").read_text())
     config.pop("sliding_window_pattern")
     config.update(layer_types=["sliding_attention", "full_attention", "sliding_attention", "sliding_attention",
                                "full_attention", "full_attention", "sliding_attention"],
@@ -112,7 +96,7 @@ def test_layer_types_query_scalar_and_final_softcap_from_config_json(tmp_path):
 
 def test_multimodal_checkpoint_is_refused_with_a_typed_error():
     config = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
-              "text_config": json.loads((TINY / "hf" / "config.json").read_text())}
+              "text_config": json.loads((FIXTURE / "hf" / "config.json").read_text())}
     with pytest.raises(UnsupportedModelError, match="GGUF of its text model"):
         ModelConfig.from_hf(config)
 
@@ -120,20 +104,20 @@ def test_multimodal_checkpoint_is_refused_with_a_typed_error():
 @pytest.fixture(scope="module")
 def llama_cpp_vocab():
     llama_cpp = pytest.importorskip("llama_cpp")
-    return llama_cpp.Llama(str(TINY / "model-F32.gguf"), vocab_only=True, verbose=False)
+    return llama_cpp.Llama(str(FIXTURE / "model-F32.gguf"), vocab_only=True, verbose=False)
 
 
 @pytest.mark.parametrize("text", TEXTS)
 def test_gguf_spm_tokenizer_matches_llama_cpp_and_transformers(llama_cpp_vocab, text):
     from transformers import AutoTokenizer
 
-    ours = load(TINY / "model-F32.gguf").tokenizer
+    ours = load(FIXTURE / "model-F32.gguf").tokenizer
     want = llama_cpp_vocab.tokenize(text.encode(), add_bos=True, special=True)
     assert ours.encode(text, add_special=True, parse_special=True) == want
     assert ours.decode(want[1:]) == text
-    hf = AutoTokenizer.from_pretrained(TINY / "hf")
+    hf = AutoTokenizer.from_pretrained(FIXTURE / "hf")
     assert hf(text).input_ids == want
-    assert load(TINY / "hf").tokenizer.encode(text) == want
+    assert load(FIXTURE / "hf").tokenizer.encode(text) == want
 
 
 def test_chat_template_matches_transformers():
@@ -141,11 +125,11 @@ def test_chat_template_matches_transformers():
 
     messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": " Hi! "},
                 {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Capital of France?"}]
-    want = AutoTokenizer.from_pretrained(TINY / "hf").apply_chat_template(messages, tokenize=False,
+    want = AutoTokenizer.from_pretrained(FIXTURE / "hf").apply_chat_template(messages, tokenize=False,
                                                                            add_generation_prompt=True)
     assert want.startswith("<bos><start_of_turn>user\nYou are terse.\n\nHi!<end_of_turn>")
     for fmt in ("hf", "model-F32.gguf"):
-        loaded = load(TINY / fmt)
+        loaded = load(FIXTURE / fmt)
         assert loaded.template.render(messages, add_generation_prompt=True) == want
         end_of_turn = loaded.tokenizer.token_to_id("<end_of_turn>")
         assert loaded.tokenizer.is_eos(end_of_turn)

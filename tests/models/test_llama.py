@@ -14,14 +14,11 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from engine.generate import GenerationStats, generate_tokens
-from engine.hub import resolve
-from engine.kvcache import KVCache
-from engine.loader import load_source
 from engine.sampler import SamplingParams
 from gguf_copy import copy_gguf
-from reference import gguf_logits, hf_greedy, hf_logits
+from reference import hf_greedy, hf_logits
+from tiny_models import TINY, fresh_cache, load, reference
 
-TINY = Path(__file__).parent.parent / "fixtures" / "tiny"
 ARCHS = ["llama", "qwen2", "qwen3"]
 FORMATS = ["hf", "model-F32.gguf", "model-F16.gguf", "model-Q8_0.gguf", "model-Q4_K_M.gguf"]
 IDS = [5, 17, 100, 200, 3, 44, 91, 250, 12, 7, 300, 2, 64, 128, 33, 9, 101]
@@ -29,19 +26,6 @@ IDS = [5, 17, 100, 200, 3, 44, 91, 250, 12, 7, 300, 2, 64, 128, 33, 9, 101]
 
 def tolerance(fmt: str) -> float:
     return 1e-4 if fmt in ("hf", "model-F32.gguf") else 5e-3
-
-
-def reference(path: Path, ids):
-    return hf_logits(path, ids) if path.is_dir() else gguf_logits(path, ids)
-
-
-def load(path: Path):
-    return load_source(resolve(str(path)))
-
-
-def fresh_cache(loaded, n=64):
-    c = loaded.config
-    return KVCache(c.n_layers, c.n_kv_heads, c.head_dim, n)
 
 
 def test_tiny_models_exercise_the_features():

@@ -1,6 +1,5 @@
 """forward_packed: several sequences (prefill chunks and single decode tokens) in one forward, each against its
 own KV cache, give each sequence's transformers logits (tests/reference.py, float64, on the same weights)."""
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,8 +8,8 @@ from engine.hub import resolve
 from engine.kvcache import KVCache
 from engine.loader import load_source
 from reference import gguf_logits
+from tiny_models import TINY
 
-TINY = Path(__file__).parent.parent / "fixtures" / "tiny"
 SEQS = [[5, 17, 100, 200, 3, 44, 91, 250, 12], [7, 300, 2, 64, 128], [33, 9, 101, 8, 60, 61]]
 PREFILLED = [6, 0, 5]  # positions each cache holds before the packed step
 

@@ -5,44 +5,28 @@ llama.cpp's converter writes Mistral as arch `llama` without the window and llam
 attention; the GGUF files are checked against that (transformers LlamaForCausalLM on the gguf-py-dequantized
 weights), the safetensors directory against MistralForCausalLM with its window.
 """
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from engine.generate import GenerationStats, generate_tokens
-from engine.hub import resolve
-from engine.kvcache import KVCache
-from engine.loader import load_source
 from engine.sampler import SamplingParams
-from reference import gguf_logits, hf_greedy, hf_logits
+from reference import gguf_logits, hf_greedy
+from tiny_models import TINY, fresh_cache, load, reference
 
-TINY = Path(__file__).parent.parent / "fixtures" / "tiny" / "mistral"
+FIXTURE = TINY / "mistral"
 IDS = [5, 17, 100, 200, 3, 44, 91, 250, 12, 7, 300, 2, 64, 128, 33, 9, 101]  # 17 > window 6
 
 
-def load(path: Path):
-    return load_source(resolve(str(path)))
-
-
-def reference(path: Path, ids):
-    return hf_logits(path, ids) if path.is_dir() else gguf_logits(path, ids)
-
-
-def fresh_cache(loaded, n=64):
-    c = loaded.config
-    return KVCache(c.n_layers, c.n_kv_heads, c.head_dim, n)
-
-
 def test_tiny_mistral_has_a_window_shorter_than_the_tests():
-    hf, gg = load(TINY / "hf").config, load(TINY / "model-F32.gguf").config
+    hf, gg = load(FIXTURE / "hf").config, load(FIXTURE / "model-F32.gguf").config
     assert hf.arch == "mistral" and hf.sliding_window == 6 < len(IDS) and hf.is_sliding(0) and hf.is_sliding(1)
     assert gg.arch == "llama" and gg.sliding_window is None and gg.rope_interleaved
 
 
 @pytest.mark.parametrize("fmt,tol", [("hf", 1e-4), ("model-F32.gguf", 1e-4), ("model-Q8_0.gguf", 5e-3)])
 def test_logits_match_transformers(fmt, tol):
-    path = TINY / fmt
+    path = FIXTURE / fmt
     loaded = load(path)
     ours = loaded.model.forward(np.array(IDS), np.arange(len(IDS)), fresh_cache(loaded))
     ref = reference(path, IDS)
@@ -52,14 +36,14 @@ def test_logits_match_transformers(fmt, tol):
 
 def test_window_changes_the_logits():
     """The window matters for this prompt: with it, the HF model's logits differ from full attention's."""
-    ours = load(TINY / "hf").model.forward(np.array(IDS), np.arange(len(IDS)), fresh_cache(load(TINY / "hf")))
-    full = gguf_logits(TINY / "model-F32.gguf", IDS)
+    ours = load(FIXTURE / "hf").model.forward(np.array(IDS), np.arange(len(IDS)), fresh_cache(load(FIXTURE / "hf")))
+    full = gguf_logits(FIXTURE / "model-F32.gguf", IDS)
     assert np.abs(ours[:6] - full[:6]).max() < 1e-4 < np.abs(ours[6:] - full[6:]).max()
 
 
 def test_prefill_then_decode_equals_one_forward():
     """Chunks and single tokens against the cache, past the window, equal transformers' one forward."""
-    path = TINY / "hf"
+    path = FIXTURE / "hf"
     loaded = load(path)
     cache = fresh_cache(loaded)
     parts = [loaded.model.forward(np.array(IDS[:4]), np.arange(4), cache),
@@ -70,7 +54,7 @@ def test_prefill_then_decode_equals_one_forward():
 
 @pytest.mark.parametrize("fmt", ["hf", "model-Q8_0.gguf"])
 def test_32_greedy_tokens_identical(fmt):
-    path = TINY / fmt
+    path = FIXTURE / fmt
     loaded = load(path)
     prompt = IDS[:5]
     ours = list(generate_tokens(loaded.model, fresh_cache(loaded), prompt, SamplingParams(), 32, frozenset(),

@@ -1,0 +1,12 @@
+"""Fixtures shared by the kernel tests."""
+import numba
+import pytest
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    """Run the test with the compiled kernels on 1, then 2 threads."""
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(request.param, numba.config.NUMBA_NUM_THREADS))
+    yield
+    numba.set_num_threads(before)
