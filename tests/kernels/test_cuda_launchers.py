@@ -341,6 +341,22 @@ def test_decode_without_capture_falls_back(device, monkeypatch, caplog):
                                         - gguf_logits(TINY / "llama" / "model-Q8_0.gguf", ids)).max(), 5e-3)
 
 
+@pytest.mark.parametrize("arch,fmt,reason", [("gemma3", "model-Q8_0.gguf", "Gemma 3"),
+                                               ("llama", "model-F32.gguf", "float32 weight matrices")])
+def test_decode_graph_refuses_what_it_does_not_cover(device, arch, fmt, reason):
+    """No graph step for these: decode() hands the token back to the ordinary forward before launching anything."""
+    from engine.hub import resolve
+    from engine.kvcache import KVCache
+    from engine.loader import load_source
+    loaded = load_source(resolve(str(TINY / arch / fmt)))
+    cuda.upload(loaded.model)
+    c = loaded.config
+    cache = KVCache(c.n_layers, c.n_kv_heads, c.head_dim, 4)
+    assert reason in cuda_graph.unsupported(loaded.model)
+    assert cuda_graph.decode(loaded.model, cache, 5, 0) is None and cache.length == 0
+    assert reason in cuda_graph.describe()
+
+
 def test_standin_capture_records_and_forbids(device):
     """What the graph tests rely on: captured launches are recorded, not run, and replay with the arguments' current
     contents; allocations, host copies, CuPy operations and syncs inside a capture fail."""
