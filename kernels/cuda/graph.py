@@ -1,6 +1,6 @@
 """The one-token decode step of a model on the GPU captured as a CUDA graph, replayed for every next token.
 
-A small model's decode step is some ten kernel launches a layer, each too short to hide CuPy's launch cost; a
+A small model's decode step is some sixteen kernel launches a layer, each too short to hide CuPy's launch cost; a
 graph launches them all at once. A graph replays fixed arguments, so everything that changes between tokens is read
 from device memory: `io` holds the token id and its position, and the kernels that depend on them take a pointer
 (the embedding gather, `rope_table`, `kv_store`, `attention_decode`). Every other argument is a buffer allocated
