@@ -72,30 +72,37 @@ def test_send_stream_stop_regenerate_reload(server, browser):
     find(By.ID, "input").send_keys("Hello *there*")
     find(By.ID, "send").click()
 
+    def texts(selector: str) -> list[str]:  # read in one script: the page re-renders messages as they stream
+        return browser.execute_script("return [...document.querySelectorAll(arguments[0])].map(e => e.innerText)",
+                                      selector)
+
     def answer() -> str:
-        found = browser.find_elements(By.CSS_SELECTOR, ".message.assistant .content")
-        return found[-1].text if found else ""
+        return (texts(".message.assistant .content") or [""])[-1]
+
+    def stats() -> str:
+        return (texts(".message.assistant .stats") or [""])[-1]
 
     first = wait_for(answer)
     wait_for(lambda: len(answer()) > len(first))  # it streams: the answer grows while we watch
-    assert find(By.CSS_SELECTOR, ".message.user").text == "Hello *there*"
+    assert texts(".message.user") == ["Hello *there*"]
     find(By.ID, "stop").click()
-    stats = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, ".message.assistant .stats")[-1].text)
-    assert "cancelled" in stats and "tok/s" in stats
-    stopped = answer()
+    shown = wait_for(stats)
+    assert "cancelled" in shown and "tok/s" in shown
+    last_answer = "return state.messages[state.messages.length - 1].content"  # the text, before markdown
+    stopped = browser.execute_script(last_answer)
     assert stopped and not find(By.ID, "send").get_attribute("disabled")
 
     find(By.ID, "regenerate").click()
-    wait_for(lambda: "length" in browser.find_elements(By.CSS_SELECTOR, ".message.assistant .stats")[-1].text,
-             timeout=60)
-    regenerated = answer()
+    wait_for(lambda: "length" in stats(), timeout=60)
+    regenerated = browser.execute_script(last_answer)
     assert regenerated.startswith(stopped) and len(regenerated) > len(stopped)  # greedy: the same start, finished
+    shown = answer()
 
     browser.refresh()
-    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#sessions li.active"))
-    assert find(By.CSS_SELECTOR, "#sessions li.active .name").text == "Hello *there*"
-    wait_for(lambda: answer() == regenerated)
-    assert [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".message.user")] == ["Hello *there*"]
+    wait_for(lambda: texts("#sessions li.active .name") == ["Hello *there*"])
+    wait_for(lambda: answer() == shown)
+    assert browser.execute_script(last_answer) == regenerated
+    assert texts(".message.user") == ["Hello *there*"]
 
 
 def test_markdown_is_rendered_and_escaped(server, browser):
