@@ -3,6 +3,7 @@
     hf_logits(hf_dir, ids)      -> float64 [T, V]   transformers, float64, eager attention, one forward
     gguf_logits(gguf_path, ids) -> float64 [T, V]   transformers (float64) on the gguf-py-dequantized weights
     hf_greedy(path, ids, n)     -> list[int]        plain argmax loop over full forwards (no generate())
+    torch_attention(q, k, v, start, window, scale) -> float64 [T, H, Dh]   torch SDPA with transformers' masks
 
 `path` for hf_greedy is an HF model directory or a .gguf file.
 
@@ -270,3 +271,21 @@ def hf_greedy(path, ids, n: int) -> list[int]:
         out.append(nxt)
         toks.append(nxt)
     return out
+
+
+def torch_attention(q, k, v, start: int, window: int | None = None, scale: float | None = None) -> np.ndarray:
+    """Causal grouped-query attention by torch SDPA (float64) with transformers' causal / sliding-window mask
+    functions (masking_utils, as Mistral and Gemma 3 use them). q: [T, H, Dh] at positions start..start+T-1;
+    k, v: [H_kv, S, Dh] with S >= start + T (positions past the queries are ignored) → [T, H, Dh]."""
+    import torch
+    from transformers.masking_utils import causal_mask_function, sliding_window_overlay
+    t = q.shape[0]
+    s = start + t
+    q64, k64, v64 = (torch.from_numpy(np.asarray(a, dtype=np.float64)) for a in (q, k[:, :s], v[:, :s]))
+    qp, kp = torch.arange(start, s)[:, None], torch.arange(s)[None, :]
+    mask = causal_mask_function(0, 0, qp, kp)
+    if window is not None:
+        mask &= sliding_window_overlay(window)(0, 0, qp, kp)
+    out = torch.nn.functional.scaled_dot_product_attention(q64.transpose(0, 1)[None], k64[None], v64[None],
+                                                           attn_mask=mask, enable_gqa=True, scale=scale)
+    return out[0].transpose(0, 1).numpy()

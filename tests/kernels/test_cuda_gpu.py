@@ -4,7 +4,6 @@ against CuPy launches, and tiny models loaded with device="cuda" against transfo
 These have not run in this project's CI (no GPU there); the kernels themselves are exercised on the CPU by
 tests/kernels/test_cuda_kernels.py and the launchers by tests/kernels/test_cuda_launchers.py.
 """
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,10 +14,11 @@ from gguf import quants as gq
 from kernels import backend, cuda, ops
 from kernels.qtensor import QTensor
 from quant_blocks import make_blocks
+from reference import torch_attention
+from tiny_models import TINY
 
 pytestmark = pytest.mark.skipif(not cuda.available(), reason="no CUDA GPU (CuPy with a device) on this machine")
 TYPES = sorted(cuda.KERNEL_BLOCKS)
-TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny"
 
 
 @pytest.fixture
@@ -84,12 +84,7 @@ def test_attention(cp, t, start, window):
     q = rng.standard_normal((t, h, dh)).astype(np.float32)
     k, v = rng.standard_normal((2, h_kv, s_max, dh)).astype(np.float32)
     out = ops.attention(cp.asarray(q), cp.asarray(k), cp.asarray(v), start, window).get()
-    s = start + t
-    qp, kp = torch.arange(start, s)[:, None], torch.arange(s)[None, :]
-    mask = (kp <= qp) & ((kp > qp - window) if window else True)
-    kk, vv = (torch.from_numpy(a[:, :s]).repeat_interleave(h // h_kv, 0) for a in (k, v))
-    ref = torch.nn.functional.scaled_dot_product_attention(torch.from_numpy(q).transpose(0, 1), kk, vv,
-                                                           attn_mask=mask).transpose(0, 1)
+    ref = torch_attention(q, k, v, start, window)
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
 
 
@@ -139,11 +134,7 @@ def test_decode_step_kernels(cp):
     for window in (None, 64):
         out = cp.empty((1, h, dh), cp.float32)
         cuda.attention_decode(cp.asarray(q), k_d, v_d, pos_d, window, 1 / np.sqrt(dh), out)
-        kp = torch.arange(pos + 1)[None, :]
-        mask = (kp <= pos) & ((kp > pos - window) if window else True)
-        kk, vv = (torch.from_numpy(a[:, :pos + 1]).repeat_interleave(h // h_kv, 0) for a in (k, v))
-        ref = torch.nn.functional.scaled_dot_product_attention(torch.from_numpy(q).transpose(0, 1), kk, vv,
-                                                               attn_mask=mask).transpose(0, 1)
+        ref = torch_attention(q, k, v, pos, window)
         np.testing.assert_allclose(out.get(), ref, rtol=1e-4, atol=1e-5)
     x, y = rng.standard_normal((2, 1000)).astype(np.float32)
     out = cp.empty(1000, cp.float32)

@@ -12,7 +12,6 @@ transformers (tests/reference.py), independent of the engine.
 import shutil
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,9 +26,10 @@ from kernels.cuda import graph as cuda_graph
 from kernels.qtensor import QTensor
 from kernels.quants import GGMLType
 from quant_blocks import make_blocks
+from reference import torch_attention
+from tiny_models import TINY, load
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is needed to run kernels on the CPU")
-TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny"
 
 
 class CaptureViolation(AssertionError):
@@ -259,21 +259,14 @@ def test_attention_on_cache_layers(device, t, start, window):
     q = rng.standard_normal((t, h, dh)).astype(np.float32)
     k, v = rng.standard_normal((2, h_kv, s_max, dh)).astype(np.float32)
     out = cuda.attention(on_device(q), on_device(k), on_device(v), start, window, 1 / np.sqrt(dh))
-    s = start + t
-    qp, kp = torch.arange(start, s)[:, None], torch.arange(s)[None, :]
-    mask = (kp <= qp) & ((kp > qp - window) if window else True)
-    kk, vv = (torch.from_numpy(a[:, :s]).repeat_interleave(h // h_kv, 0) for a in (k, v))
-    ref = torch.nn.functional.scaled_dot_product_attention(torch.from_numpy(q).transpose(0, 1), kk, vv,
-                                                           attn_mask=mask).transpose(0, 1)
+    ref = torch_attention(q, k, v, start, window)
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
     assert cuda.attention(on_device(q[..., :48]), on_device(k[..., :48]), on_device(v[..., :48]), start, window,
                           0.1) is None  # Dh not a multiple of 32: the array code runs instead
 
 
 def test_upload_moves_every_weight_once(device):
-    from engine.hub import resolve
-    from engine.loader import load_source
-    model = load_source(resolve(str(TINY / "qwen2" / "model-Q8_0.gguf"))).model  # tied output matrix
+    model = load(TINY / "qwen2" / "model-Q8_0.gguf").model  # tied output matrix
     cuda.upload(model)
     weights = [model.tok_embd, model.output_norm] + [w for layer in model.layers for w in layer.values()]
     assert all(isinstance(w.raw if isinstance(w, QTensor) else w, DeviceArray) for w in weights)
@@ -281,9 +274,7 @@ def test_upload_moves_every_weight_once(device):
 
 
 def load_tiny(arch):
-    from engine.hub import resolve
-    from engine.loader import load_source
-    loaded = load_source(resolve(str(TINY / arch / "model-Q8_0.gguf")))
+    loaded = load(TINY / arch / "model-Q8_0.gguf")
     cuda.upload(loaded.model)
     return loaded.model, loaded.config
 
@@ -345,10 +336,8 @@ def test_decode_without_capture_falls_back(device, monkeypatch, caplog):
                                                ("llama", "model-F32.gguf", "float32 weight matrices")])
 def test_decode_graph_refuses_what_it_does_not_cover(device, arch, fmt, reason):
     """No graph step for these: decode() hands the token back to the ordinary forward before launching anything."""
-    from engine.hub import resolve
     from engine.kvcache import KVCache
-    from engine.loader import load_source
-    loaded = load_source(resolve(str(TINY / arch / fmt)))
+    loaded = load(TINY / arch / fmt)
     cuda.upload(loaded.model)
     c = loaded.config
     cache = KVCache(c.n_layers, c.n_kv_heads, c.head_dim, 4)

@@ -5,13 +5,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig
-from transformers.masking_utils import causal_mask_function, sliding_window_overlay
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from kernels import ops
 from kernels.qtensor import QTensor
 from kernels.quants import GGMLType
+from reference import torch_attention
 
 rng = np.random.default_rng(0)
 
@@ -120,21 +120,6 @@ def _unpermute_heads(y):
     """Reorder each head's features (i, i + Dh/2) → (2i, 2i + 1), the order of permuted outputs."""
     T, H, Dh = y.shape
     return y.reshape(T, H, 2, Dh // 2).swapaxes(2, 3).reshape(T, H, Dh)
-
-
-def torch_attention(q, k, v, start, window=None, scale=None):
-    """q: [T, H, Dh]; k, v: [H_kv, S, Dh] → [T, H, Dh] with torch SDPA and transformers' causal / sliding-window
-    mask functions (masking_utils, as Mistral and Gemma 3 use them)."""
-    T, H, Dh = q.shape
-    H_kv, S, _ = k.shape
-    qp = torch.arange(start, start + T)[:, None]
-    kp = torch.arange(S)[None, :]
-    mask = causal_mask_function(0, 0, qp, kp)
-    if window is not None:
-        mask &= sliding_window_overlay(window)(0, 0, qp, kp)
-    out = F.scaled_dot_product_attention(t(q).transpose(0, 1)[None], t(k)[None], t(v)[None], attn_mask=mask,
-                                         enable_gqa=True, scale=scale)
-    return out[0].transpose(0, 1).numpy()
 
 
 @pytest.mark.parametrize("T,start,H,H_kv,window", [
