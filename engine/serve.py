@@ -19,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "recently used caches are dropped and recomputed when needed)")
     p.add_argument("--ctx-size", type=int, default=None, help="context length per sequence (default: the model's)")
     p.add_argument("--threads", type=int, default=None, help="worker threads (default: ENGINE_THREADS or all cores)")
+    p.add_argument("--activations", choices=("float32", "int8"), default=None,
+                   help="one-token mat-vec activations: float32 (default, exact) or int8 (opt-in, faster)")
     return p
 
 
@@ -29,7 +31,7 @@ def main(argv=None) -> int:
     import engine
     from engine.server import create_app
     try:
-        llm = engine.load(args.model, n_ctx=args.ctx_size, threads=args.threads)
+        llm = engine.load(args.model, n_ctx=args.ctx_size, threads=args.threads, activations=args.activations)
         app = create_app(llm, max_batch=args.max_batch, max_queue=args.max_queue,
                          kv_budget=int(args.kv_budget * (1 << 20)))
     except EngineError as e:

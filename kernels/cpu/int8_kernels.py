@@ -6,13 +6,13 @@ block is dotted in integers and scaled once.
 so Σ_k W[n, k]·x[k] ≈ Σ_b d_w · xd[b] · Σ_j q_w[j]·xq[32b + j] (+ min terms m_w · xs[b], xs[b] = xd[b]·Σ_j xq).
 The error against the float32 path is at most Σ_k |W[n, k]| · xd[b(k)] / 2 (each activation is off by at most
 half a step); tests/kernels/test_int8_kernels.py checks that bound. Q8_0, Q4_0, Q4_1, Q4_K and Q6_K have integer
-row dots (kernels/cpu/simd.py); other types use the float dot of kernels/cpu/quant_kernels.py in the same launch.
+row dots (kernels/cpu/simd.py, whole row ranges per call); other types use the float dot of kernels/cpu/quant_kernels.py in the same launch.
 """
 import numpy as np
 from numba import njit, prange
 
 from kernels.cpu.quant_kernels import CHUNKS, Q4_0, Q4_1, Q4_K, Q6_K, Q8_0, dot_row
-from kernels.cpu.simd import int8_row_q4_0, int8_row_q4_1, int8_row_q4_k, int8_row_q6_k, int8_row_q8_0
+from kernels.cpu.simd import int8_rows_q4_0, int8_rows_q4_1, int8_rows_q4_k, int8_rows_q6_k, int8_rows_q8_0
 
 INT8_TYPES = (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K)
 
@@ -36,22 +36,20 @@ def quantize_activations(x, xq, xd, xs):
 
 
 @njit(cache=True)
-def idot_row(t, row, xq, xd, xs, acc):
-    """Σ_k W_row[k]·x[k] for a row of type t in INT8_TYPES against quantized activations. acc: [8] float32
-    scratch (zeroed here)."""
-    acc[:] = 0.0
+def idot_rows(t, raw, r0, r1, xq, xd, xs, out):
+    """out[r] = Σ_k W[r, k]·x[k] for rows r0 <= r < r1 of raw ([N, row_bytes] uint8, type t in INT8_TYPES)
+    against the quantized activations."""
     k = xq.shape[0]
     if t == Q8_0:
-        int8_row_q8_0(acc, row, xq, xd, xs, k // 32)
+        int8_rows_q8_0(out, raw, r0, r1, xq, xd, xs, k // 32)
     elif t == Q4_0:
-        int8_row_q4_0(acc, row, xq, xd, xs, k // 32)
+        int8_rows_q4_0(out, raw, r0, r1, xq, xd, xs, k // 32)
     elif t == Q4_1:
-        int8_row_q4_1(acc, row, xq, xd, xs, k // 32)
+        int8_rows_q4_1(out, raw, r0, r1, xq, xd, xs, k // 32)
     elif t == Q4_K:
-        int8_row_q4_k(acc, row, xq, xd, xs, k // 256)
+        int8_rows_q4_k(out, raw, r0, r1, xq, xd, xs, k // 256)
     else:
-        int8_row_q6_k(acc, row, xq, xd, xs, k // 256)
-    return acc.sum()
+        int8_rows_q6_k(out, raw, r0, r1, xq, xd, xs, k // 256)
 
 
 @njit(parallel=True, cache=True)
@@ -63,12 +61,11 @@ def matvec_int8(raws, types, x, xq, xd, xs, outs):
         i, part = c // CHUNKS, c % CHUNKS
         raw, out, t = raws[i], outs[i], types[i]
         n = raw.shape[0]
-        integer = t == Q8_0 or t == Q4_0 or t == Q4_1 or t == Q4_K or t == Q6_K
-        acc8 = np.empty(8, np.float32)
-        acc = np.empty(32, np.float32)
-        buf = np.empty(k, np.float32)
-        for r in range(part * n // CHUNKS, (part + 1) * n // CHUNKS):
-            if integer:
-                out[r] = idot_row(t, raw[r], xq, xd, xs, acc8)
-            else:
+        r0, r1 = part * n // CHUNKS, (part + 1) * n // CHUNKS
+        if t == Q8_0 or t == Q4_0 or t == Q4_1 or t == Q4_K or t == Q6_K:
+            idot_rows(t, raw, r0, r1, xq, xd, xs, out)
+        else:
+            acc = np.empty(32, np.float32)
+            buf = np.empty(k, np.float32)
+            for r in range(r0, r1):
                 out[r] = dot_row(t, raw[r], x, acc, buf)

@@ -172,8 +172,8 @@ fma_six_bit_16 = _primitive(["acc", "row", "lo", "hi", "h", "x", "xo", "s0", "s1
 
 # --- Integer dot products against int8 activations (the opt-in int8 path, kernels/cpu/int8_kernels.py) ---
 #
-# int8_row_<type>(acc, row, xq, xd, xs, n) adds a whole row of n blocks to the float32 sums acc[0:8]: per block
-# of 32 values, Σ_j q[j]·xq[j] in integers (16-bit pair sums, then 32-bit quads: x86's pmaddubsw + pmaddwd),
+# int8_rows_<type>(out, raw, r0, r1, xq, xd, xs, n) sets out[r] for rows r0 <= r < r1 of raw (n blocks each):
+# per block of 32 values, Σ_j q[j]·xq[j] in integers (16-bit pair sums, then 32-bit quads: x86's pmaddubsw + pmaddwd),
 # times the block's float scale d_w·xd[b]; min terms use xs[b] = xd[b]·Σ_j xq[j]. No integer sum can overflow:
 # the unsigned operand is at most 128 (|q|, or 4-6-bit q with the offset subtracted after) and |xq| ≤ 127.
 
@@ -255,14 +255,19 @@ def _loop(blk, count, carried, body):
 
 
 class _Row:
-    """Loads for the row-level integer dots: row bytes at i64 offsets, f16 scales, activations, steps."""
+    """Loads for the integer row dots: the current row's bytes at i64 offsets, f16 scales, activations, steps."""
 
-    def __init__(self, blk):
+    def __init__(self, blk, row_data):
+        """row_data: i8* to the current row's first byte."""
         self.blk, self.b = blk, blk.builder
+        self.data = {name: self.array(name).data for name in ("xq", "xd", "xs")}
+        self.data["row"] = row_data
+
+    def array(self, name):
+        return self.blk.context.make_array(self.blk.types[name])(self.blk.context, self.b, self.blk.args[name])
 
     def at(self, name, offset, elem, n=1):
-        data = self.blk.context.make_array(self.blk.types[name])(self.blk.context, self.b, self.blk.args[name]).data
-        ptr = self.b.gep(data, [offset])
+        ptr = self.b.gep(self.data[name], [offset])
         return self.b.load(self.b.bitcast(ptr, (elem if n == 1 else _vec(elem, n)).as_pointer()), align=1)
 
     def f16(self, offset):
@@ -292,26 +297,38 @@ def _i64(b, value, times=1, plus=0):
     return b.add(v, ir.Constant(_I64, plus)) if plus else v
 
 
-def _row_primitive(step):
-    """A row-level integer dot: acc[0:8] += Σ over the row's blocks of step(row, i, acc), two accumulators
-    alternating so consecutive blocks do not wait on each other."""
+def _rows_primitive(step):
+    """out[r] = Σ over the n blocks of row r of `raw` of step(row, i, acc), for r0 <= r < r1: two accumulators
+    alternating so consecutive blocks do not wait on each other, then one horizontal sum per row."""
     def body(blk):
         b = blk.builder
-        acc_ptr = blk.pointer("acc", ir.Constant(_I64, 0), _F32, 8)
-        row = _Row(blk)
+        raw = blk.context.make_array(blk.types["raw"])(blk.context, b, blk.args["raw"])
+        stride = cgutils.unpack_tuple(b, raw.strides, 2)[0]
+        out = blk.context.make_array(blk.types["out"])(blk.context, b, blk.args["out"]).data
         n = blk.args["n"]
         pairs = b.sdiv(n, ir.Constant(_I64, 2))
         zero = ir.Constant(_vec(_F32, 8), [0.0] * 8)
 
-        def two(i, accs):
-            return [step(row, _i64(b, i, 2), accs[0]), step(row, _i64(b, i, 2, 1), accs[1])]
+        def one_row(r, _):
+            row = _Row(blk, b.gep(b.bitcast(raw.data, _I8.as_pointer()), [b.mul(r, stride)]))
 
-        a0, a1 = _loop(blk, pairs, [b.load(acc_ptr, align=4), zero], two)
-        (a0,) = _loop(blk, b.sub(n, _i64(b, pairs, 2)), [a0], lambda i, accs: [step(row, b.add(_i64(b, pairs, 2), i),
-                                                                                     accs[0])])
-        b.store(b.fadd(a0, a1), acc_ptr, align=4)
+            def two(i, accs):
+                return [step(row, _i64(b, i, 2), accs[0]), step(row, _i64(b, i, 2, 1), accs[1])]
+
+            a0, a1 = _loop(blk, pairs, [zero, zero], two)
+            (a0,) = _loop(blk, b.sub(n, _i64(b, pairs, 2)), [a0],
+                          lambda i, accs: [step(row, b.add(_i64(b, pairs, 2), i), accs[0])])
+            total = b.fadd(a0, a1)
+            lanes = [b.extract_element(total, ir.Constant(_I32, j)) for j in range(8)]
+            while len(lanes) > 1:
+                lanes = [b.fadd(lanes[j], lanes[j + 1]) for j in range(0, len(lanes), 2)]
+            b.store(lanes[0], b.gep(out, [r]))
+            return []
+
+        first = blk.args["r0"]
+        _loop(blk, b.sub(blk.args["r1"], first), [], lambda i, _: one_row(b.add(first, i), _))
         return blk.context.get_dummy_value()
-    return _primitive(["acc", "row", "xq", "xd", "xs", "n"], body)
+    return _primitive(["out", "raw", "r0", "r1", "xq", "xd", "xs", "n"], body)
 
 
 def _q8_0_block(row, i, acc):
@@ -416,9 +433,9 @@ def _q6_k_block(row, i, acc):
     return acc
 
 
-int8_row_q8_0 = _row_primitive(_q8_0_block)
-int8_row_q4_0 = _row_primitive(_nibble_block(18, 8))
-int8_row_q4_1 = _row_primitive(_nibble_block(20, 0))
-int8_row_q4_k = _row_primitive(_q4_k_block)
-int8_row_q6_k = _row_primitive(_q6_k_block)
+int8_rows_q8_0 = _rows_primitive(_q8_0_block)
+int8_rows_q4_0 = _rows_primitive(_nibble_block(18, 8))
+int8_rows_q4_1 = _rows_primitive(_nibble_block(20, 0))
+int8_rows_q4_k = _rows_primitive(_q4_k_block)
+int8_rows_q6_k = _rows_primitive(_q6_k_block)
 
