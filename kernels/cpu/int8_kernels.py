@@ -11,7 +11,7 @@ row dots (kernels/cpu/simd.py, whole row ranges per call); other types use the f
 import numpy as np
 from numba import njit, prange
 
-from kernels.cpu.quant_kernels import CHUNKS, Q4_0, Q4_1, Q4_K, Q6_K, Q8_0, dot_row
+from kernels.cpu.quant_kernels import CHUNKS, Q4_0, Q4_1, Q4_K, Q6_K, Q8_0, block_sums, dot_rows
 from kernels.cpu.simd import int8_rows_q4_0, int8_rows_q4_1, int8_rows_q4_k, int8_rows_q6_k, int8_rows_q8_0
 
 INT8_TYPES = (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K)
@@ -56,7 +56,8 @@ def idot_rows(t, raw, r0, r1, xq, xd, xs, out):
 def matvec_int8(raws, types, x, xq, xd, xs, outs):
     """quant_kernels.matvec with int8 activations for the types in INT8_TYPES (x quantized by
     quantize_activations into xq, xd, xs); other types use the float dot against x."""
-    k = x.shape[0]
+    xsum = np.empty(x.shape[0] // 32, np.float32)
+    block_sums(x, xsum)
     for c in prange(len(raws) * CHUNKS):
         i, part = c // CHUNKS, c % CHUNKS
         raw, out, t = raws[i], outs[i], types[i]
@@ -65,7 +66,4 @@ def matvec_int8(raws, types, x, xq, xd, xs, outs):
         if t == Q8_0 or t == Q4_0 or t == Q4_1 or t == Q4_K or t == Q6_K:
             idot_rows(t, raw, r0, r1, xq, xd, xs, out)
         else:
-            acc = np.empty(32, np.float32)
-            buf = np.empty(k, np.float32)
-            for r in range(r0, r1):
-                out[r] = dot_row(t, raw[r], x, acc, buf)
+            dot_rows(t, raw, r0, r1, x, xsum, out)

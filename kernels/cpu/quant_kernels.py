@@ -1,17 +1,17 @@
 """Compiled (numba) kernels over GGUF blocks: dequantize rows, and the fused dequantize-and-dot mat-vec.
 
-One `_row_<type>(row, out)` per type turns a row of stored blocks (uint8) into float32; the mat-vec and the tile
-dequantizer call it per row, spread over rows on all threads. kernels/quants.py holds the NumPy twins and the
-block layouts; the tests check both agree. Activations stay float32: no activation quantization here. The fused dot of the quantized
-types is built from the explicit-vector primitives of kernels/cpu/simd.py.
+One `_row_<type>(row, out)` per type turns a row of stored blocks (uint8) into float32 (prefill tiles, embedding
+rows, F16/BF16 dots). The mat-vec runs the fused row loops of kernels/cpu/simd.py on ranges of rows spread over
+all threads, activations in float32. kernels/quants.py holds the NumPy twins and the block layouts; the tests
+check both agree.
 
 f16 scales are read through a 65536-entry table (as ggml does), so no float16 arithmetic is needed.
 """
 import numpy as np
 from numba import njit, prange
 
-from kernels.cpu.simd import (fma_five_bit_16, fma_five_bit_32, fma_int8_32, fma_nibbles_16, fma_nibbles_32,
-                              fma_six_bit_16)
+from kernels.cpu.simd import (float_rows_q4_0, float_rows_q4_1, float_rows_q4_k, float_rows_q5_0, float_rows_q5_1,
+                              float_rows_q5_k, float_rows_q6_k, float_rows_q8_0)
 from kernels.quants import GGMLType
 
 F16_TABLE = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
@@ -188,87 +188,6 @@ def _i8(v):
 
 
 @njit(cache=True)
-def _dot_q8_0(row, x, acc):
-    for b in range(x.shape[0] // 32):
-        o = b * 34
-        fma_int8_32(acc, row, o + 2, x, b * 32, _f16(row, o))
-
-
-@njit(cache=True)
-def _dot_q4_0(row, x, acc):
-    for b in range(x.shape[0] // 32):
-        o = b * 18
-        d = _f16(row, o)
-        m = np.float32(-8.0) * d
-        fma_nibbles_16(acc, row, o + 2, x, b * 32, b * 32 + 16, d, m, d, m)
-
-
-@njit(cache=True)
-def _dot_q4_1(row, x, acc):
-    for b in range(x.shape[0] // 32):
-        o = b * 20
-        d, m = _f16(row, o), _f16(row, o + 2)
-        fma_nibbles_16(acc, row, o + 4, x, b * 32, b * 32 + 16, d, m, d, m)
-
-
-@njit(cache=True)
-def _dot_q5_0(row, x, acc):
-    for b in range(x.shape[0] // 32):
-        o = b * 22
-        d = _f16(row, o)
-        m = np.float32(-16.0) * d
-        fma_five_bit_16(acc, row, o + 6, _u32(row, o + 2), x, b * 32, b * 32 + 16, d, m, d, m)
-
-
-@njit(cache=True)
-def _dot_q5_1(row, x, acc):
-    for b in range(x.shape[0] // 32):
-        o = b * 24
-        d, m = _f16(row, o), _f16(row, o + 2)
-        fma_five_bit_16(acc, row, o + 8, _u32(row, o + 4), x, b * 32, b * 32 + 16, d, m, d, m)
-
-
-@njit(cache=True)
-def _dot_q4_k(row, x, acc):
-    for b in range(x.shape[0] // 256):
-        o = b * 144
-        d, dmin = _f16(row, o), _f16(row, o + 2)
-        for i in range(4):
-            sc1, m1 = _scale_min_k4(row, o + 4, 2 * i)
-            sc2, m2 = _scale_min_k4(row, o + 4, 2 * i + 1)
-            y = b * 256 + 64 * i
-            fma_nibbles_32(acc, row, o + 16 + 32 * i, x, y, y + 32, d * np.float32(sc1), -(dmin * np.float32(m1)),
-                           d * np.float32(sc2), -(dmin * np.float32(m2)))
-
-
-@njit(cache=True)
-def _dot_q5_k(row, x, acc):
-    for b in range(x.shape[0] // 256):
-        o = b * 176
-        d, dmin = _f16(row, o), _f16(row, o + 2)
-        for i in range(4):
-            sc1, m1 = _scale_min_k4(row, o + 4, 2 * i)
-            sc2, m2 = _scale_min_k4(row, o + 4, 2 * i + 1)
-            y = b * 256 + 64 * i
-            fma_five_bit_32(acc, row, o + 48 + 32 * i, o + 16, 2 * i, x, y, y + 32, d * np.float32(sc1),
-                            -(dmin * np.float32(m1)), d * np.float32(sc2), -(dmin * np.float32(m2)))
-
-
-@njit(cache=True)
-def _dot_q6_k(row, x, acc):
-    for b in range(x.shape[0] // 256):
-        o = b * 210
-        d = _f16(row, o + 208)
-        for n in range(2):
-            sc = o + 192 + 8 * n
-            for half in range(2):
-                fma_six_bit_16(acc, row, o + 64 * n + 16 * half, o + 64 * n + 32 + 16 * half,
-                               o + 128 + 32 * n + 16 * half, x, b * 256 + 128 * n + 16 * half,
-                               d * np.float32(_i8(row[sc + half])), d * np.float32(_i8(row[sc + half + 2])),
-                               d * np.float32(_i8(row[sc + half + 4])), d * np.float32(_i8(row[sc + half + 6])))
-
-
-@njit(cache=True)
 def dequantize_row(t, row, out):
     """Dequantize one row of stored blocks (uint8) of GGML type t into out (float32, row length)."""
     if t == Q8_0:
@@ -293,34 +212,46 @@ def dequantize_row(t, row, out):
         _row_bf16(row, out)
 
 
-@njit(cache=True, fastmath=True)
-def dot_row(t, row, x, acc, buf):
-    """Σ_k W_row[k]·x[k] for one stored row of type t. acc: [32] float32 scratch (zeroed here); buf: [K] float32
-    scratch used by the 16-bit types, which are converted first and then dotted."""
-    acc[:] = 0.0
-    if t == Q8_0:
-        _dot_q8_0(row, x, acc)
-    elif t == Q4_0:
-        _dot_q4_0(row, x, acc)
-    elif t == Q4_1:
-        _dot_q4_1(row, x, acc)
-    elif t == Q5_0:
-        _dot_q5_0(row, x, acc)
-    elif t == Q5_1:
-        _dot_q5_1(row, x, acc)
-    elif t == Q4_K:
-        _dot_q4_k(row, x, acc)
-    elif t == Q5_K:
-        _dot_q5_k(row, x, acc)
-    elif t == Q6_K:
-        _dot_q6_k(row, x, acc)
-    else:
-        dequantize_row(t, row, buf)
+@njit(cache=True)
+def block_sums(x, out):
+    """out[b] = Σ_j x[32b + j]: x: [K] float32 → out: [K/32] float32 (the min and offset terms of the dots)."""
+    for b in range(x.shape[0] // 32):
         total = np.float32(0.0)
-        for j in range(x.shape[0]):
-            total += buf[j] * x[j]
-        return total
-    return acc.sum()
+        for j in range(32):
+            total += x[32 * b + j]
+        out[b] = total
+
+
+@njit(cache=True, fastmath=True)
+def dot_rows(t, raw, r0, r1, x, xsum, out):
+    """out[r] = Σ_k W[r, k]·x[k] for rows r0 <= r < r1 of raw ([N, row_bytes] uint8 of type t); xsum: block_sums
+    of x. The quantized types run a fused row loop of kernels/cpu/simd.py; F16/BF16 rows are converted, then
+    dotted."""
+    k = x.shape[0]
+    if t == Q8_0:
+        float_rows_q8_0(out, raw, r0, r1, x, xsum, k // 32)
+    elif t == Q4_0:
+        float_rows_q4_0(out, raw, r0, r1, x, xsum, k // 32)
+    elif t == Q4_1:
+        float_rows_q4_1(out, raw, r0, r1, x, xsum, k // 32)
+    elif t == Q5_0:
+        float_rows_q5_0(out, raw, r0, r1, x, xsum, k // 32)
+    elif t == Q5_1:
+        float_rows_q5_1(out, raw, r0, r1, x, xsum, k // 32)
+    elif t == Q4_K:
+        float_rows_q4_k(out, raw, r0, r1, x, xsum, k // 256)
+    elif t == Q5_K:
+        float_rows_q5_k(out, raw, r0, r1, x, xsum, k // 256)
+    elif t == Q6_K:
+        float_rows_q6_k(out, raw, r0, r1, x, xsum, k // 256)
+    else:
+        buf = np.empty(k, np.float32)
+        for r in range(r0, r1):
+            dequantize_row(t, raw[r], buf)
+            total = np.float32(0.0)
+            for j in range(k):
+                total += buf[j] * x[j]
+            out[r] = total
 
 
 @njit(parallel=True, cache=True)
@@ -345,15 +276,12 @@ def matvec(raws, types, x, outs):
     """outs[i][n] = Σ_k W_i[n, k]·x[k] for several matrices sharing the input x, in one parallel launch.
 
     raws: tuple of [N_i, row_bytes_i] uint8; types: tuple of GGML type ids; x: [K] float32; outs: tuple of [N_i]
-    float32. Fused: each weight is unpacked in registers and multiplied into 32 running float32 sums, so every
+    float32. Fused: each weight is unpacked in registers and multiplied into running float32 sums, so every
     weight byte is read from memory once.
     """
-    k = x.shape[0]
+    xsum = np.empty(x.shape[0] // 32, np.float32)
+    block_sums(x, xsum)
     for c in prange(len(raws) * CHUNKS):
         i, part = c // CHUNKS, c % CHUNKS
-        raw, out = raws[i], outs[i]
-        n = raw.shape[0]
-        acc = np.empty(32, np.float32)
-        buf = np.empty(k, np.float32)
-        for r in range(part * n // CHUNKS, (part + 1) * n // CHUNKS):
-            out[r] = dot_row(types[i], raw[r], x, acc, buf)
+        n = raws[i].shape[0]
+        dot_rows(types[i], raws[i], part * n // CHUNKS, (part + 1) * n // CHUNKS, x, xsum, outs[i])

@@ -1,14 +1,13 @@
-"""Explicit-vector building blocks for the fused mat-vec, written as numba intrinsics in LLVM IR.
+"""The fused mat-vec's inner loops, written as numba intrinsics in LLVM IR with explicit vectors.
 
 numba's auto-vectorizer gives up on the unpack-and-accumulate loops of the quantized types (it keeps the running
-sums behind alias checks and falls back to scalar code); these emit the vector code directly: load a block's
-bytes as one vector, unpack with byte shifts and masks, widen to float32 and multiply-add into the float32 sums
-`acc` (32 lanes, loaded and stored once per call). LLVM lowers the generic vectors to what the CPU has (AVX2,
-AVX-512, NEON).
-
-Each primitive adds one or more terms, lane by lane for j < n (n = 32 or 16):
-    acc[j] += (d_t · q_t[j] + m_t) · x[xo_t + j]
-where q_t[j] is the j-th integer unpacked from `row` (uint8) as the primitive's docstring says.
+sums behind alias checks and falls back to scalar code). Each primitive here is a whole row-range loop,
+`<kind>_rows_<type>(out, raw, r0, r1, <activations>, n)`: for rows r0 <= r < r1 of raw ([N, row_bytes] uint8)
+it walks the row's n blocks, loads each block's bytes as one vector, unpacks them with byte shifts and masks,
+multiplies them with the activations into two 8-lane float32 accumulators held in registers, and stores
+out[r] = their sum. One block is one `_<kind>_<type>_block(row, i, acc) -> acc` below. Kinds: float32
+activations x (the default) and int8 activations (opt-in). LLVM lowers the generic vectors to what the CPU has
+(AVX2, AVX-512, NEON); two x86 integer instructions are called by name on AVX2 hosts.
 """
 import llvmlite.binding as llvm
 from llvmlite import ir
@@ -21,10 +20,10 @@ _FMA = ("contract",)  # let LLVM fuse multiply-adds
 
 
 class _Block:
-    """IR helpers bound to one intrinsic call: args by name, vector loads and arithmetic."""
+    """IR helpers bound to one intrinsic call: args by name and their numba types."""
 
     def __init__(self, context, builder, sig, args, names):
-        self.context, self.builder, self.n = context, builder, None
+        self.context, self.builder = context, builder
         self.types = dict(zip(names, sig.args))
         self.args = dict(zip(names, args))
 
@@ -33,47 +32,6 @@ class _Block:
         one = self.builder.insert_element(ir.Constant(vt, ir.Undefined), value, ir.Constant(_I32, 0))
         return self.builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined),
                                            ir.Constant(ir.VectorType(_I32, n), [0] * n))
-
-    def pointer(self, name, offset, elem, n):
-        """Pointer to <n x elem> at array `name`[offset]."""
-        data = self.context.make_array(self.types[name])(self.context, self.builder, self.args[name]).data
-        return self.builder.bitcast(self.builder.gep(data, [offset]), ir.VectorType(elem, n).as_pointer())
-
-    def offset(self, name, plus=0):
-        value = self.args[name]
-        return value if not plus else self.builder.add(value, ir.Constant(value.type, plus))
-
-    def bytes(self, offset, n, shift=0, mask=0xFF):
-        """(row[offset : offset+n] >> shift) & mask, as <n x i8> (shift, mask: Python ints)."""
-        b = self.builder
-        v = b.load(self.pointer("row", offset, _I8, n), align=1)
-        if shift:
-            v = b.lshr(v, self.splat(ir.Constant(_I8, shift), n))
-        if mask != 0xFF:
-            v = b.and_(v, self.splat(ir.Constant(_I8, mask), n))
-        return v
-
-    def widen(self, v, n, signed=False):
-        return (self.builder.sext if signed else self.builder.zext)(v, ir.VectorType(_I32, n))
-
-    def term(self, q, n, xo, d, m):
-        """(d·q + m) · x[xo : xo+n] for q: <n x i32>; d, m: float32 values (m may be None)."""
-        b = self.builder
-        w = b.fmul(b.sitofp(q, ir.VectorType(_F32, n)), self.splat(d, n), flags=_FMA)
-        if m is not None:
-            w = b.fadd(w, self.splat(m, n), flags=_FMA)
-        xv = b.load(self.pointer("x", xo, _F32, n), align=4)
-        return b.fmul(w, xv, flags=_FMA)
-
-    def accumulate(self, terms, n):
-        """acc[0:n] += Σ terms."""
-        b = self.builder
-        ptr = self.pointer("acc", ir.Constant(_I64, 0), _F32, n)
-        total = b.load(ptr, align=4)
-        for t in terms:
-            total = b.fadd(total, t, flags=_FMA)
-        b.store(total, ptr, align=4)
-        return self.context.get_dummy_value()
 
 
 def _primitive(names, body):
@@ -88,86 +46,6 @@ def _primitive(names, body):
     exec(f"def typer(typingctx, {params}):\n    return types.void({params}), codegen", scope)
     scope["typer"].__name__ = body.__name__
     return intrinsic(scope["typer"])
-
-
-def _int8_32(blk):
-    """Q8_0: q[j] = int8 row[o + j]; one term."""
-    q = blk.widen(blk.bytes(blk.offset("o"), 32), 32, signed=True)
-    return blk.accumulate([blk.term(q, 32, blk.offset("xo"), blk.args["d"], None)], 32)
-
-
-def _nibbles(n):
-    def nibbles(blk):
-        """Q4_0/Q4_1 (n=16), Q4_K (n=32): the n bytes at o; low nibbles pair with x[xo_lo:], high with
-        x[xo_hi:]."""
-        o = blk.offset("o")
-        lo = blk.widen(blk.bytes(o, n, 0, 15), n)
-        hi = blk.widen(blk.bytes(o, n, 4, 15), n)
-        a = blk.args
-        return blk.accumulate([blk.term(lo, n, a["xo_lo"], a["d_lo"], a["m_lo"]),
-                               blk.term(hi, n, a["xo_hi"], a["d_hi"], a["m_hi"])], n)
-    return nibbles
-
-
-def _five_bit_32(blk):
-    """Q5_K: nibbles as _nibbles(32) plus a fifth bit: bit `hbit` (low nibbles) and `hbit`+1 (high nibbles) of
-    the 32 bytes at h, as value 16."""
-    b, a = blk.builder, blk.args
-    o, h = blk.offset("o"), blk.offset("h")
-    hb = blk.widen(blk.bytes(h, 32), 32)
-    shift = b.trunc(a["hbit"], _I32)
-    one = blk.splat(ir.Constant(_I32, 1), 32)
-    lo_bit = b.and_(b.lshr(hb, blk.splat(shift, 32)), one)
-    hi_bit = b.and_(b.lshr(hb, blk.splat(b.add(shift, ir.Constant(_I32, 1)), 32)), one)
-    four = blk.splat(ir.Constant(_I32, 4), 32)
-    lo = b.or_(blk.widen(blk.bytes(o, 32, 0, 15), 32), b.shl(lo_bit, four))
-    hi = b.or_(blk.widen(blk.bytes(o, 32, 4, 15), 32), b.shl(hi_bit, four))
-    return blk.accumulate([blk.term(lo, 32, a["xo_lo"], a["d_lo"], a["m_lo"]),
-                           blk.term(hi, 32, a["xo_hi"], a["d_hi"], a["m_hi"])], 32)
-
-
-def _five_bit_16(blk):
-    """Q5_0/Q5_1: 16 bytes of nibbles at o and a 32-bit word qh of fifth bits: lane j of the low nibbles takes
-    bit j, lane j of the high nibbles bit j + 16, as value 16; low pair with x[xo_lo:], high with x[xo_hi:]."""
-    b, a = blk.builder, blk.args
-    qh = blk.splat(b.trunc(a["qh"], _I32), 16)
-    one, four = blk.splat(ir.Constant(_I32, 1), 16), blk.splat(ir.Constant(_I32, 4), 16)
-    terms = []
-    for shift, first_bit, xo, d, m in ((0, 0, "xo_lo", "d_lo", "m_lo"), (4, 16, "xo_hi", "d_hi", "m_hi")):
-        lanes = ir.Constant(ir.VectorType(_I32, 16), list(range(first_bit, first_bit + 16)))
-        bit = b.and_(b.lshr(qh, lanes), one)
-        q = b.or_(blk.widen(blk.bytes(blk.offset("o"), 16, shift, 15), 16), b.shl(bit, four))
-        terms.append(blk.term(q, 16, a[xo], a[d], a[m]))
-    return blk.accumulate(terms, 16)
-
-
-def _six_bit_16(blk):
-    """Q6_K: 64 values from 16 low-nibble bytes at `lo`, 16 at `hi` and 16 high-bit bytes at `h`:
-    group g = 0..3 is ((lo|hi|lo|hi)[j] >> (0|0|4|4)) & 15 | ((h[j] >> 2g) & 3) << 4, paired with x[xo + 32g:],
-    scale s_g and offset −32·s_g."""
-    b, a = blk.builder, blk.args
-    hb = blk.bytes(blk.offset("h"), 16)
-    terms = []
-    for g, (src, shift) in enumerate((("lo", 0), ("hi", 0), ("lo", 4), ("hi", 4))):
-        nib = blk.bytes(blk.offset(src), 16, shift, 15)
-        high = b.and_(b.lshr(hb, blk.splat(ir.Constant(_I8, 2 * g), 16)), blk.splat(ir.Constant(_I8, 3), 16))
-        q = blk.widen(b.or_(nib, b.shl(high, blk.splat(ir.Constant(_I8, 4), 16))), 16)
-        s = a[f"s{g}"]
-        m = b.fmul(s, ir.Constant(_F32, -32.0))
-        terms.append(blk.term(q, 16, b.add(a["xo"], ir.Constant(a["xo"].type, 32 * g)), s, m))
-    return blk.accumulate(terms, 16)
-
-
-fma_int8_32 = _primitive(["acc", "row", "o", "x", "xo", "d"], _int8_32)
-fma_nibbles_16 = _primitive(["acc", "row", "o", "x", "xo_lo", "xo_hi", "d_lo", "m_lo", "d_hi", "m_hi"],
-                            _nibbles(16))
-fma_nibbles_32 = _primitive(["acc", "row", "o", "x", "xo_lo", "xo_hi", "d_lo", "m_lo", "d_hi", "m_hi"],
-                            _nibbles(32))
-fma_five_bit_32 = _primitive(["acc", "row", "o", "h", "hbit", "x", "xo_lo", "xo_hi", "d_lo", "m_lo", "d_hi",
-                              "m_hi"], _five_bit_32)
-fma_five_bit_16 = _primitive(["acc", "row", "o", "qh", "x", "xo_lo", "xo_hi", "d_lo", "m_lo", "d_hi", "m_hi"],
-                             _five_bit_16)
-fma_six_bit_16 = _primitive(["acc", "row", "lo", "hi", "h", "x", "xo", "s0", "s1", "s2", "s3"], _six_bit_16)
 
 
 # --- Integer dot products against int8 activations (the opt-in int8 path, kernels/cpu/int8_kernels.py) ---
@@ -260,7 +138,7 @@ class _Row:
     def __init__(self, blk, row_data):
         """row_data: i8* to the current row's first byte."""
         self.blk, self.b = blk, blk.builder
-        self.data = {name: self.array(name).data for name in ("xq", "xd", "xs")}
+        self.data = {name: self.array(name).data for name in blk.types if name in ("xq", "xd", "xs", "x", "xsum")}
         self.data["row"] = row_data
 
     def array(self, name):
@@ -297,9 +175,10 @@ def _i64(b, value, times=1, plus=0):
     return b.add(v, ir.Constant(_I64, plus)) if plus else v
 
 
-def _rows_primitive(step):
+def _rows_primitive(step, activations=("xq", "xd", "xs")):
     """out[r] = Σ over the n blocks of row r of `raw` of step(row, i, acc), for r0 <= r < r1: two accumulators
-    alternating so consecutive blocks do not wait on each other, then one horizontal sum per row."""
+    alternating so consecutive blocks do not wait on each other, then one horizontal sum per row. activations:
+    the argument names between r1 and n (int8: xq, xd, xs; float32: x, xsum)."""
     def body(blk):
         b = blk.builder
         raw = blk.context.make_array(blk.types["raw"])(blk.context, b, blk.args["raw"])
@@ -328,7 +207,7 @@ def _rows_primitive(step):
         first = blk.args["r0"]
         _loop(blk, b.sub(blk.args["r1"], first), [], lambda i, _: one_row(b.add(first, i), _))
         return blk.context.get_dummy_value()
-    return _primitive(["out", "raw", "r0", "r1", "xq", "xd", "xs", "n"], body)
+    return _primitive(["out", "raw", "r0", "r1", *activations, "n"], body)
 
 
 def _q8_0_block(row, i, acc):
@@ -439,3 +318,125 @@ int8_rows_q4_1 = _rows_primitive(_nibble_block(20, 0))
 int8_rows_q4_k = _rows_primitive(_q4_k_block)
 int8_rows_q6_k = _rows_primitive(_q6_k_block)
 
+
+# --- Float32 row dots (the default path): the same row-range loop against float32 activations x ---
+#
+# float_rows_<type>(out, raw, r0, r1, x, xsum, n): per block of 32 values, Σ_j q[j]·x[j] in float32 (the 32
+# products summed into 8 lanes), times the block's scale; min/offset terms use xsum[b] = Σ_j x[32b + j].
+
+
+def _fdot_quarters(row, q, xo):
+    """q: <32 x float>; the products q[j]·x[xo + j] summed as four 8-lane quarters (j mod 8 lanes)."""
+    b = row.b
+    prod = b.fmul(q, row.at("x", xo, _F32, 32), flags=_FMA)
+    undef = ir.Constant(prod.type, ir.Undefined)
+    return [b.shuffle_vector(prod, undef, ir.Constant(_vec(_I32, 8), list(range(8 * c, 8 * c + 8)))) for c in range(4)]
+
+
+def _fdot(row, q, xo):
+    b = row.b
+    p = _fdot_quarters(row, q, xo)
+    return b.fadd(b.fadd(p[0], p[1], flags=_FMA), b.fadd(p[2], p[3], flags=_FMA), flags=_FMA)
+
+
+def _fma8(row, p, scale, acc):
+    """acc + p · scale (scale: a float, or an <8 x float>)."""
+    b = row.b
+    scale = scale if isinstance(scale.type, ir.VectorType) else row.blk.splat(scale, 8)
+    return b.fadd(acc, b.fmul(p, scale, flags=_FMA), flags=_FMA)
+
+
+def _add_lane0(row, acc, value):
+    b = row.b
+    zero = ir.Constant(_I32, 0)
+    return b.insert_element(acc, b.fadd(b.extract_element(acc, zero), value), zero)
+
+
+def _floats(row, q, signed=False):
+    return (row.b.sitofp if signed else row.b.uitofp)(q, _vec(_F32, 32))
+
+
+def _nibbles32(row, packed):
+    """Q4_0/Q4_1/Q5_0/Q5_1: the 16 bytes at packed, low nibbles (values 0-15) then high (16-31): <32 x i8>."""
+    return row.b.shuffle_vector(row.bytes(packed, 16, 0, 15), row.bytes(packed, 16, 4, 15),
+                                ir.Constant(_vec(_I32, 32), list(range(32))))
+
+
+def _f_q8_0_block(row, i, acc):
+    b = row.b
+    o = _i64(b, i, 34)
+    return _fma8(row, _fdot(row, _floats(row, row.bytes(_i64(b, o, 1, 2), 32), signed=True), _i64(b, i, 32)),
+                 row.f16(o), acc)
+
+
+def _f_small_block(size, five_bit, offset):
+    """Q4_0 (18 bytes, v = d·(q − 8)), Q4_1 (20, d·q + m), Q5_0 (22, d·(q − 16)), Q5_1 (24, d·q + m): f16 d,
+    [f16 m], [u32 of fifth bits: bit j for value j], 16 bytes of nibbles."""
+    def block(row, i, acc):
+        b = row.b
+        o = _i64(b, i, size)
+        d = row.f16(o)
+        q = b.zext(_nibbles32(row, _i64(b, o, 1, size - 16)), _vec(_I32, 32))
+        if five_bit:
+            qh = row.blk.splat(row.at("row", _i64(b, o, 1, size - 20), _I32), 32)
+            bits = b.and_(b.lshr(qh, ir.Constant(_vec(_I32, 32), list(range(32)))), row.blk.splat(ir.Constant(_I32, 1), 32))
+            q = b.or_(q, b.shl(bits, row.blk.splat(ir.Constant(_I32, 4), 32)))
+        acc = _fma8(row, _fdot(row, _floats(row, q, signed=True), _i64(b, i, 32)), d, acc)
+        m = b.fmul(d, ir.Constant(_F32, -float(offset))) if offset else row.f16(_i64(b, o, 1, 2))
+        return _add_lane0(row, acc, b.fmul(m, row.at("xsum", i, _F32)))
+    return block
+
+
+def _f_k_block(five_bit):
+    """Q4_K (144 bytes) or Q5_K (176: 32 bytes of fifth bits at 16, sub-block j taking bit j): the 6-bit scales
+    and mins of _q4_k_scales, then 4 × 32 bytes of nibbles (low: sub-block 2k, high: 2k + 1)."""
+    size, qs = (176, 48) if five_bit else (144, 16)
+
+    def block(row, i, acc):
+        b, blk = row.b, row.blk
+        o = _i64(b, i, size)
+        d, dmin, scales, mins = _q4_k_scales(row, o)
+        factors = b.fmul(blk.splat(d, 8), scales)
+        acc = b.fsub(acc, b.fmul(b.fmul(blk.splat(dmin, 8), mins), row.at("xsum", _i64(b, i, 8), _F32, 8)))
+        high = row.bytes(_i64(b, o, 1, 16), 32) if five_bit else None
+        for k in range(4):
+            for half, shift in ((0, 0), (1, 4)):
+                j = 2 * k + half
+                q = row.bytes(_i64(b, o, 1, qs + 32 * k), 32, shift, 15)
+                if five_bit:
+                    bit = b.and_(b.lshr(high, blk.splat(ir.Constant(_I8, j), 32)), blk.splat(ir.Constant(_I8, 1), 32))
+                    q = b.or_(q, b.shl(bit, blk.splat(ir.Constant(_I8, 4), 32)))
+                acc = _fma8(row, _fdot(row, _floats(row, q), _i64(b, i, 256, 32 * j)), row.lane(factors, j), acc)
+        return acc
+    return block
+
+
+def _f_q6_k_block(row, i, acc):
+    """Q6_K (layout: _q6_k_block) against float32 x: values 0-15 and 16-31 of each group have their own scale."""
+    b, blk = row.b, row.blk
+    o = _i64(b, i, 210)
+    scales = b.fmul(b.sitofp(row.at("row", _i64(b, o, 1, 192), _I8, 16), _vec(_F32, 16)),
+                    blk.splat(row.f16(_i64(b, o, 1, 208)), 16))
+    for h in range(2):
+        high = row.bytes(_i64(b, o, 1, 128 + 32 * h), 32)
+        for g in range(4):
+            low = row.bytes(_i64(b, o, 1, 64 * h + 32 * (g & 1)), 32, 4 * (g >> 1), 15)
+            top = b.and_(b.lshr(high, blk.splat(ir.Constant(_I8, 2 * g), 32)), blk.splat(ir.Constant(_I8, 3), 32))
+            q = b.sub(b.zext(b.or_(low, b.shl(top, blk.splat(ir.Constant(_I8, 4), 32))), _vec(_I32, 32)),
+                      blk.splat(ir.Constant(_I32, 32), 32))
+            p = _fdot_quarters(row, _floats(row, q, signed=True), _i64(b, i, 256, 128 * h + 32 * g))
+            sc = 8 * h + 2 * g
+            acc = _fma8(row, b.fadd(p[0], p[1], flags=_FMA), row.lane(scales, sc), acc)
+            acc = _fma8(row, b.fadd(p[2], p[3], flags=_FMA), row.lane(scales, sc + 1), acc)
+    return acc
+
+
+_FLOAT = ("x", "xsum")
+float_rows_q8_0 = _rows_primitive(_f_q8_0_block, _FLOAT)
+float_rows_q4_0 = _rows_primitive(_f_small_block(18, False, 8), _FLOAT)
+float_rows_q4_1 = _rows_primitive(_f_small_block(20, False, 0), _FLOAT)
+float_rows_q5_0 = _rows_primitive(_f_small_block(22, True, 16), _FLOAT)
+float_rows_q5_1 = _rows_primitive(_f_small_block(24, True, 0), _FLOAT)
+float_rows_q4_k = _rows_primitive(_f_k_block(False), _FLOAT)
+float_rows_q5_k = _rows_primitive(_f_k_block(True), _FLOAT)
+float_rows_q6_k = _rows_primitive(_f_q6_k_block, _FLOAT)
