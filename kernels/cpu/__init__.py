@@ -1,6 +1,7 @@
 """Fast CPU kernels for quantized weights (numba), with kernels/ops.py's NumPy code as their reference.
 
-`matmul_transb(x, w)` is the entry point: one token → the fused dequantize-and-dot mat-vec; several tokens →
+`matmul_transb(x, w)` is the entry point: one token → the fused dequantize-and-dot mat-vec; a few tokens (up to
+FUSED_MAX_T: a decode batch) → the fused kernel dotting each unpacked block with all of them; more (prefill) →
 rows dequantized a tile at a time (on all threads) into a reused float32 buffer, then BLAS (single-threaded, see
 below). `available` says whether numba could be imported; ENGINE_KERNELS=numpy forces the NumPy reference path.
 `activations` is "float32" (default) or "int8" (opt-in, ENGINE_ACTIVATIONS=int8: the one-token mat-vec quantizes
@@ -30,13 +31,17 @@ if available:
     threadpool_limits(1, user_api="blas")
 ACTIVATION_KINDS = ("float32", "int8")
 activations = os.environ.get("ENGINE_ACTIVATIONS", "float32")
+FUSED_MAX_T = 16  # tokens up to which the fused kernels beat dequantizing the whole matrix for BLAS
+TOKEN_TILE = 4  # tokens per pass of the fused multi-token kernel (kernels/cpu/simd.py TILE)
 TILE_BYTES = 4 << 20  # float32 rows dequantized per BLAS call in prefill, per worker
 _local = threading.local()
 _pool: ThreadPoolExecutor | None = None
 def matmul_transb_many(x: np.ndarray, ws: list) -> list[np.ndarray]:
-    """[x @ wᵀ for w in ws] for QTensors sharing x: [T, K] float32. One token: a single parallel mat-vec launch
-    over all the matrices (q/k/v, gate/up)."""
+    """[x @ wᵀ for w in ws] for QTensors sharing x: [T, K] float32. Up to FUSED_MAX_T tokens: a single parallel
+    fused launch over all the matrices (q/k/v, gate/up); more: dequantized tiles and BLAS per matrix."""
     x = np.ascontiguousarray(x, dtype=np.float32)
+    if 1 < x.shape[0] <= FUSED_MAX_T:
+        return _matmat(x, ws)
     if x.shape[0] != 1:
         return [matmul_transb(x, w) for w in ws]
     outs = tuple(np.empty((1, w.shape[0]), dtype=np.float32) for w in ws)
@@ -51,16 +56,27 @@ def matmul_transb_many(x: np.ndarray, ws: list) -> list[np.ndarray]:
     return list(outs)
 
 
+def _matmat(x: np.ndarray, ws: list) -> list[np.ndarray]:
+    """The fused multi-token mat-vec (quant_kernels.matmat) for x: [T, K], T padded to a multiple of its tile."""
+    t = x.shape[0]
+    padded = -(-t // TOKEN_TILE) * TOKEN_TILE
+    if padded != t:
+        x = np.concatenate([x, np.zeros((padded - t, x.shape[1]), np.float32)])
+    outs = tuple(np.empty((padded, w.shape[0]), dtype=np.float32) for w in ws)
+    quant_kernels.matmat(tuple(w.raw for w in ws), tuple(int(w.ggml_type) for w in ws), x, outs)
+    return [o[:t] for o in outs]
+
+
 def matmul_transb(x: np.ndarray, w) -> np.ndarray:
     """x: [T, K] float32, w: QTensor [N, K] → x @ wᵀ: [T, N] float32.
 
-    Several tokens: the rows of w are cut into tiles spread over a pool of worker threads; each worker
+    Up to FUSED_MAX_T tokens (decode, a batch of decoding sequences): the fused kernels, weights read once. More: the rows of w are cut into tiles spread over a pool of worker threads; each worker
     dequantizes a tile into its own reused float32 buffer and multiplies it with single-threaded BLAS (both
     release the GIL), so the workers never compete with another thread pool for the cores.
     """
     n, k = w.shape
     x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.shape[0] == 1:
+    if x.shape[0] <= FUSED_MAX_T:
         return matmul_transb_many(x, [w])[0]
     out = np.empty((x.shape[0], n), dtype=np.float32)
     rows = max(1, min(n, TILE_BYTES // (4 * k), -(-n // _workers())))

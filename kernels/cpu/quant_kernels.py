@@ -11,7 +11,9 @@ import numpy as np
 from numba import njit, prange
 
 from kernels.cpu.simd import (float_rows_q4_0, float_rows_q4_1, float_rows_q4_k, float_rows_q5_0, float_rows_q5_1,
-                              float_rows_q5_k, float_rows_q6_k, float_rows_q8_0)
+                              float_rows_q5_k, float_rows_q6_k, float_rows_q8_0, float_tiled_q4_0, float_tiled_q4_1,
+                              float_tiled_q4_k, float_tiled_q5_0, float_tiled_q5_1, float_tiled_q5_k, float_tiled_q6_k,
+                              float_tiled_q8_0)
 from kernels.quants import GGMLType
 
 F16_TABLE = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
@@ -254,6 +256,38 @@ def dot_rows(t, raw, r0, r1, x, xsum, out):
             out[r] = total
 
 
+@njit(cache=True, fastmath=True)
+def dot_rows_tiled(t, raw, r0, r1, x, xsum, out):
+    """dot_rows for several tokens: out[:, r] = W[r] · x[:, :]ᵀ for r0 <= r < r1; x: [T, K] float32 with T a
+    multiple of simd.TILE, xsum: [T, K/32], out: [T, N]. Each row is unpacked once per TILE tokens."""
+    k = x.shape[1]
+    if t == Q8_0:
+        float_tiled_q8_0(out, raw, r0, r1, x, xsum, k // 32)
+    elif t == Q4_0:
+        float_tiled_q4_0(out, raw, r0, r1, x, xsum, k // 32)
+    elif t == Q4_1:
+        float_tiled_q4_1(out, raw, r0, r1, x, xsum, k // 32)
+    elif t == Q5_0:
+        float_tiled_q5_0(out, raw, r0, r1, x, xsum, k // 32)
+    elif t == Q5_1:
+        float_tiled_q5_1(out, raw, r0, r1, x, xsum, k // 32)
+    elif t == Q4_K:
+        float_tiled_q4_k(out, raw, r0, r1, x, xsum, k // 256)
+    elif t == Q5_K:
+        float_tiled_q5_k(out, raw, r0, r1, x, xsum, k // 256)
+    elif t == Q6_K:
+        float_tiled_q6_k(out, raw, r0, r1, x, xsum, k // 256)
+    else:
+        buf = np.empty(k, np.float32)
+        for r in range(r0, r1):
+            dequantize_row(t, raw[r], buf)
+            for tok in range(x.shape[0]):
+                total = np.float32(0.0)
+                for j in range(k):
+                    total += buf[j] * x[tok, j]
+                out[tok, r] = total
+
+
 @njit(parallel=True, cache=True)
 def dequantize_rows(raw, t, out):
     """raw: [n, row_bytes] uint8 of type t → out: [n, K] float32, rows spread over threads."""
@@ -285,3 +319,16 @@ def matvec(raws, types, x, outs):
         i, part = c // CHUNKS, c % CHUNKS
         n = raws[i].shape[0]
         dot_rows(types[i], raws[i], part * n // CHUNKS, (part + 1) * n // CHUNKS, x, xsum, outs[i])
+
+
+@njit(parallel=True, cache=True)
+def matmat(raws, types, x, outs):
+    """matvec for a few tokens at once: outs[i][t, n] = Σ_k W_i[n, k]·x[t, k]; x: [T, K] float32 with T a
+    multiple of simd.TILE; outs: tuple of [T, N_i] float32. Every weight byte is read from memory once."""
+    xsum = np.empty((x.shape[0], x.shape[1] // 32), np.float32)
+    for t in range(x.shape[0]):
+        block_sums(x[t], xsum[t])
+    for c in prange(len(raws) * CHUNKS):
+        i, part = c // CHUNKS, c % CHUNKS
+        n = raws[i].shape[0]
+        dot_rows_tiled(types[i], raws[i], part * n // CHUNKS, (part + 1) * n // CHUNKS, x, xsum, outs[i])

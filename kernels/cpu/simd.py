@@ -135,17 +135,20 @@ def _loop(blk, count, carried, body):
 class _Row:
     """Loads for the integer row dots: the current row's bytes at i64 offsets, f16 scales, activations, steps."""
 
-    def __init__(self, blk, row_data):
-        """row_data: i8* to the current row's first byte."""
+    def __init__(self, blk, row_data, tokens=None):
+        """row_data: i8* to the current row's first byte. tokens: per token of a multi-token dot, {"x", "xsum"}
+        pointers to its activations (default: the 1-D arrays x/xsum, or xq/xd/xs, of the call)."""
         self.blk, self.b = blk, blk.builder
-        self.data = {name: self.array(name).data for name in blk.types if name in ("xq", "xd", "xs", "x", "xsum")}
+        self.data = {name: self.array(name).data for name in blk.types if name in ("xq", "xd", "xs")}
         self.data["row"] = row_data
+        self.tokens = tokens or [{name: self.array(name).data for name in blk.types if name in ("x", "xsum")}]
 
     def array(self, name):
         return self.blk.context.make_array(self.blk.types[name])(self.blk.context, self.b, self.blk.args[name])
 
-    def at(self, name, offset, elem, n=1):
-        ptr = self.b.gep(self.data[name], [offset])
+    def at(self, name, offset, elem, n=1, token=0):
+        base = self.tokens[token][name] if name in ("x", "xsum") else self.data[name]
+        ptr = self.b.gep(base, [offset])
         return self.b.load(self.b.bitcast(ptr, (elem if n == 1 else _vec(elem, n)).as_pointer()), align=1)
 
     def f16(self, offset):
@@ -170,6 +173,14 @@ class _Row:
         return self.b.fadd(acc, self.b.fmul(self.b.sitofp(isum, _vec(_F32, 8)), scale8, flags=_FMA), flags=_FMA)
 
 
+def _hsum(b, v):
+    """The sum of the 8 lanes of v."""
+    lanes = [b.extract_element(v, ir.Constant(_I32, j)) for j in range(8)]
+    while len(lanes) > 1:
+        lanes = [b.fadd(lanes[j], lanes[j + 1]) for j in range(0, len(lanes), 2)]
+    return lanes[0]
+
+
 def _i64(b, value, times=1, plus=0):
     v = b.mul(value, ir.Constant(_I64, times)) if times != 1 else value
     return b.add(v, ir.Constant(_I64, plus)) if plus else v
@@ -192,22 +203,58 @@ def _rows_primitive(step, activations=("xq", "xd", "xs")):
             row = _Row(blk, b.gep(b.bitcast(raw.data, _I8.as_pointer()), [b.mul(r, stride)]))
 
             def two(i, accs):
-                return [step(row, _i64(b, i, 2), accs[0]), step(row, _i64(b, i, 2, 1), accs[1])]
+                return [step(row, _i64(b, i, 2), accs[:1])[0], step(row, _i64(b, i, 2, 1), accs[1:])[0]]
 
             a0, a1 = _loop(blk, pairs, [zero, zero], two)
             (a0,) = _loop(blk, b.sub(n, _i64(b, pairs, 2)), [a0],
-                          lambda i, accs: [step(row, b.add(_i64(b, pairs, 2), i), accs[0])])
-            total = b.fadd(a0, a1)
-            lanes = [b.extract_element(total, ir.Constant(_I32, j)) for j in range(8)]
-            while len(lanes) > 1:
-                lanes = [b.fadd(lanes[j], lanes[j + 1]) for j in range(0, len(lanes), 2)]
-            b.store(lanes[0], b.gep(out, [r]))
+                          lambda i, accs: step(row, b.add(_i64(b, pairs, 2), i), accs))
+            b.store(_hsum(b, b.fadd(a0, a1)), b.gep(out, [r]))
             return []
 
         first = blk.args["r0"]
         _loop(blk, b.sub(blk.args["r1"], first), [], lambda i, _: one_row(b.add(first, i), _))
         return blk.context.get_dummy_value()
     return _primitive(["out", "raw", "r0", "r1", *activations, "n"], body)
+
+
+TILE = 4  # tokens per pass of the multi-token dot
+
+
+def _rows_tiled_primitive(step):
+    """out[t, r] = Σ_k W[r, k]·x[t, k] for r0 <= r < r1 and every token t (x: [T, K] float32, T a multiple of
+    TILE; xsum: [T, K/32]; out: [T, N]): each row's blocks are unpacked once per TILE tokens (one accumulator
+    per token), so the row is read from memory once while it is dotted with all of them."""
+    def body(blk):
+        b = blk.builder
+        arrays = {name: blk.context.make_array(blk.types[name])(blk.context, b, blk.args[name])
+                  for name in ("raw", "x", "xsum", "out")}
+        strides = {name: cgutils.unpack_tuple(b, a.strides, 2)[0] for name, a in arrays.items()}
+        tiles = b.sdiv(cgutils.unpack_tuple(b, arrays["x"].shape, 2)[0], ir.Constant(_I64, TILE))
+        n = blk.args["n"]
+        zero = ir.Constant(_vec(_F32, 8), [0.0] * 8)
+
+        def byte_ptr(name, index, plus=None):
+            ptr = b.gep(b.bitcast(arrays[name].data, _I8.as_pointer()), [b.mul(index, strides[name])])
+            return ptr if plus is None else b.gep(ptr, [plus])
+
+        def one_row(r, _):
+            def one_tile(tile, _):
+                first = _i64(b, tile, TILE)
+                tokens = [{name: b.bitcast(byte_ptr(name, b.add(first, ir.Constant(_I64, t))), _F32.as_pointer())
+                           for name in ("x", "xsum")} for t in range(TILE)]
+                row = _Row(blk, byte_ptr("raw", r), tokens)
+                accs = _loop(blk, n, [zero] * TILE, lambda i, accs: step(row, i, accs))
+                for t, acc in enumerate(accs):
+                    dest = byte_ptr("out", b.add(first, ir.Constant(_I64, t)), b.mul(r, ir.Constant(_I64, 4)))
+                    b.store(_hsum(b, acc), b.bitcast(dest, _F32.as_pointer()))
+                return []
+            _loop(blk, tiles, [], one_tile)
+            return []
+
+        first_row = blk.args["r0"]
+        _loop(blk, b.sub(blk.args["r1"], first_row), [], lambda i, _: one_row(b.add(first_row, i), _))
+        return blk.context.get_dummy_value()
+    return _primitive(["out", "raw", "r0", "r1", "x", "xsum", "n"], body)
 
 
 def _q8_0_block(row, i, acc):
@@ -312,30 +359,37 @@ def _q6_k_block(row, i, acc):
     return acc
 
 
-int8_rows_q8_0 = _rows_primitive(_q8_0_block)
-int8_rows_q4_0 = _rows_primitive(_nibble_block(18, 8))
-int8_rows_q4_1 = _rows_primitive(_nibble_block(20, 0))
-int8_rows_q4_k = _rows_primitive(_q4_k_block)
-int8_rows_q6_k = _rows_primitive(_q6_k_block)
+def _one_token(step):
+    """A block step on one accumulator as the list-wise step the row loops call."""
+    return lambda row, i, accs: [step(row, i, accs[0])]
 
 
-# --- Float32 row dots (the default path): the same row-range loop against float32 activations x ---
+int8_rows_q8_0 = _rows_primitive(_one_token(_q8_0_block))
+int8_rows_q4_0 = _rows_primitive(_one_token(_nibble_block(18, 8)))
+int8_rows_q4_1 = _rows_primitive(_one_token(_nibble_block(20, 0)))
+int8_rows_q4_k = _rows_primitive(_one_token(_q4_k_block))
+int8_rows_q6_k = _rows_primitive(_one_token(_q6_k_block))
+
+
+# --- Float32 row dots (the default path): the same row loops against float32 activations x ---
 #
-# float_rows_<type>(out, raw, r0, r1, x, xsum, n): per block of 32 values, Σ_j q[j]·x[j] in float32 (the 32
-# products summed into 8 lanes), times the block's scale; min/offset terms use xsum[b] = Σ_j x[32b + j].
+# float_rows_<type>(out, raw, r0, r1, x, xsum, n) for one token, float_tiled_<type>(out, raw, r0, r1, x, xsum, n)
+# for several (x: [T, K]): per block of 32 values, Σ_j q[j]·x[j] in float32 (the 32 products summed into 8
+# lanes), times the block's scale; min/offset terms use xsum[b] = Σ_j x[32b + j]. A block step takes and returns
+# one accumulator per token, unpacking the block once for all of them.
 
 
-def _fdot_quarters(row, q, xo):
-    """q: <32 x float>; the products q[j]·x[xo + j] summed as four 8-lane quarters (j mod 8 lanes)."""
+def _fdot_quarters(row, q, xo, token):
+    """q: <32 x float>; the products q[j]·x[xo + j] of one token summed as four 8-lane quarters."""
     b = row.b
-    prod = b.fmul(q, row.at("x", xo, _F32, 32), flags=_FMA)
+    prod = b.fmul(q, row.at("x", xo, _F32, 32, token), flags=_FMA)
     undef = ir.Constant(prod.type, ir.Undefined)
     return [b.shuffle_vector(prod, undef, ir.Constant(_vec(_I32, 8), list(range(8 * c, 8 * c + 8)))) for c in range(4)]
 
 
-def _fdot(row, q, xo):
+def _fdot(row, q, xo, token):
     b = row.b
-    p = _fdot_quarters(row, q, xo)
+    p = _fdot_quarters(row, q, xo, token)
     return b.fadd(b.fadd(p[0], p[1], flags=_FMA), b.fadd(p[2], p[3], flags=_FMA), flags=_FMA)
 
 
@@ -344,6 +398,11 @@ def _fma8(row, p, scale, acc):
     b = row.b
     scale = scale if isinstance(scale.type, ir.VectorType) else row.blk.splat(scale, 8)
     return b.fadd(acc, b.fmul(p, scale, flags=_FMA), flags=_FMA)
+
+
+def _dot_all(row, accs, q, xo, scale):
+    """Every token's accumulator plus scale · Σ_j q[j]·x_token[xo + j]."""
+    return [_fma8(row, _fdot(row, q, xo, t), scale, acc) for t, acc in enumerate(accs)]
 
 
 def _add_lane0(row, acc, value):
@@ -362,17 +421,17 @@ def _nibbles32(row, packed):
                                 ir.Constant(_vec(_I32, 32), list(range(32))))
 
 
-def _f_q8_0_block(row, i, acc):
+def _f_q8_0_block(row, i, accs):
     b = row.b
     o = _i64(b, i, 34)
-    return _fma8(row, _fdot(row, _floats(row, row.bytes(_i64(b, o, 1, 2), 32), signed=True), _i64(b, i, 32)),
-                 row.f16(o), acc)
+    q = _floats(row, row.bytes(_i64(b, o, 1, 2), 32), signed=True)
+    return _dot_all(row, accs, q, _i64(b, i, 32), row.f16(o))
 
 
 def _f_small_block(size, five_bit, offset):
     """Q4_0 (18 bytes, v = d·(q − 8)), Q4_1 (20, d·q + m), Q5_0 (22, d·(q − 16)), Q5_1 (24, d·q + m): f16 d,
     [f16 m], [u32 of fifth bits: bit j for value j], 16 bytes of nibbles."""
-    def block(row, i, acc):
+    def block(row, i, accs):
         b = row.b
         o = _i64(b, i, size)
         d = row.f16(o)
@@ -381,9 +440,9 @@ def _f_small_block(size, five_bit, offset):
             qh = row.blk.splat(row.at("row", _i64(b, o, 1, size - 20), _I32), 32)
             bits = b.and_(b.lshr(qh, ir.Constant(_vec(_I32, 32), list(range(32)))), row.blk.splat(ir.Constant(_I32, 1), 32))
             q = b.or_(q, b.shl(bits, row.blk.splat(ir.Constant(_I32, 4), 32)))
-        acc = _fma8(row, _fdot(row, _floats(row, q, signed=True), _i64(b, i, 32)), d, acc)
+        accs = _dot_all(row, accs, _floats(row, q, signed=True), _i64(b, i, 32), d)
         m = b.fmul(d, ir.Constant(_F32, -float(offset))) if offset else row.f16(_i64(b, o, 1, 2))
-        return _add_lane0(row, acc, b.fmul(m, row.at("xsum", i, _F32)))
+        return [_add_lane0(row, acc, b.fmul(m, row.at("xsum", i, _F32, 1, t))) for t, acc in enumerate(accs)]
     return block
 
 
@@ -392,12 +451,12 @@ def _f_k_block(five_bit):
     and mins of _q4_k_scales, then 4 × 32 bytes of nibbles (low: sub-block 2k, high: 2k + 1)."""
     size, qs = (176, 48) if five_bit else (144, 16)
 
-    def block(row, i, acc):
+    def block(row, i, accs):
         b, blk = row.b, row.blk
         o = _i64(b, i, size)
         d, dmin, scales, mins = _q4_k_scales(row, o)
-        factors = b.fmul(blk.splat(d, 8), scales)
-        acc = b.fsub(acc, b.fmul(b.fmul(blk.splat(dmin, 8), mins), row.at("xsum", _i64(b, i, 8), _F32, 8)))
+        factors, dmins = b.fmul(blk.splat(d, 8), scales), b.fmul(blk.splat(dmin, 8), mins)
+        accs = [b.fsub(acc, b.fmul(dmins, row.at("xsum", _i64(b, i, 8), _F32, 8, t))) for t, acc in enumerate(accs)]
         high = row.bytes(_i64(b, o, 1, 16), 32) if five_bit else None
         for k in range(4):
             for half, shift in ((0, 0), (1, 4)):
@@ -406,17 +465,18 @@ def _f_k_block(five_bit):
                 if five_bit:
                     bit = b.and_(b.lshr(high, blk.splat(ir.Constant(_I8, j), 32)), blk.splat(ir.Constant(_I8, 1), 32))
                     q = b.or_(q, b.shl(bit, blk.splat(ir.Constant(_I8, 4), 32)))
-                acc = _fma8(row, _fdot(row, _floats(row, q), _i64(b, i, 256, 32 * j)), row.lane(factors, j), acc)
-        return acc
+                accs = _dot_all(row, accs, _floats(row, q), _i64(b, i, 256, 32 * j), row.lane(factors, j))
+        return accs
     return block
 
 
-def _f_q6_k_block(row, i, acc):
+def _f_q6_k_block(row, i, accs):
     """Q6_K (layout: _q6_k_block) against float32 x: values 0-15 and 16-31 of each group have their own scale."""
     b, blk = row.b, row.blk
     o = _i64(b, i, 210)
     scales = b.fmul(b.sitofp(row.at("row", _i64(b, o, 1, 192), _I8, 16), _vec(_F32, 16)),
                     blk.splat(row.f16(_i64(b, o, 1, 208)), 16))
+    accs = list(accs)
     for h in range(2):
         high = row.bytes(_i64(b, o, 1, 128 + 32 * h), 32)
         for g in range(4):
@@ -424,19 +484,20 @@ def _f_q6_k_block(row, i, acc):
             top = b.and_(b.lshr(high, blk.splat(ir.Constant(_I8, 2 * g), 32)), blk.splat(ir.Constant(_I8, 3), 32))
             q = b.sub(b.zext(b.or_(low, b.shl(top, blk.splat(ir.Constant(_I8, 4), 32))), _vec(_I32, 32)),
                       blk.splat(ir.Constant(_I32, 32), 32))
-            p = _fdot_quarters(row, _floats(row, q, signed=True), _i64(b, i, 256, 128 * h + 32 * g))
+            q = _floats(row, q, signed=True)
             sc = 8 * h + 2 * g
-            acc = _fma8(row, b.fadd(p[0], p[1], flags=_FMA), row.lane(scales, sc), acc)
-            acc = _fma8(row, b.fadd(p[2], p[3], flags=_FMA), row.lane(scales, sc + 1), acc)
-    return acc
+            for t in range(len(accs)):
+                p = _fdot_quarters(row, q, _i64(b, i, 256, 128 * h + 32 * g), t)
+                accs[t] = _fma8(row, b.fadd(p[0], p[1], flags=_FMA), row.lane(scales, sc), accs[t])
+                accs[t] = _fma8(row, b.fadd(p[2], p[3], flags=_FMA), row.lane(scales, sc + 1), accs[t])
+    return accs
 
 
 _FLOAT = ("x", "xsum")
-float_rows_q8_0 = _rows_primitive(_f_q8_0_block, _FLOAT)
-float_rows_q4_0 = _rows_primitive(_f_small_block(18, False, 8), _FLOAT)
-float_rows_q4_1 = _rows_primitive(_f_small_block(20, False, 0), _FLOAT)
-float_rows_q5_0 = _rows_primitive(_f_small_block(22, True, 16), _FLOAT)
-float_rows_q5_1 = _rows_primitive(_f_small_block(24, True, 0), _FLOAT)
-float_rows_q4_k = _rows_primitive(_f_k_block(False), _FLOAT)
-float_rows_q5_k = _rows_primitive(_f_k_block(True), _FLOAT)
-float_rows_q6_k = _rows_primitive(_f_q6_k_block, _FLOAT)
+_FLOAT_STEPS = {"q8_0": _f_q8_0_block, "q4_0": _f_small_block(18, False, 8), "q4_1": _f_small_block(20, False, 0),
+                "q5_0": _f_small_block(22, True, 16), "q5_1": _f_small_block(24, True, 0),
+                "q4_k": _f_k_block(False), "q5_k": _f_k_block(True), "q6_k": _f_q6_k_block}
+float_rows_q8_0, float_rows_q4_0, float_rows_q4_1, float_rows_q5_0, float_rows_q5_1, float_rows_q4_k, \
+    float_rows_q5_k, float_rows_q6_k = (_rows_primitive(step, _FLOAT) for step in _FLOAT_STEPS.values())
+float_tiled_q8_0, float_tiled_q4_0, float_tiled_q4_1, float_tiled_q5_0, float_tiled_q5_1, float_tiled_q4_k, \
+    float_tiled_q5_k, float_tiled_q6_k = (_rows_tiled_primitive(step) for step in _FLOAT_STEPS.values())

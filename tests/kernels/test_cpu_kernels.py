@@ -31,7 +31,7 @@ def test_dequantize_rows_bit_exact(t, threads):
     np.testing.assert_array_equal(out.view(np.uint32), ref.view(np.uint32))
 
 
-@pytest.mark.parametrize("T", [1, 3, 17])
+@pytest.mark.parametrize("T", [1, 3, 8, 17])
 @pytest.mark.parametrize("n", [1, 5, 67])
 @pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
 def test_matmul_transb_matches_dequantized_reference(t, n, T, threads):
@@ -48,7 +48,7 @@ def test_matmul_transb_matches_dequantized_reference(t, n, T, threads):
 def test_prefill_uses_several_tiles(monkeypatch):
     monkeypatch.setattr(cpu, "TILE_BYTES", 3 * 256 * 4)  # 3 rows per tile, so 67 rows need 23 tiles
     w, ref = weights(GGMLType.Q4_K, 67, 256)
-    x = np.random.default_rng(0).standard_normal((4, 256)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((cpu.FUSED_MAX_T + 1, 256)).astype(np.float32)
     np.testing.assert_allclose(cpu.matmul_transb(x, w), x @ ref.T, rtol=1e-4, atol=1e-4)
 
 
@@ -63,3 +63,16 @@ def test_ops_dispatches_to_the_fast_path_and_the_reference_agrees(monkeypatch):
     np.testing.assert_array_equal(ops.embedding(ids, w), ref[ids])
     monkeypatch.setattr(cpu, "available", True)
     np.testing.assert_array_equal(ops.embedding(ids, w), ref[ids])
+
+
+@pytest.mark.parametrize("T", [2, 5])
+def test_fused_launch_over_several_matrices_and_tokens(T, threads):
+    """q/k/v-style: matrices of different types and row counts sharing x, a few tokens (a decode batch)."""
+    ws = [weights(t, n, 512) for t, n in ((GGMLType.Q4_K, 7), (GGMLType.Q6_K, 33), (GGMLType.Q8_0, 3),
+                                          (GGMLType.F16, 4))]
+    x = np.random.default_rng(T).standard_normal((T, 512)).astype(np.float32)
+    outs = cpu.matmul_transb_many(x, [w for w, _ in ws])
+    for out, (_, ref) in zip(outs, ws):
+        expected = x.astype(np.float64) @ ref.T.astype(np.float64)
+        scale = np.abs(x).astype(np.float64) @ np.abs(ref).T.astype(np.float64)
+        assert out.shape == expected.shape and np.all(np.abs(out - expected) <= 1e-5 * scale + 1e-30)
