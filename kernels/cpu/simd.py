@@ -374,41 +374,36 @@ int8_rows_q6_k = _rows_primitive(_one_token(_q6_k_block))
 # --- Float32 row dots (the default path): the same row loops against float32 activations x ---
 #
 # float_rows_<type>(out, raw, r0, r1, x, xsum, n) for one token, float_tiled_<type>(out, raw, r0, r1, x, xsum, n)
-# for several (x: [T, K]): per block of 32 values, Σ_j q[j]·x[j] in float32 (the 32 products summed into 8
-# lanes), times the block's scale; min/offset terms use xsum[b] = Σ_j x[32b + j]. A block step takes and returns
-# one accumulator per token, unpacking the block once for all of them.
+# for several (x: [T, K]): per block of 32 values and per token, Σ_j q[j]·x[j] as a tree of 8-lane products, times
+# the block's scale (the 32-value types with a min build their weights d·q + m once instead); the K-quants' min
+# terms use xsum[b] = Σ_j x[32b + j]. A block step takes and returns one accumulator per token.
 
 
-def _fdot_quarters(row, q, xo, token):
-    """q: <32 x float>; the products q[j]·x[xo + j] of one token summed as four 8-lane quarters."""
+def _quarters(b, v):
+    """<32 x float> → its four <8 x float> quarters."""
+    undef = ir.Constant(v.type, ir.Undefined)
+    return [b.shuffle_vector(v, undef, ir.Constant(_vec(_I32, 8), list(range(8 * c, 8 * c + 8)))) for c in range(4)]
+
+
+def _dot_all(row, accs, q, xo, scales=None):
+    """Every token's accumulator plus Σ_j w[j]·x_token[xo + j] (q: <32 x float>). scales: None when q already
+    holds the weights, else (s_a, s_b), 8-lane scales of values 0-15 and 16-31 (the same one twice for a block
+    with one scale). The four products are summed as a tree, scaled, and added to the accumulator: one add on
+    its chain per block."""
     b = row.b
-    prod = b.fmul(q, row.at("x", xo, _F32, 32, token), flags=_FMA)
-    undef = ir.Constant(prod.type, ir.Undefined)
-    return [b.shuffle_vector(prod, undef, ir.Constant(_vec(_I32, 8), list(range(8 * c, 8 * c + 8)))) for c in range(4)]
-
-
-def _fdot(row, q, xo, token):
-    b = row.b
-    p = _fdot_quarters(row, q, xo, token)
-    return b.fadd(b.fadd(p[0], p[1], flags=_FMA), b.fadd(p[2], p[3], flags=_FMA), flags=_FMA)
-
-
-def _fma8(row, p, scale, acc):
-    """acc + p · scale (scale: a float, or an <8 x float>)."""
-    b = row.b
-    scale = scale if isinstance(scale.type, ir.VectorType) else row.blk.splat(scale, 8)
-    return b.fadd(acc, b.fmul(p, scale, flags=_FMA), flags=_FMA)
-
-
-def _dot_all(row, accs, q, xo, scale):
-    """Every token's accumulator plus scale · Σ_j q[j]·x_token[xo + j]."""
-    return [_fma8(row, _fdot(row, q, xo, t), scale, acc) for t, acc in enumerate(accs)]
-
-
-def _add_lane0(row, acc, value):
-    b = row.b
-    zero = ir.Constant(_I32, 0)
-    return b.insert_element(acc, b.fadd(b.extract_element(acc, zero), value), zero)
+    qs = _quarters(b, q)
+    out = []
+    for t, acc in enumerate(accs):
+        m = [b.fmul(wq, xq, flags=_FMA) for wq, xq in zip(qs, _quarters(b, row.at("x", xo, _F32, 32, t)))]
+        first, second = b.fadd(m[0], m[1], flags=_FMA), b.fadd(m[2], m[3], flags=_FMA)
+        if scales is None:
+            tree = b.fadd(first, second, flags=_FMA)
+        elif scales[0] is scales[1]:
+            tree = b.fmul(b.fadd(first, second, flags=_FMA), scales[0], flags=_FMA)
+        else:
+            tree = b.fadd(b.fmul(first, scales[0], flags=_FMA), b.fmul(second, scales[1], flags=_FMA), flags=_FMA)
+        out.append(b.fadd(acc, tree, flags=_FMA))
+    return out
 
 
 def _floats(row, q, signed=False):
@@ -425,7 +420,8 @@ def _f_q8_0_block(row, i, accs):
     b = row.b
     o = _i64(b, i, 34)
     q = _floats(row, row.bytes(_i64(b, o, 1, 2), 32), signed=True)
-    return _dot_all(row, accs, q, _i64(b, i, 32), row.f16(o))
+    d = row.blk.splat(row.f16(o), 8)
+    return _dot_all(row, accs, q, _i64(b, i, 32), (d, d))
 
 
 def _f_small_block(size, five_bit, offset):
@@ -440,9 +436,10 @@ def _f_small_block(size, five_bit, offset):
             qh = row.blk.splat(row.at("row", _i64(b, o, 1, size - 20), _I32), 32)
             bits = b.and_(b.lshr(qh, ir.Constant(_vec(_I32, 32), list(range(32)))), row.blk.splat(ir.Constant(_I32, 1), 32))
             q = b.or_(q, b.shl(bits, row.blk.splat(ir.Constant(_I32, 4), 32)))
-        accs = _dot_all(row, accs, _floats(row, q, signed=True), _i64(b, i, 32), d)
         m = b.fmul(d, ir.Constant(_F32, -float(offset))) if offset else row.f16(_i64(b, o, 1, 2))
-        return [_add_lane0(row, acc, b.fmul(m, row.at("xsum", i, _F32, 1, t))) for t, acc in enumerate(accs)]
+        w = b.fadd(b.fmul(_floats(row, q, signed=True), row.blk.splat(d, 32), flags=_FMA), row.blk.splat(m, 32),
+                   flags=_FMA)  # the block's 32 weights, once for every token
+        return _dot_all(row, accs, w, _i64(b, i, 32))
     return block
 
 
@@ -465,7 +462,8 @@ def _f_k_block(five_bit):
                 if five_bit:
                     bit = b.and_(b.lshr(high, blk.splat(ir.Constant(_I8, j), 32)), blk.splat(ir.Constant(_I8, 1), 32))
                     q = b.or_(q, b.shl(bit, blk.splat(ir.Constant(_I8, 4), 32)))
-                accs = _dot_all(row, accs, _floats(row, q), _i64(b, i, 256, 32 * j), row.lane(factors, j))
+                scale = row.lane(factors, j)
+                accs = _dot_all(row, accs, _floats(row, q), _i64(b, i, 256, 32 * j), (scale, scale))
         return accs
     return block
 
@@ -476,7 +474,6 @@ def _f_q6_k_block(row, i, accs):
     o = _i64(b, i, 210)
     scales = b.fmul(b.sitofp(row.at("row", _i64(b, o, 1, 192), _I8, 16), _vec(_F32, 16)),
                     blk.splat(row.f16(_i64(b, o, 1, 208)), 16))
-    accs = list(accs)
     for h in range(2):
         high = row.bytes(_i64(b, o, 1, 128 + 32 * h), 32)
         for g in range(4):
@@ -484,12 +481,9 @@ def _f_q6_k_block(row, i, accs):
             top = b.and_(b.lshr(high, blk.splat(ir.Constant(_I8, 2 * g), 32)), blk.splat(ir.Constant(_I8, 3), 32))
             q = b.sub(b.zext(b.or_(low, b.shl(top, blk.splat(ir.Constant(_I8, 4), 32))), _vec(_I32, 32)),
                       blk.splat(ir.Constant(_I32, 32), 32))
-            q = _floats(row, q, signed=True)
             sc = 8 * h + 2 * g
-            for t in range(len(accs)):
-                p = _fdot_quarters(row, q, _i64(b, i, 256, 128 * h + 32 * g), t)
-                accs[t] = _fma8(row, b.fadd(p[0], p[1], flags=_FMA), row.lane(scales, sc), accs[t])
-                accs[t] = _fma8(row, b.fadd(p[2], p[3], flags=_FMA), row.lane(scales, sc + 1), accs[t])
+            accs = _dot_all(row, accs, _floats(row, q, signed=True), _i64(b, i, 256, 128 * h + 32 * g),
+                            (row.lane(scales, sc), row.lane(scales, sc + 1)))
     return accs
 
 
