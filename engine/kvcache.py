@@ -1,6 +1,25 @@
 """KVCache: keys and values of every layer for one sequence, preallocated once."""
+import mmap
+
+import numpy as np
+
 from kernels import backend
 from engine.errors import ContextOverflowError
+
+
+def lazy_zeros(shape: tuple, dtype) -> np.ndarray:
+    """A zeroed NumPy array whose memory the operating system commits page by page as it is written: anonymous
+    memory with transparent huge pages turned off (with them, the first write into each head's [T_max, Dh] slab
+    commits 2 MB at once, and a new cache's first store committed the whole cache: 0.7 s and 360 MB for SmolLM2's
+    8192 positions)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    if nbytes == 0:
+        return np.zeros(shape, dtype)
+    buf = mmap.mmap(-1, nbytes)
+    if hasattr(buf, "madvise") and hasattr(mmap, "MADV_NOHUGEPAGE"):
+        buf.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(buf, dtype).reshape(shape)
 
 
 class KVCache:
@@ -11,9 +30,9 @@ class KVCache:
     """
 
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, max_len: int, dtype="float32"):
-        xp = backend.xp
-        self.k = xp.zeros((n_layers, n_kv_heads, max_len, head_dim), dtype=dtype)
-        self.v = xp.zeros((n_layers, n_kv_heads, max_len, head_dim), dtype=dtype)
+        shape = (n_layers, n_kv_heads, max_len, head_dim)
+        zeros = lazy_zeros if backend.xp is np else backend.xp.zeros
+        self.k, self.v = zeros(shape, dtype), zeros(shape, dtype)
         self.max_len = max_len
         self.length = 0
 

@@ -11,7 +11,7 @@ from engine.generate import GenerationStats, stream_text
 from engine.kvcache import KVCache
 from engine.loader import load_source
 from engine.sampler import SamplingParams
-from kernels import backend
+from kernels import backend, cpu
 
 
 class LLM:
@@ -135,4 +135,15 @@ def load(model: str | None = None, n_ctx: int | None = None, threads: int | None
     if on_gpu:
         from kernels import cuda
         cuda.upload(loaded.model)
+    elif cpu.available:
+        _warm_up(loaded)
     return LLM(loaded, source, n_ctx, load_s=time.perf_counter() - t0)
+
+
+def _warm_up(loaded) -> None:
+    """A 2-token and a 1-token forward on a scratch cache, so that the compiled kernels' code is loaded (about a
+    second) before the first prompt rather than during it."""
+    c = loaded.config
+    cache = KVCache(c.n_layers, c.n_kv_heads, c.head_dim, 3)
+    loaded.model.forward(np.zeros(2, np.int64), np.arange(2), cache, last_only=True)
+    loaded.model.forward(np.zeros(1, np.int64), np.array([2]), cache, last_only=True)
