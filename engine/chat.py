@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import ContextOverflowError, EngineError, InvalidRequestError, TemplateError
-from engine.generate import GenerationStats, add_run_args, loaded_line, stream_text
+from engine.generate import GenerationStats, add_run_args, load_from_args, loaded_line, stream_text
 from engine.sampler import SamplingParams
 
 __all__ = ["Chat", "Piece", "Usage", "SessionStore", "ThinkSplitter", "main"]
@@ -827,10 +827,8 @@ class _Repl:
 
 def run_cli(args) -> int:
     """Load the model and run the REPL. args: the namespace of build_parser() (engine.generate's works too)."""
-    import engine
     try:
-        llm = engine.load(args.model, n_ctx=args.ctx_size, threads=args.threads, activations=args.activations,
-                          device=args.device)
+        llm = load_from_args(args)
         print(f"{loaded_line(llm)}; /help for commands, Ctrl-D to exit", file=sys.stderr, flush=True)
         chat = Chat(llm, system=args.system, enable_thinking=getattr(args, "enable_thinking", None))
         sampling = _sampling_from_args(args)

@@ -131,6 +131,14 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                         "default: ENGINE_ACTIVATIONS)")
 
 
+def load_from_args(args):
+    """engine.load with the model, context, thread, activation and device flags of a command line (flags a
+    command does not define keep their defaults)."""
+    import engine
+    return engine.load(args.model, n_ctx=args.ctx_size, threads=args.threads,
+                       activations=getattr(args, "activations", None), device=getattr(args, "device", None))
+
+
 def loaded_line(llm) -> str:
     """What was loaded, how fast, and which kernels run (printed on stderr by the command lines)."""
     from kernels import backend
@@ -146,10 +154,8 @@ def main(argv=None) -> int:
             parser.error("--prompt is required (or pass --chat without --prompt for an interactive chat)")
         from engine.chat import run_cli
         return run_cli(args)
-    import engine
     try:
-        llm = engine.load(args.model, n_ctx=args.ctx_size, threads=args.threads, activations=args.activations,
-                          device=args.device)
+        llm = load_from_args(args)
         print(loaded_line(llm), file=sys.stderr)
         use_chat = args.chat if args.chat is not None else llm.template is not None
         if use_chat:

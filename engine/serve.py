@@ -3,7 +3,7 @@ import argparse
 import sys
 
 from engine.errors import EngineError
-from engine.generate import loaded_line
+from engine.generate import load_from_args, loaded_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,10 +28,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     import uvicorn
 
-    import engine
     from engine.server import create_app
     try:
-        llm = engine.load(args.model, n_ctx=args.ctx_size, threads=args.threads, activations=args.activations)
+        llm = load_from_args(args)
         app = create_app(llm, max_batch=args.max_batch, max_queue=args.max_queue,
                          kv_budget=int(args.kv_budget * (1 << 20)))
     except EngineError as e:
