@@ -19,9 +19,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
 os.environ.setdefault("GOMP_SPINCOUNT", "100000")
 
 try:
-    from kernels.cpu import int8_kernels, op_kernels, quant_kernels
+    from kernels.cpu import int8_kernels, op_kernels, quant_kernels, simd
 except ImportError:  # numba missing or broken: the NumPy path runs
-    int8_kernels = op_kernels = quant_kernels = None
+    int8_kernels = op_kernels = quant_kernels = simd = None
 
 available = quant_kernels is not None and os.environ.get("ENGINE_KERNELS", "numba") != "numpy"
 if available:
@@ -32,18 +32,19 @@ if available:
 ACTIVATION_KINDS = ("float32", "int8")
 activations = os.environ.get("ENGINE_ACTIVATIONS", "float32")
 FUSED_MAX_T = 16  # tokens up to which the fused kernels beat dequantizing the whole matrix for BLAS
-TOKEN_TILE = 4  # tokens per pass of the fused multi-token kernel (kernels/cpu/simd.py TILE)
 TILE_BYTES = 4 << 20  # float32 rows dequantized per BLAS call in prefill, per worker
 _local = threading.local()
 _pool: ThreadPoolExecutor | None = None
+
+
 def matmul_transb_many(x: np.ndarray, ws: list) -> list[np.ndarray]:
     """[x @ wᵀ for w in ws] for QTensors sharing x: [T, K] float32. Up to FUSED_MAX_T tokens: a single parallel
     fused launch over all the matrices (q/k/v, gate/up); more: dequantized tiles and BLAS per matrix."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    if 1 < x.shape[0] <= FUSED_MAX_T:
-        return _matmat(x, ws)
-    if x.shape[0] != 1:
+    if x.shape[0] > FUSED_MAX_T:
         return [matmul_transb(x, w) for w in ws]
+    if x.shape[0] > 1:
+        return _matmat(x, ws)
     outs = tuple(np.empty((1, w.shape[0]), dtype=np.float32) for w in ws)
     raws, types, row = tuple(w.raw for w in ws), tuple(int(w.ggml_type) for w in ws), x[0]
     if activations == "int8" and row.shape[0] % 32 == 0:
@@ -59,7 +60,7 @@ def matmul_transb_many(x: np.ndarray, ws: list) -> list[np.ndarray]:
 def _matmat(x: np.ndarray, ws: list) -> list[np.ndarray]:
     """The fused multi-token mat-vec (quant_kernels.matmat) for x: [T, K], T padded to a multiple of its tile."""
     t = x.shape[0]
-    padded = -(-t // TOKEN_TILE) * TOKEN_TILE
+    padded = -(-t // simd.TILE) * simd.TILE
     if padded != t:
         x = np.concatenate([x, np.zeros((padded - t, x.shape[1]), np.float32)])
     outs = tuple(np.empty((padded, w.shape[0]), dtype=np.float32) for w in ws)
@@ -70,9 +71,10 @@ def _matmat(x: np.ndarray, ws: list) -> list[np.ndarray]:
 def matmul_transb(x: np.ndarray, w) -> np.ndarray:
     """x: [T, K] float32, w: QTensor [N, K] → x @ wᵀ: [T, N] float32.
 
-    Up to FUSED_MAX_T tokens (decode, a batch of decoding sequences): the fused kernels, weights read once. More: the rows of w are cut into tiles spread over a pool of worker threads; each worker
-    dequantizes a tile into its own reused float32 buffer and multiplies it with single-threaded BLAS (both
-    release the GIL), so the workers never compete with another thread pool for the cores.
+    Up to FUSED_MAX_T tokens (decode, a batch of decoding sequences): the fused kernels, weights read once.
+    More: the rows of w are cut into tiles spread over a pool of worker threads; each worker dequantizes a tile
+    into its own reused float32 buffer and multiplies it with single-threaded BLAS (both release the GIL), so the
+    workers never compete with another thread pool for the cores.
     """
     n, k = w.shape
     x = np.ascontiguousarray(x, dtype=np.float32)
