@@ -44,11 +44,15 @@ class KVCache:
     def store(self, layer: int, start: int, k, v) -> None:
         """Write new keys/values k, v: [T, H_kv, Dh] at positions start .. start+T-1 of a layer."""
         end = start + k.shape[0]
+        self.check_fits(end)
+        self.k[layer, :, start:end] = k.transpose(1, 0, 2)
+        self.v[layer, :, start:end] = v.transpose(1, 0, 2)
+
+    def check_fits(self, end: int) -> None:
+        """Raise ContextOverflowError unless positions up to end (exclusive) fit in the cache."""
         if end > self.max_len:
             raise ContextOverflowError(f"{end} positions do not fit in the {self.max_len}-token context; shorten "
                                        "the prompt or max_tokens, or load the model with a larger n_ctx.")
-        self.k[layer, :, start:end] = k.transpose(1, 0, 2)
-        self.v[layer, :, start:end] = v.transpose(1, 0, 2)
 
     def layer(self, layer: int):
         """(k, v) of a layer, each [H_kv, max_len, Dh] (views); positions from `length` on (after the latest

@@ -1,5 +1,6 @@
 """The public API: `engine.load(model)` → `LLM` with tokenizer, logits() and a streaming generate()."""
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 
@@ -142,8 +143,25 @@ def load(model: str | None = None, n_ctx: int | None = None, threads: int | None
 
 def _warm_up(loaded) -> None:
     """A 2-token and a 1-token forward on a scratch cache, so that the compiled kernels' code is loaded (about a
-    second) before the first prompt rather than during it."""
+    second) before the first prompt rather than during it.
+
+    They run on a thread of their own that then ends. libgomp keeps a pool of worker threads for each thread that
+    launches parallel kernels, for as long as that thread lives, and once it manages more threads than there are
+    CPUs it stops spinning between launches: every launch then waits for a wake-up (decode 1.6x slower). A server
+    computes on its scheduler thread, so the loading thread must not keep a pool of its own."""
     c = loaded.config
     cache = KVCache(c.n_layers, c.n_kv_heads, c.head_dim, 3)
-    loaded.model.forward(np.zeros(2, np.int64), np.arange(2), cache, last_only=True)
-    loaded.model.forward(np.zeros(1, np.int64), np.array([2]), cache, last_only=True)
+    failure = []
+
+    def run() -> None:
+        try:
+            loaded.model.forward(np.zeros(2, np.int64), np.arange(2), cache, last_only=True)
+            loaded.model.forward(np.zeros(1, np.int64), np.array([2]), cache, last_only=True)
+        except BaseException as e:  # noqa: BLE001 — raised again on the loading thread
+            failure.append(e)
+
+    thread = threading.Thread(target=run, name="engine-warm-up")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]

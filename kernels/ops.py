@@ -162,6 +162,27 @@ def attention(q, k, v, start: int, window: int | None = None, scale: float | Non
     return out.reshape(h_kv, group, t, dh).transpose(2, 0, 1, 3).reshape(t, h, dh)
 
 
+def decode_attention_batch(q, k, v, caches_k, caches_v, layer: int, starts, window: int | None = None,
+                           scale: float | None = None):
+    """One new token for each of B sequences (a batched decode step): store sequence b's key/value at position
+    starts[b] of layer `layer` of its own cache, then attend its query over positions 0 .. starts[b].
+
+    q: [B, H, Dh] float32; k, v: [B, H_kv, Dh]; caches_k, caches_v: B arrays [L, H_kv, S_max, Dh] each (written in
+    place); starts: B ints; window, scale: as in attention. Returns [B, H, Dh] float32.
+    """
+    for cache, start in zip(caches_k, starts):
+        if start >= cache.shape[2]:
+            raise ValueError(f"position {start} is past the cache's {cache.shape[2]} positions")
+    scale = 1.0 / np.sqrt(q.shape[2]) if scale is None else scale
+    if cpu.takes(q, k, v, *caches_k, *caches_v) and all(c.flags.c_contiguous for c in (*caches_k, *caches_v)):
+        return cpu.decode_attention_batch(q, k, v, caches_k, caches_v, layer, starts, window, scale)
+    out = _xp(q).empty(q.shape, dtype=q.dtype)
+    for b, (ck, cv, start) in enumerate(zip(caches_k, caches_v, starts)):
+        ck[layer, :, start], cv[layer, :, start] = k[b], v[b]
+        out[b] = attention(q[b:b + 1], ck[layer], cv[layer], start, window, scale)[0]
+    return out
+
+
 def matmul_transb(x, w):
     """x @ wᵀ. x: [T, K] float32; w: [N, K] float32 array or QTensor → [T, N] float32.
 

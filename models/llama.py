@@ -10,8 +10,8 @@ import numpy as np
 
 from kernels import backend
 from kernels.cuda import graph as cuda_graph
-from kernels.ops import (attention, embedding, geglu, matmul_transb, matmul_transb_many, rms_norm, rope,
-                         rope_cos_sin, rope_inv_freq, swiglu)
+from kernels.ops import (attention, decode_attention_batch, embedding, geglu, matmul_transb, matmul_transb_many,
+                         rms_norm, rope, rope_cos_sin, rope_inv_freq, swiglu)
 from models.config import ModelConfig
 
 _GLU = {"silu": swiglu, "gelu_tanh": geglu}  # ModelConfig.ffn_act (FFN_ACTS) → gated feed-forward activation
@@ -82,6 +82,8 @@ class Llama:
         for first, start in zip(spans[:-1], starts):
             if first < len(tokens) and int(positions[first]) != start:
                 raise ValueError(f"positions start at {int(positions[first])} but the cache holds {start} positions")
+        for cache, start, n in zip(caches, starts, lengths):
+            cache.check_fits(start + n)
         t = len(tokens)
         x = embedding(tokens, self.tok_embd)
         if c.embed_scale:
@@ -124,10 +126,13 @@ class Llama:
     def _attend(self, i: int, q, k, v, caches, starts, spans):
         """Layer i's attention of packed sequences, each against its own cache after storing its new keys/values.
         q: [T, H, Dh], k, v: [T, H_kv, Dh] float32 → [T, H, Dh] float32."""
+        window = self.config.sliding_window if self.config.is_sliding(i) else None
+        if len(q) == len(caches):  # one new token per sequence: a decode step
+            return decode_attention_batch(q, k, v, [cache.k for cache in caches], [cache.v for cache in caches], i,
+                                          starts, window, self.config.attn_scale)
         parts = []
         for cache, start, lo, hi in zip(caches, starts, spans[:-1], spans[1:]):
             cache.store(i, start, k[lo:hi], v[lo:hi])
             keys, values = cache.layer(i)
-            window = self.config.sliding_window if self.config.is_sliding(i) else None
             parts.append(attention(q[lo:hi], keys, values, start, window, self.config.attn_scale))
         return parts[0] if len(parts) == 1 else backend.xp.concatenate(parts)

@@ -1,7 +1,8 @@
 """Fast CPU kernels for quantized weights (numba), with kernels/ops.py's NumPy code as their reference.
 
-`matmul_transb(x, w)` is the entry point: one token → the fused dequantize-and-dot mat-vec; a few tokens (up to
-FUSED_MAX_T: a decode batch) → the fused kernel dotting each unpacked block with all of them; more (prefill) →
+`matmul_transb(x, w)` is the entry point: one token → the fused dequantize-and-dot mat-vec; up to FUSED_MAX_T
+tokens (a decode batch, a short prompt) → the fused kernel unpacking each block once for a tile of 8 (or 4) tokens
+and multiplying it into all of them; more (a long prompt) →
 rows dequantized a tile at a time (on all threads) into a reused float32 buffer, then BLAS (single-threaded, see
 below). `available` says whether numba could be imported; ENGINE_KERNELS=numpy forces the NumPy reference path.
 `activations` is "float32" (default) or "int8" (opt-in, ENGINE_ACTIVATIONS=int8: the one-token mat-vec quantizes
@@ -9,12 +10,15 @@ x per 32 values and dots in integers, kernels/cpu/int8_kernels.py; faster, sligh
 """
 import os
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 # OpenMP workers spin a bounded while after each kernel (about 0.1 ms), then sleep. Sleeping at once costs a
 # wake-up per launch (decode ran 1.6x slower); spinning forever starves the main thread on 2 cores (8 ms/launch).
+# libgomp cuts the spin short once more of its threads exist than CPUs, and each thread that launches kernels
+# keeps its own pool while it lives: one thread should do the launching (see engine.llm._warm_up).
 os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
 os.environ.setdefault("GOMP_SPINCOUNT", "100000")
 
@@ -31,7 +35,7 @@ if available:
     threadpool_limits(1, user_api="blas")
 ACTIVATION_KINDS = ("float32", "int8")
 activations = os.environ.get("ENGINE_ACTIVATIONS", "float32")
-FUSED_MAX_T = 16  # tokens up to which the fused kernels beat dequantizing the whole matrix for BLAS
+FUSED_MAX_T = 48  # tokens up to which the fused kernels beat dequantizing the whole matrix for BLAS
 TILE_BYTES = 4 << 20  # float32 rows dequantized per BLAS call in prefill, per worker
 _local = threading.local()
 _pool: ThreadPoolExecutor | None = None
@@ -58,12 +62,12 @@ def matmul_transb_many(x: np.ndarray, ws: list) -> list[np.ndarray]:
 
 
 def _matmat(x: np.ndarray, ws: list) -> list[np.ndarray]:
-    """The fused multi-token mat-vec (quant_kernels.matmat) for x: [T, K], T padded to a multiple of its tile."""
+    """The fused multi-token mat-vec (quant_kernels.matmat) for x: [T, K], T padded to a multiple of 4."""
     t = x.shape[0]
-    padded = -(-t // simd.TILE) * simd.TILE
+    padded = -(-t // 4) * 4
     if padded != t:
         x = np.concatenate([x, np.zeros((padded - t, x.shape[1]), np.float32)])
-    outs = tuple(np.empty((padded, w.shape[0]), dtype=np.float32) for w in ws)
+    outs = tuple(np.zeros((padded, w.shape[0]), dtype=np.float32) for w in ws)
     quant_kernels.matmat(tuple(w.raw for w in ws), tuple(int(w.ggml_type) for w in ws), x, outs)
     return [o[:t] for o in outs]
 
@@ -143,6 +147,30 @@ def decode_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, length: int, w
     out = np.empty(q.shape, np.float32)
     op_kernels.decode_attention(q[0], k, v, length, window or 0, scale, out[0])
     return out
+
+
+def decode_attention_batch(q: np.ndarray, k: np.ndarray, v: np.ndarray, caches_k: list, caches_v: list,
+                           layer: int, starts: list[int], window: int | None, scale: float) -> np.ndarray:
+    """ops.decode_attention_batch in one parallel launch; every cache a C-contiguous float32 array."""
+    out = np.empty(q.shape, np.float32)
+    layer_bytes = np.array([c.strides[0] for c in caches_k], np.int64) * layer
+    op_kernels.decode_attention_batch(q, k, v, np.array([_address(c) for c in caches_k]) + layer_bytes,
+                                      np.array([_address(c) for c in caches_v]) + layer_bytes,
+                                      np.array([c.shape[2] for c in caches_k], np.int64),
+                                      np.asarray(starts, np.int64), window or 0, scale, out)
+    return out
+
+
+_addresses: dict[int, tuple[weakref.ref, int]] = {}
+
+
+def _address(a: np.ndarray) -> int:
+    """a's data address, remembered while a lives (reading it through ctypes costs ~2.5 µs a time)."""
+    entry = _addresses.get(id(a))
+    if entry is None or entry[0]() is not a:
+        key = id(a)
+        entry = _addresses[key] = (weakref.ref(a, lambda _: _addresses.pop(key, None)), a.ctypes.data)
+    return entry[1]
 
 
 def dequantize_rows(w, index) -> np.ndarray:

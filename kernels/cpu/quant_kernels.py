@@ -11,9 +11,10 @@ import numpy as np
 from numba import njit, prange
 
 from kernels.cpu.simd import (float_rows_q4_0, float_rows_q4_1, float_rows_q4_k, float_rows_q5_0, float_rows_q5_1,
-                              float_rows_q5_k, float_rows_q6_k, float_rows_q8_0, float_tiled_q4_0, float_tiled_q4_1,
-                              float_tiled_q4_k, float_tiled_q5_0, float_tiled_q5_1, float_tiled_q5_k, float_tiled_q6_k,
-                              float_tiled_q8_0)
+                              float_rows_q5_k, float_rows_q6_k, float_rows_q8_0, float_tile4_q4_0, float_tile4_q4_1,
+                              float_tile4_q4_k, float_tile4_q5_0, float_tile4_q5_1, float_tile4_q5_k, float_tile4_q6_k,
+                              float_tile4_q8_0, float_tile8_q4_0, float_tile8_q4_1, float_tile8_q4_k, float_tile8_q5_0,
+                              float_tile8_q5_1, float_tile8_q5_k, float_tile8_q6_k, float_tile8_q8_0)
 from kernels.quants import GGMLType
 
 F16_TABLE = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
@@ -256,36 +257,73 @@ def dot_rows(t, raw, r0, r1, x, xsum, out):
             out[r] = total
 
 
-@njit(cache=True, fastmath=True)
-def dot_rows_tiled(t, raw, r0, r1, x, xsum, out):
-    """dot_rows for several tokens: out[:, r] = W[r] · x[:, :]ᵀ for r0 <= r < r1; x: [T, K] float32 with T a
-    multiple of simd.TILE, xsum: [T, K/32], out: [T, N]. Each row is unpacked once per TILE tokens."""
-    k = x.shape[1]
-    if t == Q8_0:
-        float_tiled_q8_0(out, raw, r0, r1, x, xsum, k // 32)
+@njit(cache=True)
+def dot_rows_tile(t, raw, r0, r1, xi, out):
+    """dot_rows for a tile of 8 or 4 tokens: out[:, r] += W[r] · x[:, :]ᵀ for r0 <= r < r1; xi: [K/32, tile, 32]
+    float32 (interleave_tile of the tile's x), out: [tile, N]; raw: the rows' bytes of xi's span of K. Each row is
+    unpacked once for the whole tile."""
+    n = xi.shape[0]
+    if xi.shape[1] == 8:
+        if t == Q8_0:
+            float_tile8_q8_0(out, raw, r0, r1, xi, n)
+        elif t == Q4_0:
+            float_tile8_q4_0(out, raw, r0, r1, xi, n)
+        elif t == Q4_1:
+            float_tile8_q4_1(out, raw, r0, r1, xi, n)
+        elif t == Q5_0:
+            float_tile8_q5_0(out, raw, r0, r1, xi, n)
+        elif t == Q5_1:
+            float_tile8_q5_1(out, raw, r0, r1, xi, n)
+        elif t == Q4_K:
+            float_tile8_q4_k(out, raw, r0, r1, xi, n // 8)
+        elif t == Q5_K:
+            float_tile8_q5_k(out, raw, r0, r1, xi, n // 8)
+        elif t == Q6_K:
+            float_tile8_q6_k(out, raw, r0, r1, xi, n // 8)
+        else:
+            _dot_rows_dequantized(t, raw, r0, r1, xi, out)
+    elif t == Q8_0:
+        float_tile4_q8_0(out, raw, r0, r1, xi, n)
     elif t == Q4_0:
-        float_tiled_q4_0(out, raw, r0, r1, x, xsum, k // 32)
+        float_tile4_q4_0(out, raw, r0, r1, xi, n)
     elif t == Q4_1:
-        float_tiled_q4_1(out, raw, r0, r1, x, xsum, k // 32)
+        float_tile4_q4_1(out, raw, r0, r1, xi, n)
     elif t == Q5_0:
-        float_tiled_q5_0(out, raw, r0, r1, x, xsum, k // 32)
+        float_tile4_q5_0(out, raw, r0, r1, xi, n)
     elif t == Q5_1:
-        float_tiled_q5_1(out, raw, r0, r1, x, xsum, k // 32)
+        float_tile4_q5_1(out, raw, r0, r1, xi, n)
     elif t == Q4_K:
-        float_tiled_q4_k(out, raw, r0, r1, x, xsum, k // 256)
+        float_tile4_q4_k(out, raw, r0, r1, xi, n // 8)
     elif t == Q5_K:
-        float_tiled_q5_k(out, raw, r0, r1, x, xsum, k // 256)
+        float_tile4_q5_k(out, raw, r0, r1, xi, n // 8)
     elif t == Q6_K:
-        float_tiled_q6_k(out, raw, r0, r1, x, xsum, k // 256)
+        float_tile4_q6_k(out, raw, r0, r1, xi, n // 8)
     else:
-        buf = np.empty(k, np.float32)
-        for r in range(r0, r1):
-            dequantize_row(t, raw[r], buf)
-            for tok in range(x.shape[0]):
-                total = np.float32(0.0)
-                for j in range(k):
-                    total += buf[j] * x[tok, j]
-                out[tok, r] = total
+        _dot_rows_dequantized(t, raw, r0, r1, xi, out)
+
+
+@njit(cache=True, fastmath=True)
+def _dot_rows_dequantized(t, raw, r0, r1, xi, out):
+    """dot_rows_tile for the types without a fused loop (F32, F16, BF16): each row dequantized, then dotted."""
+    groups, tile = xi.shape[0], xi.shape[1]
+    buf = np.empty(groups * 32, np.float32)
+    for r in range(r0, r1):
+        dequantize_row(t, raw[r], buf)
+        for tok in range(tile):
+            total = np.float32(0.0)
+            for g in range(groups):
+                for j in range(32):
+                    total += buf[g * 32 + j] * xi[g, tok, j]
+            out[tok, r] += total
+
+
+@njit(cache=True)
+def interleave_tile(x, xi):
+    """x: [tile, K] float32 → xi: [K/32, tile, 32], each token's 32-value groups side by side."""
+    for g in range(xi.shape[0]):
+        for tok in range(xi.shape[1]):
+            for j in range(32):
+                xi[g, tok, j] = x[tok, g * 32 + j]
 
 
 @njit(parallel=True, cache=True)
@@ -321,14 +359,33 @@ def matvec(raws, types, x, outs):
         dot_rows(types[i], raws[i], part * n // CHUNKS, (part + 1) * n // CHUNKS, x, xsum, outs[i])
 
 
+SPAN_K = 768  # the most values of K dotted per pass: a tile's activations for them (24 KB) stay in L1
+
+
 @njit(parallel=True, cache=True)
 def matmat(raws, types, x, outs):
-    """matvec for a few tokens at once: outs[i][t, n] = Σ_k W_i[n, k]·x[t, k]; x: [T, K] float32 with T a
-    multiple of simd.TILE; outs: tuple of [T, N_i] float32. Every weight byte is read from memory once."""
-    xsum = np.empty((x.shape[0], x.shape[1] // 32), np.float32)
-    for t in range(x.shape[0]):
-        block_sums(x[t], xsum[t])
+    """matvec for a few tokens at once: outs[i][t, n] += Σ_k W_i[n, k]·x[t, k]; x: [T, K] float32 with T a
+    multiple of 4; outs: tuple of zeroed [T, N_i] float32. Tokens go in tiles of 8 (then one of 4 for the rest),
+    K in spans of at most SPAN_K (multiples of 256); each weight byte is read from memory once and unpacked once
+    per tile, and the tile's activations for the span stay in L1 cache."""
+    tokens, k = x.shape
+    starts = list(range(0, tokens - tokens % 8, 8))
+    if tokens % 8:
+        starts.append(tokens - 4)
+    tiles = []
+    for first in starts:
+        xi = np.empty((k // 32, 8 if first + 8 <= tokens else 4, 32), np.float32)
+        interleave_tile(x[first:first + xi.shape[1]], xi)
+        tiles.append(xi)
+    spans = -(-k // SPAN_K)
+    span = -(-k // spans // 256) * 256
     for c in prange(len(raws) * CHUNKS):
         i, part = c // CHUNKS, c % CHUNKS
-        n = raws[i].shape[0]
-        dot_rows_tiled(types[i], raws[i], part * n // CHUNKS, (part + 1) * n // CHUNKS, x, xsum, outs[i])
+        n, row_bytes = raws[i].shape
+        for lo in range(0, k, span):
+            hi = min(k, lo + span)
+            raw = raws[i][:, lo * row_bytes // k:hi * row_bytes // k]
+            for j in range(len(starts)):
+                first = starts[j]
+                dot_rows_tile(types[i], raw, part * n // CHUNKS, (part + 1) * n // CHUNKS, tiles[j][lo // 32:hi // 32],
+                              outs[i][first:first + tiles[j].shape[1]])

@@ -135,20 +135,17 @@ def _loop(blk, count, carried, body):
 class _Row:
     """Loads for the integer row dots: the current row's bytes at i64 offsets, f16 scales, activations, steps."""
 
-    def __init__(self, blk, row_data, tokens=None):
-        """row_data: i8* to the current row's first byte. tokens: per token of a multi-token dot, {"x", "xsum"}
-        pointers to its activations (default: the 1-D arrays x/xsum, or xq/xd/xs, of the call)."""
+    def __init__(self, blk, row_data):
+        """row_data: i8* to the current row's first byte."""
         self.blk, self.b = blk, blk.builder
-        self.data = {name: self.array(name).data for name in blk.types if name in ("xq", "xd", "xs")}
+        self.data = {name: self.array(name).data for name in blk.types if name in ("xq", "xd", "xs", "x", "xsum")}
         self.data["row"] = row_data
-        self.tokens = tokens or [{name: self.array(name).data for name in blk.types if name in ("x", "xsum")}]
 
     def array(self, name):
         return self.blk.context.make_array(self.blk.types[name])(self.blk.context, self.b, self.blk.args[name])
 
-    def at(self, name, offset, elem, n=1, token=0):
-        base = self.tokens[token][name] if name in ("x", "xsum") else self.data[name]
-        ptr = self.b.gep(base, [offset])
+    def at(self, name, offset, elem, n=1):
+        ptr = self.b.gep(self.data[name], [offset])
         return self.b.load(self.b.bitcast(ptr, (elem if n == 1 else _vec(elem, n)).as_pointer()), align=1)
 
     def f16(self, offset):
@@ -217,44 +214,63 @@ def _rows_primitive(step, activations=("xq", "xd", "xs")):
     return _primitive(["out", "raw", "r0", "r1", *activations, "n"], body)
 
 
-TILE = 4  # tokens per pass of the multi-token dot
+def _fmuladd(b, a, c, acc):
+    """a·c + acc on <8 x float> (one FMA instruction where the CPU has it)."""
+    vt = _vec(_F32, 8)
+    fn = cgutils.get_or_insert_function(b.module, ir.FunctionType(vt, [vt, vt, vt]), "llvm.fmuladd.v8f32")
+    return b.call(fn, [a, c, acc])
 
 
-def _rows_tiled_primitive(step):
-    """out[t, r] = Σ_k W[r, k]·x[t, k] for r0 <= r < r1 and every token t (x: [T, K] float32, T a multiple of
-    TILE; xsum: [T, K/32]; out: [T, N]): each row's blocks are unpacked once per TILE tokens (one accumulator
-    per token), so the row is read from memory once while it is dotted with all of them."""
+def _rows_tiled_primitive(weights, tile):
+    """out[t, r] += Σ_k W[r, k]·x[t, k] for r0 <= r < r1 and the tile's tokens t < tile. x: [K/32, tile, 32]
+    float32, C-contiguous (the tile's activations interleaved per 32 values); out: [tile, N] float32; raw may be
+    a slice of columns of the stored rows (a span of K).
+
+    weights(row, i) unpacks block i of the row into float32 weights, a list of (group, <32 x float>) for the
+    32-value groups it holds; each group is multiplied into every token's running sums with fused multiply-adds
+    (8 // tile chains per token, so the multiply-add latency stays hidden). Every weight is unpacked once per
+    tile; one pointer walks the interleaved x with constant offsets."""
+    chains = 8 // tile
+
     def body(blk):
         b = blk.builder
         arrays = {name: blk.context.make_array(blk.types[name])(blk.context, b, blk.args[name])
-                  for name in ("raw", "x", "xsum", "out")}
-        strides = {name: cgutils.unpack_tuple(b, a.strides, 2)[0] for name, a in arrays.items()}
-        tiles = b.sdiv(cgutils.unpack_tuple(b, arrays["x"].shape, 2)[0], ir.Constant(_I64, TILE))
+                  for name in ("raw", "x", "out")}
+        raw_stride = cgutils.unpack_tuple(b, arrays["raw"].strides, 2)[0]
+        out_stride = cgutils.unpack_tuple(b, arrays["out"].strides, 2)[0]
+        x = b.bitcast(arrays["x"].data, _F32.as_pointer())
         n = blk.args["n"]
         zero = ir.Constant(_vec(_F32, 8), [0.0] * 8)
 
-        def byte_ptr(name, index, plus=None):
-            ptr = b.gep(b.bitcast(arrays[name].data, _I8.as_pointer()), [b.mul(index, strides[name])])
-            return ptr if plus is None else b.gep(ptr, [plus])
-
         def one_row(r, _):
-            def one_tile(tile, _):
-                first = _i64(b, tile, TILE)
-                tokens = [{name: b.bitcast(byte_ptr(name, b.add(first, ir.Constant(_I64, t))), _F32.as_pointer())
-                           for name in ("x", "xsum")} for t in range(TILE)]
-                row = _Row(blk, byte_ptr("raw", r), tokens)
-                accs = _loop(blk, n, [zero] * TILE, lambda i, accs: step(row, i, accs))
-                for t, acc in enumerate(accs):
-                    dest = byte_ptr("out", b.add(first, ir.Constant(_I64, t)), b.mul(r, ir.Constant(_I64, 4)))
-                    b.store(_hsum(b, acc), b.bitcast(dest, _F32.as_pointer()))
-                return []
-            _loop(blk, tiles, [], one_tile)
+            row = _Row(blk, b.gep(b.bitcast(arrays["raw"].data, _I8.as_pointer()), [b.mul(r, raw_stride)]))
+
+            def one_block(i, accs):
+                accs = list(accs)
+                for group, w in weights(row, i):
+                    base = b.gep(x, [_i64(b, group, 32 * tile)])
+                    for c, quarter in enumerate(_quarters(b, w)):
+                        for t in range(tile):
+                            ptr = b.gep(base, [ir.Constant(_I64, 32 * t + 8 * c)])
+                            xv = b.load(b.bitcast(ptr, _vec(_F32, 8).as_pointer()), align=4)
+                            k = t * chains + c % chains
+                            accs[k] = _fmuladd(b, quarter, xv, accs[k])
+                return accs
+
+            accs = _loop(blk, n, [zero] * (tile * chains), one_block)
+            out = b.gep(b.bitcast(arrays["out"].data, _I8.as_pointer()), [b.mul(r, ir.Constant(_I64, 4))])
+            for t in range(tile):
+                total = accs[t * chains]
+                for extra in accs[t * chains + 1:(t + 1) * chains]:
+                    total = b.fadd(total, extra)
+                dest = b.bitcast(b.gep(out, [b.mul(ir.Constant(_I64, t), out_stride)]), _F32.as_pointer())
+                b.store(b.fadd(b.load(dest), _hsum(b, total)), dest)
             return []
 
         first_row = blk.args["r0"]
         _loop(blk, b.sub(blk.args["r1"], first_row), [], lambda i, _: one_row(b.add(first_row, i), _))
         return blk.context.get_dummy_value()
-    return _primitive(["out", "raw", "r0", "r1", "x", "xsum", "n"], body)
+    return _primitive(["out", "raw", "r0", "r1", "x", "n"], body)
 
 
 def _q8_0_block(row, i, acc):
@@ -373,10 +389,14 @@ int8_rows_q6_k = _rows_primitive(_one_token(_q6_k_block))
 
 # --- Float32 row dots (the default path): the same row loops against float32 activations x ---
 #
-# float_rows_<type>(out, raw, r0, r1, x, xsum, n) for one token, float_tiled_<type>(out, raw, r0, r1, x, xsum, n)
-# for several (x: [T, K]): per block of 32 values and per token, Σ_j q[j]·x[j] as a tree of 8-lane products, times
-# the block's scale (the 32-value types with a min build their weights d·q + m once instead); the K-quants' min
-# terms use xsum[b] = Σ_j x[32b + j]. A block step takes and returns one accumulator per token.
+# float_rows_<type>(out, raw, r0, r1, x, xsum, n), one token: per block of 32 values, Σ_j q[j]·x[j] as a tree of
+# 8-lane products, times the block's scale (the 32-value types with a min build their weights d·q + m once
+# instead); the K-quants' min terms use xsum[b] = Σ_j x[32b + j]. A block step takes and returns its accumulator.
+#
+# float_tile8_<type> / float_tile4_<type>(out, raw, r0, r1, x, n), a tile of 8 or 4 tokens (a decode batch, a short
+# prompt): <type>_weights(row, i) unpacks a block into its float32 weights once, and _rows_tiled_primitive
+# multiplies them into every token's sums. Unpacking is most of a one-token dot, so sharing it is what makes a
+# batch of 8 cost far less than 8 single tokens.
 
 
 def _quarters(b, v):
@@ -385,25 +405,20 @@ def _quarters(b, v):
     return [b.shuffle_vector(v, undef, ir.Constant(_vec(_I32, 8), list(range(8 * c, 8 * c + 8)))) for c in range(4)]
 
 
-def _dot_all(row, accs, q, xo, scales=None):
-    """Every token's accumulator plus Σ_j w[j]·x_token[xo + j] (q: <32 x float>). scales: None when q already
-    holds the weights, else (s_a, s_b), 8-lane scales of values 0-15 and 16-31 (the same one twice for a block
-    with one scale). The four products are summed as a tree, scaled, and added to the accumulator: one add on
-    its chain per block."""
+def _dot(row, acc, q, xo, scales=None):
+    """acc plus Σ_j w[j]·x[xo + j] (q: <32 x float>). scales: None when q already holds the weights, else
+    (s_a, s_b), 8-lane scales of values 0-15 and 16-31 (the same one twice for a block with one scale). The four
+    products are summed as a tree, scaled, and added to the accumulator: one add on its chain per block."""
     b = row.b
-    qs = _quarters(b, q)
-    out = []
-    for t, acc in enumerate(accs):
-        m = [b.fmul(wq, xq, flags=_FMA) for wq, xq in zip(qs, _quarters(b, row.at("x", xo, _F32, 32, t)))]
-        first, second = b.fadd(m[0], m[1], flags=_FMA), b.fadd(m[2], m[3], flags=_FMA)
-        if scales is None:
-            tree = b.fadd(first, second, flags=_FMA)
-        elif scales[0] is scales[1]:
-            tree = b.fmul(b.fadd(first, second, flags=_FMA), scales[0], flags=_FMA)
-        else:
-            tree = b.fadd(b.fmul(first, scales[0], flags=_FMA), b.fmul(second, scales[1], flags=_FMA), flags=_FMA)
-        out.append(b.fadd(acc, tree, flags=_FMA))
-    return out
+    m = [b.fmul(wq, xq, flags=_FMA) for wq, xq in zip(_quarters(b, q), _quarters(b, row.at("x", xo, _F32, 32)))]
+    first, second = b.fadd(m[0], m[1], flags=_FMA), b.fadd(m[2], m[3], flags=_FMA)
+    if scales is None:
+        tree = b.fadd(first, second, flags=_FMA)
+    elif scales[0] is scales[1]:
+        tree = b.fmul(b.fadd(first, second, flags=_FMA), scales[0], flags=_FMA)
+    else:
+        tree = b.fadd(b.fmul(first, scales[0], flags=_FMA), b.fmul(second, scales[1], flags=_FMA), flags=_FMA)
+    return b.fadd(acc, tree, flags=_FMA)
 
 
 def _floats(row, q, signed=False):
@@ -416,18 +431,18 @@ def _nibbles32(row, packed):
                                 ir.Constant(_vec(_I32, 32), list(range(32))))
 
 
-def _f_q8_0_block(row, i, accs):
+def _f_q8_0_block(row, i, acc):
     b = row.b
     o = _i64(b, i, 34)
     q = _floats(row, row.bytes(_i64(b, o, 1, 2), 32), signed=True)
     d = row.blk.splat(row.f16(o), 8)
-    return _dot_all(row, accs, q, _i64(b, i, 32), (d, d))
+    return _dot(row, acc, q, _i64(b, i, 32), (d, d))
 
 
-def _f_small_block(size, five_bit, offset):
+def _small_weights(size, five_bit, offset):
     """Q4_0 (18 bytes, v = d·(q − 8)), Q4_1 (20, d·q + m), Q5_0 (22, d·(q − 16)), Q5_1 (24, d·q + m): f16 d,
-    [f16 m], [u32 of fifth bits: bit j for value j], 16 bytes of nibbles."""
-    def block(row, i, accs):
+    [f16 m], [u32 of fifth bits: bit j for value j], 16 bytes of nibbles. weights(row, i) → [(i, <32 x float>)]."""
+    def weights(row, i):
         b = row.b
         o = _i64(b, i, size)
         d = row.f16(o)
@@ -437,9 +452,16 @@ def _f_small_block(size, five_bit, offset):
             bits = b.and_(b.lshr(qh, ir.Constant(_vec(_I32, 32), list(range(32)))), row.blk.splat(ir.Constant(_I32, 1), 32))
             q = b.or_(q, b.shl(bits, row.blk.splat(ir.Constant(_I32, 4), 32)))
         m = b.fmul(d, ir.Constant(_F32, -float(offset))) if offset else row.f16(_i64(b, o, 1, 2))
-        w = b.fadd(b.fmul(_floats(row, q, signed=True), row.blk.splat(d, 32), flags=_FMA), row.blk.splat(m, 32),
-                   flags=_FMA)  # the block's 32 weights, once for every token
-        return _dot_all(row, accs, w, _i64(b, i, 32))
+        return [(i, b.fadd(b.fmul(_floats(row, q, signed=True), row.blk.splat(d, 32), flags=_FMA),
+                           row.blk.splat(m, 32), flags=_FMA))]
+    return weights
+
+
+def _f_small_block(weights):
+    """A 32-value type's block step: its weights built once, then dotted with every token."""
+    def block(row, i, acc):
+        ((_, w),) = weights(row, i)
+        return _dot(row, acc, w, _i64(row.b, i, 32))
     return block
 
 
@@ -448,12 +470,12 @@ def _f_k_block(five_bit):
     and mins of _q4_k_scales, then 4 × 32 bytes of nibbles (low: sub-block 2k, high: 2k + 1)."""
     size, qs = (176, 48) if five_bit else (144, 16)
 
-    def block(row, i, accs):
+    def block(row, i, acc):
         b, blk = row.b, row.blk
         o = _i64(b, i, size)
         d, dmin, scales, mins = _q4_k_scales(row, o)
         factors, dmins = b.fmul(blk.splat(d, 8), scales), b.fmul(blk.splat(dmin, 8), mins)
-        accs = [b.fsub(acc, b.fmul(dmins, row.at("xsum", _i64(b, i, 8), _F32, 8, t))) for t, acc in enumerate(accs)]
+        acc = b.fsub(acc, b.fmul(dmins, row.at("xsum", _i64(b, i, 8), _F32, 8)))
         high = row.bytes(_i64(b, o, 1, 16), 32) if five_bit else None
         for k in range(4):
             for half, shift in ((0, 0), (1, 4)):
@@ -463,12 +485,12 @@ def _f_k_block(five_bit):
                     bit = b.and_(b.lshr(high, blk.splat(ir.Constant(_I8, j), 32)), blk.splat(ir.Constant(_I8, 1), 32))
                     q = b.or_(q, b.shl(bit, blk.splat(ir.Constant(_I8, 4), 32)))
                 scale = row.lane(factors, j)
-                accs = _dot_all(row, accs, _floats(row, q), _i64(b, i, 256, 32 * j), (scale, scale))
-        return accs
+                acc = _dot(row, acc, _floats(row, q), _i64(b, i, 256, 32 * j), (scale, scale))
+        return acc
     return block
 
 
-def _f_q6_k_block(row, i, accs):
+def _f_q6_k_block(row, i, acc):
     """Q6_K (layout: _q6_k_block) against float32 x: values 0-15 and 16-31 of each group have their own scale."""
     b, blk = row.b, row.blk
     o = _i64(b, i, 210)
@@ -482,16 +504,77 @@ def _f_q6_k_block(row, i, accs):
             q = b.sub(b.zext(b.or_(low, b.shl(top, blk.splat(ir.Constant(_I8, 4), 32))), _vec(_I32, 32)),
                       blk.splat(ir.Constant(_I32, 32), 32))
             sc = 8 * h + 2 * g
-            accs = _dot_all(row, accs, _floats(row, q, signed=True), _i64(b, i, 256, 128 * h + 32 * g),
+            acc = _dot(row, acc, _floats(row, q, signed=True), _i64(b, i, 256, 128 * h + 32 * g),
                             (row.lane(scales, sc), row.lane(scales, sc + 1)))
-    return accs
+    return acc
+
+
+def _q8_0_weights(row, i):
+    """Q8_0 block i as weights d·q: [(i, <32 x float>)]."""
+    b = row.b
+    o = _i64(b, i, 34)
+    q = _floats(row, row.bytes(_i64(b, o, 1, 2), 32), signed=True)
+    return [(i, b.fmul(q, row.blk.splat(row.f16(o), 32)))]
+
+
+def _k_weights(five_bit):
+    """Q4_K / Q5_K super-block i (layout: _f_k_block) as weights d·sc_j·q − dmin·m_j: [(8i + j, <32 x float>)]."""
+    size, qs = (176, 48) if five_bit else (144, 16)
+
+    def weights(row, i):
+        b, blk = row.b, row.blk
+        o = _i64(b, i, size)
+        d, dmin, scales, mins = _q4_k_scales(row, o)
+        factors, dmins = b.fmul(blk.splat(d, 8), scales), b.fmul(blk.splat(dmin, 8), mins)
+        high = row.bytes(_i64(b, o, 1, 16), 32) if five_bit else None
+        groups = []
+        for k in range(4):
+            for half, shift in ((0, 0), (1, 4)):
+                j = 2 * k + half
+                q = row.bytes(_i64(b, o, 1, qs + 32 * k), 32, shift, 15)
+                if five_bit:
+                    bit = b.and_(b.lshr(high, blk.splat(ir.Constant(_I8, j), 32)), blk.splat(ir.Constant(_I8, 1), 32))
+                    q = b.or_(q, b.shl(bit, blk.splat(ir.Constant(_I8, 4), 32)))
+                lane = ir.Constant(_I32, j)
+                w = b.fsub(b.fmul(_floats(row, b.zext(q, _vec(_I32, 32)), signed=True),
+                                  blk.splat(b.extract_element(factors, lane), 32), flags=_FMA),
+                           blk.splat(b.extract_element(dmins, lane), 32), flags=_FMA)
+                groups.append((_i64(b, i, 8, j), w))
+        return groups
+    return weights
+
+
+def _q6_k_weights(row, i):
+    """Q6_K super-block i (layout: _q6_k_block) as weights d·sc·(q − 32): [(8i + 4h + g, <32 x float>)]."""
+    b, blk = row.b, row.blk
+    o = _i64(b, i, 210)
+    scales = b.fmul(b.sitofp(row.at("row", _i64(b, o, 1, 192), _I8, 16), _vec(_F32, 16)),
+                    blk.splat(row.f16(_i64(b, o, 1, 208)), 16))
+    undef = ir.Constant(scales.type, ir.Undefined)
+    groups = []
+    for h in range(2):
+        high = row.bytes(_i64(b, o, 1, 128 + 32 * h), 32)
+        for g in range(4):
+            low = row.bytes(_i64(b, o, 1, 64 * h + 32 * (g & 1)), 32, 4 * (g >> 1), 15)
+            top = b.and_(b.lshr(high, blk.splat(ir.Constant(_I8, 2 * g), 32)), blk.splat(ir.Constant(_I8, 3), 32))
+            q = b.sub(b.zext(b.or_(low, b.shl(top, blk.splat(ir.Constant(_I8, 4), 32))), _vec(_I32, 32)),
+                      blk.splat(ir.Constant(_I32, 32), 32))
+            sc = 8 * h + 2 * g
+            scale = b.shuffle_vector(scales, undef, ir.Constant(_vec(_I32, 32), [sc] * 16 + [sc + 1] * 16))
+            groups.append((_i64(b, i, 8, 4 * h + g), b.fmul(_floats(row, q, signed=True), scale)))
+    return groups
 
 
 _FLOAT = ("x", "xsum")
-_FLOAT_STEPS = {"q8_0": _f_q8_0_block, "q4_0": _f_small_block(18, False, 8), "q4_1": _f_small_block(20, False, 0),
-                "q5_0": _f_small_block(22, True, 16), "q5_1": _f_small_block(24, True, 0),
+_SMALL = {"q4_0": _small_weights(18, False, 8), "q4_1": _small_weights(20, False, 0),
+          "q5_0": _small_weights(22, True, 16), "q5_1": _small_weights(24, True, 0)}
+_FLOAT_STEPS = {"q8_0": _f_q8_0_block, **{name: _f_small_block(w) for name, w in _SMALL.items()},
                 "q4_k": _f_k_block(False), "q5_k": _f_k_block(True), "q6_k": _f_q6_k_block}
+_WEIGHTS = {"q8_0": _q8_0_weights, **_SMALL, "q4_k": _k_weights(False), "q5_k": _k_weights(True),
+            "q6_k": _q6_k_weights}
 float_rows_q8_0, float_rows_q4_0, float_rows_q4_1, float_rows_q5_0, float_rows_q5_1, float_rows_q4_k, \
-    float_rows_q5_k, float_rows_q6_k = (_rows_primitive(step, _FLOAT) for step in _FLOAT_STEPS.values())
-float_tiled_q8_0, float_tiled_q4_0, float_tiled_q4_1, float_tiled_q5_0, float_tiled_q5_1, float_tiled_q4_k, \
-    float_tiled_q5_k, float_tiled_q6_k = (_rows_tiled_primitive(step) for step in _FLOAT_STEPS.values())
+    float_rows_q5_k, float_rows_q6_k = (_rows_primitive(_one_token(step), _FLOAT) for step in _FLOAT_STEPS.values())
+float_tile8_q8_0, float_tile8_q4_0, float_tile8_q4_1, float_tile8_q5_0, float_tile8_q5_1, float_tile8_q4_k, \
+    float_tile8_q5_k, float_tile8_q6_k = (_rows_tiled_primitive(w, 8) for w in _WEIGHTS.values())
+float_tile4_q8_0, float_tile4_q4_0, float_tile4_q4_1, float_tile4_q5_0, float_tile4_q5_1, float_tile4_q4_k, \
+    float_tile4_q5_k, float_tile4_q6_k = (_rows_tiled_primitive(w, 4) for w in _WEIGHTS.values())

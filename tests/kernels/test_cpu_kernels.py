@@ -31,7 +31,7 @@ def test_dequantize_rows_bit_exact(t, threads):
     np.testing.assert_array_equal(out.view(np.uint32), ref.view(np.uint32))
 
 
-@pytest.mark.parametrize("T", [1, 3, 8, 17])
+@pytest.mark.parametrize("T", [1, 3, 8, 12, 16, 17])
 @pytest.mark.parametrize("n", [1, 5, 67])
 @pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
 def test_matmul_transb_matches_dequantized_reference(t, n, T, threads):
@@ -49,7 +49,9 @@ def test_prefill_uses_several_tiles(monkeypatch):
     monkeypatch.setattr(cpu, "TILE_BYTES", 3 * 256 * 4)  # 3 rows per tile, so 67 rows need 23 tiles
     w, ref = weights(GGMLType.Q4_K, 67, 256)
     x = np.random.default_rng(0).standard_normal((cpu.FUSED_MAX_T + 1, 256)).astype(np.float32)
-    np.testing.assert_allclose(cpu.matmul_transb(x, w), x @ ref.T, rtol=1e-4, atol=1e-4)
+    expected = x.astype(np.float64) @ ref.T.astype(np.float64)
+    scale = np.abs(x).astype(np.float64) @ np.abs(ref).T.astype(np.float64)
+    assert np.all(np.abs(cpu.matmul_transb(x, w) - expected) <= 1e-5 * scale + 1e-30)
 
 
 def test_ops_dispatches_to_the_fast_path_and_the_reference_agrees(monkeypatch):
@@ -76,3 +78,16 @@ def test_fused_launch_over_several_matrices_and_tokens(T, threads):
         expected = x.astype(np.float64) @ ref.T.astype(np.float64)
         scale = np.abs(x).astype(np.float64) @ np.abs(ref).T.astype(np.float64)
         assert out.shape == expected.shape and np.all(np.abs(out - expected) <= 1e-5 * scale + 1e-30)
+
+
+@pytest.mark.parametrize("t", [GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.Q4_1, GGMLType.F16], ids=lambda t: t.name)
+def test_multi_token_kernel_over_several_spans_of_k(t, threads):
+    """K = 1792 is walked in spans of at most quant_kernels.SPAN_K values, each adding into the outputs."""
+    k = 1792
+    assert k > quant_kernels.SPAN_K
+    w, ref = weights(t, 37, k)
+    x = np.random.default_rng(3).standard_normal((12, k)).astype(np.float32)
+    expected = x.astype(np.float64) @ ref.T.astype(np.float64)
+    scale = np.abs(x).astype(np.float64) @ np.abs(ref).T.astype(np.float64)
+    got = cpu.matmul_transb(x, w)
+    assert np.all(np.abs(got - expected) <= 1e-5 * scale + 1e-30)

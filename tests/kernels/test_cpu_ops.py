@@ -67,3 +67,34 @@ def test_attention_of_strided_views_takes_the_reference_path(monkeypatch):
 def test_attention_rejects_a_cache_shorter_than_the_positions():
     with pytest.raises(ValueError, match="cache holds 5"):
         ops.attention(f32(1, 2, 16), f32(2, 5, 16), f32(2, 5, 16), 5)
+
+
+@pytest.mark.parametrize("window", [None, 4])
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (6, 2)])
+def test_decode_attention_batch_stores_and_attends_per_sequence(monkeypatch, window, heads, kv_heads):
+    """Three sequences of different cache sizes and lengths, layer 1 of 2: each new key/value lands at its own
+    position and each query sees only its own cache, as the reference (store, then ops.attention) does."""
+    dh, starts = 16, [0, 6, 12]
+    caches = [(f32(2, kv_heads, s_max, dh), f32(2, kv_heads, s_max, dh)) for s_max in (3, 7, 20)]
+    for (ck, cv), start in zip(caches, starts):
+        ck[:, :, start:], cv[:, :, start:] = np.nan, np.nan  # positions not yet stored are never read
+    q, k, v = f32(3, heads, dh, scale=2.0), f32(3, kv_heads, dh), f32(3, kv_heads, dh)
+    copies = [(ck.copy(), cv.copy()) for ck, cv in caches]
+    fast = ops.decode_attention_batch(q, k, v, [ck for ck, _ in caches], [cv for _, cv in caches], 1, starts,
+                                      window, 0.3)
+    monkeypatch.setattr(cpu, "available", False)
+    slow = ops.decode_attention_batch(q, k, v, [ck for ck, _ in copies], [cv for _, cv in copies], 1, starts,
+                                      window, 0.3)
+    np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-6)
+    for b, ((ck, cv), (rk, rv), start) in enumerate(zip(caches, copies, starts)):
+        np.testing.assert_array_equal(ck[1, :, start], k[b])
+        np.testing.assert_array_equal(cv[1, :, start], v[b])
+        np.testing.assert_array_equal(ck, rk)
+        assert np.isnan(ck[0, :, start]).all()  # layer 0 untouched
+    assert np.isfinite(fast).all()
+
+
+def test_decode_attention_batch_rejects_a_full_cache():
+    ck = [f32(1, 2, 4, 16)]
+    with pytest.raises(ValueError, match="past the cache's 4 positions"):
+        ops.decode_attention_batch(f32(1, 2, 16), f32(1, 2, 16), f32(1, 2, 16), ck, ck, 0, [4])
