@@ -1,6 +1,6 @@
 """Fast CPU kernels for quantized weights (numba), with kernels/ops.py's NumPy code as their reference.
 
-`matmul_transb(x, w)` is the entry point: one token → the fused dequantize-and-dot mat-vec; up to FUSED_MAX_T
+`matmul_transb(x, w)` is the entry point: one token → the fused dequantize-and-dot mat-vec; up to fused_max_t
 tokens (a decode batch, a short prompt) → the fused kernel unpacking each block once for a tile of 8 (or 4) tokens
 and multiplying it into all of them; more (a long prompt) →
 rows dequantized a tile at a time (on all threads) into a reused float32 buffer, then BLAS (single-threaded, see
@@ -14,6 +14,8 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from kernels.quants import GGMLType
 
 # OpenMP workers spin a bounded while after each kernel (about 0.1 ms), then sleep. Sleeping at once costs a
 # wake-up per launch (decode ran 1.6x slower); spinning forever starves the main thread on 2 cores (8 ms/launch).
@@ -34,18 +36,22 @@ if available:
     from threadpoolctl import threadpool_limits
     threadpool_limits(1, user_api="blas")
 ACTIVATION_KINDS = ("float32", "int8")
+_K_QUANTS = {int(GGMLType.Q4_K), int(GGMLType.Q5_K), int(GGMLType.Q6_K)}
 activations = os.environ.get("ENGINE_ACTIVATIONS", "float32")
-FUSED_MAX_T = 48  # tokens up to which the fused kernels beat dequantizing the whole matrix for BLAS
+# Tokens up to which the fused kernels beat dequantizing the whole matrix for BLAS (measured on SmolLM2 Q4_1 and
+# Qwen3-0.6B-shape Q8_0 / Q4_K_M prompts); the K-quants cost more to unpack per weight.
+FUSED_MAX_T = 96
+FUSED_MAX_T_K_QUANTS = 48
 TILE_BYTES = 4 << 20  # float32 rows dequantized per BLAS call in prefill, per worker
 _local = threading.local()
 _pool: ThreadPoolExecutor | None = None
 
 
 def matmul_transb_many(x: np.ndarray, ws: list) -> list[np.ndarray]:
-    """[x @ wᵀ for w in ws] for QTensors sharing x: [T, K] float32. Up to FUSED_MAX_T tokens: a single parallel
+    """[x @ wᵀ for w in ws] for QTensors sharing x: [T, K] float32. Up to fused_max_t tokens: a single parallel
     fused launch over all the matrices (q/k/v, gate/up); more: dequantized tiles and BLAS per matrix."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.shape[0] > FUSED_MAX_T:
+    if x.shape[0] > min(fused_max_t(w) for w in ws):
         return [matmul_transb(x, w) for w in ws]
     if x.shape[0] > 1:
         return _matmat(x, ws)
@@ -75,14 +81,14 @@ def _matmat(x: np.ndarray, ws: list) -> list[np.ndarray]:
 def matmul_transb(x: np.ndarray, w) -> np.ndarray:
     """x: [T, K] float32, w: QTensor [N, K] → x @ wᵀ: [T, N] float32.
 
-    Up to FUSED_MAX_T tokens (decode, a batch of decoding sequences): the fused kernels, weights read once.
+    Up to fused_max_t(w) tokens (decode, a decode batch, a short prompt): the fused kernels, weights read once.
     More: the rows of w are cut into tiles spread over a pool of worker threads; each worker dequantizes a tile
     into its own reused float32 buffer and multiplies it with single-threaded BLAS (both release the GIL), so the
     workers never compete with another thread pool for the cores.
     """
     n, k = w.shape
     x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.shape[0] <= FUSED_MAX_T:
+    if x.shape[0] <= fused_max_t(w):
         return matmul_transb_many(x, [w])[0]
     out = np.empty((x.shape[0], n), dtype=np.float32)
     rows = max(1, min(n, TILE_BYTES // (4 * k), -(-n // _workers())))
@@ -98,6 +104,11 @@ def matmul_transb(x: np.ndarray, w) -> np.ndarray:
 
     list(_get_pool().map(tile, range(0, n, rows)))
     return out
+
+
+def fused_max_t(w) -> int:
+    """The most tokens for which the fused kernels multiply x by w (QTensor); BLAS on dequantized tiles beyond."""
+    return FUSED_MAX_T_K_QUANTS if int(w.ggml_type) in _K_QUANTS else FUSED_MAX_T
 
 
 def _workers() -> int:

@@ -3,7 +3,7 @@
 In decode these operators touch a few kilobytes each, so NumPy's per-call overhead (several array temporaries per
 operator, ~10 µs each) is most of their cost: 30 layers × ~15 NumPy calls were a quarter of a SmolLM2 token.
 Each function here is one serial loop over the same arithmetic as its NumPy reference in kernels/ops.py (the
-tests check they agree), except decode_attention_batch, one parallel launch for a whole decode batch; ops.py calls
+tests check they agree), except decode_attention_batch (one parallel launch for a whole decode batch) and swiglu (parallel); ops.py calls
 them for float32 NumPy inputs when numba is available.
 """
 import math
@@ -109,10 +109,13 @@ def decode_attention_batch(q, k_new, v_new, k_layers, v_layers, max_lens, starts
             _attend_one(q[b, h], k, v, first, s, scale, scores, out[b, h])
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(parallel=True, cache=True, fastmath=FAST)
 def swiglu(gate, up, out):
-    """gate, up, out: [T, F] float32 → silu(gate) · up."""
-    for t in range(gate.shape[0]):
-        for j in range(gate.shape[1]):
+    """gate, up, out: [T, F] float32 → silu(gate) · up, the rows' columns cut in 4 parts spread over the threads
+    (a scalar exp per value: a decode batch's 8 × 1536 took 90 µs on one thread)."""
+    f = gate.shape[1]
+    for c in prange(gate.shape[0] * 4):
+        t, part = c // 4, c % 4
+        for j in range(part * f // 4, (part + 1) * f // 4):
             g = gate[t, j]
             out[t, j] = g / (np.float32(1.0) + math.exp(-g)) * up[t, j]

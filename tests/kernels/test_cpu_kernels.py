@@ -48,7 +48,7 @@ def test_matmul_transb_matches_dequantized_reference(t, n, T, threads):
 def test_prefill_uses_several_tiles(monkeypatch):
     monkeypatch.setattr(cpu, "TILE_BYTES", 3 * 256 * 4)  # 3 rows per tile, so 67 rows need 23 tiles
     w, ref = weights(GGMLType.Q4_K, 67, 256)
-    x = np.random.default_rng(0).standard_normal((cpu.FUSED_MAX_T + 1, 256)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((cpu.FUSED_MAX_T_K_QUANTS + 1, 256)).astype(np.float32)
     expected = x.astype(np.float64) @ ref.T.astype(np.float64)
     scale = np.abs(x).astype(np.float64) @ np.abs(ref).T.astype(np.float64)
     assert np.all(np.abs(cpu.matmul_transb(x, w) - expected) <= 1e-5 * scale + 1e-30)
