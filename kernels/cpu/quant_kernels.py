@@ -11,10 +11,9 @@ import numpy as np
 from numba import njit, prange
 
 from kernels.cpu.simd import (float_rows_q4_0, float_rows_q4_1, float_rows_q4_k, float_rows_q5_0, float_rows_q5_1,
-                              float_rows_q5_k, float_rows_q6_k, float_rows_q8_0, float_tile4_q4_0, float_tile4_q4_1,
-                              float_tile4_q4_k, float_tile4_q5_0, float_tile4_q5_1, float_tile4_q5_k, float_tile4_q6_k,
-                              float_tile4_q8_0, float_tile8_q4_0, float_tile8_q4_1, float_tile8_q4_k, float_tile8_q5_0,
-                              float_tile8_q5_1, float_tile8_q5_k, float_tile8_q6_k, float_tile8_q8_0)
+                              float_rows_q5_k, float_rows_q6_k, float_rows_q8_0, float_tiles_q4_0, float_tiles_q4_1,
+                              float_tiles_q4_k, float_tiles_q5_0, float_tiles_q5_1, float_tiles_q5_k, float_tiles_q6_k,
+                              float_tiles_q8_0)
 from kernels.quants import GGMLType
 
 F16_TABLE = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
@@ -263,41 +262,22 @@ def dot_rows_tile(t, raw, r0, r1, xi, out):
     float32 (interleave_tile of the tile's x), out: [tile, N]; raw: the rows' bytes of xi's span of K. Each row is
     unpacked once for the whole tile."""
     n = xi.shape[0]
-    if xi.shape[1] == 8:
-        if t == Q8_0:
-            float_tile8_q8_0(out, raw, r0, r1, xi, n)
-        elif t == Q4_0:
-            float_tile8_q4_0(out, raw, r0, r1, xi, n)
-        elif t == Q4_1:
-            float_tile8_q4_1(out, raw, r0, r1, xi, n)
-        elif t == Q5_0:
-            float_tile8_q5_0(out, raw, r0, r1, xi, n)
-        elif t == Q5_1:
-            float_tile8_q5_1(out, raw, r0, r1, xi, n)
-        elif t == Q4_K:
-            float_tile8_q4_k(out, raw, r0, r1, xi, n // 8)
-        elif t == Q5_K:
-            float_tile8_q5_k(out, raw, r0, r1, xi, n // 8)
-        elif t == Q6_K:
-            float_tile8_q6_k(out, raw, r0, r1, xi, n // 8)
-        else:
-            _dot_rows_dequantized(t, raw, r0, r1, xi, out)
-    elif t == Q8_0:
-        float_tile4_q8_0(out, raw, r0, r1, xi, n)
+    if t == Q8_0:
+        float_tiles_q8_0(out, raw, r0, r1, xi, n)
     elif t == Q4_0:
-        float_tile4_q4_0(out, raw, r0, r1, xi, n)
+        float_tiles_q4_0(out, raw, r0, r1, xi, n)
     elif t == Q4_1:
-        float_tile4_q4_1(out, raw, r0, r1, xi, n)
+        float_tiles_q4_1(out, raw, r0, r1, xi, n)
     elif t == Q5_0:
-        float_tile4_q5_0(out, raw, r0, r1, xi, n)
+        float_tiles_q5_0(out, raw, r0, r1, xi, n)
     elif t == Q5_1:
-        float_tile4_q5_1(out, raw, r0, r1, xi, n)
+        float_tiles_q5_1(out, raw, r0, r1, xi, n)
     elif t == Q4_K:
-        float_tile4_q4_k(out, raw, r0, r1, xi, n // 8)
+        float_tiles_q4_k(out, raw, r0, r1, xi, n // 8)
     elif t == Q5_K:
-        float_tile4_q5_k(out, raw, r0, r1, xi, n // 8)
+        float_tiles_q5_k(out, raw, r0, r1, xi, n // 8)
     elif t == Q6_K:
-        float_tile4_q6_k(out, raw, r0, r1, xi, n // 8)
+        float_tiles_q6_k(out, raw, r0, r1, xi, n // 8)
     else:
         _dot_rows_dequantized(t, raw, r0, r1, xi, out)
 

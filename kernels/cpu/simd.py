@@ -221,17 +221,15 @@ def _fmuladd(b, a, c, acc):
     return b.call(fn, [a, c, acc])
 
 
-def _rows_tiled_primitive(weights, tile):
-    """out[t, r] += Σ_k W[r, k]·x[t, k] for r0 <= r < r1 and the tile's tokens t < tile. x: [K/32, tile, 32]
-    float32, C-contiguous (the tile's activations interleaved per 32 values); out: [tile, N] float32; raw may be
-    a slice of columns of the stored rows (a span of K).
+def _rows_tiled_primitive(weights):
+    """out[t, r] += Σ_k W[r, k]·x[t, k] for r0 <= r < r1 and the tile's tokens t < tile (8 or 4). x: [K/32, tile,
+    32] float32, C-contiguous (the tile's activations interleaved per 32 values); out: [tile, N] float32; raw may
+    be a slice of columns of the stored rows (a span of K).
 
     weights(row, i) unpacks block i of the row into float32 weights, a list of (group, <32 x float>) for the
     32-value groups it holds; each group is multiplied into every token's running sums with fused multiply-adds
     (8 // tile chains per token, so the multiply-add latency stays hidden). Every weight is unpacked once per
-    tile; one pointer walks the interleaved x with constant offsets."""
-    chains = 8 // tile
-
+    tile; one pointer walks the interleaved x with constant offsets. Each tile size has its own loop."""
     def body(blk):
         b = blk.builder
         arrays = {name: blk.context.make_array(blk.types[name])(blk.context, b, blk.args[name])
@@ -242,33 +240,43 @@ def _rows_tiled_primitive(weights, tile):
         n = blk.args["n"]
         zero = ir.Constant(_vec(_F32, 8), [0.0] * 8)
 
-        def one_row(r, _):
-            row = _Row(blk, b.gep(b.bitcast(arrays["raw"].data, _I8.as_pointer()), [b.mul(r, raw_stride)]))
+        def rows(tile):
+            chains = 8 // tile
 
-            def one_block(i, accs):
-                accs = list(accs)
-                for group, w in weights(row, i):
-                    base = b.gep(x, [_i64(b, group, 32 * tile)])
-                    for c, quarter in enumerate(_quarters(b, w)):
-                        for t in range(tile):
-                            ptr = b.gep(base, [ir.Constant(_I64, 32 * t + 8 * c)])
-                            xv = b.load(b.bitcast(ptr, _vec(_F32, 8).as_pointer()), align=4)
-                            k = t * chains + c % chains
-                            accs[k] = _fmuladd(b, quarter, xv, accs[k])
-                return accs
+            def one_row(r, _):
+                row = _Row(blk, b.gep(b.bitcast(arrays["raw"].data, _I8.as_pointer()), [b.mul(r, raw_stride)]))
 
-            accs = _loop(blk, n, [zero] * (tile * chains), one_block)
-            out = b.gep(b.bitcast(arrays["out"].data, _I8.as_pointer()), [b.mul(r, ir.Constant(_I64, 4))])
-            for t in range(tile):
-                total = accs[t * chains]
-                for extra in accs[t * chains + 1:(t + 1) * chains]:
-                    total = b.fadd(total, extra)
-                dest = b.bitcast(b.gep(out, [b.mul(ir.Constant(_I64, t), out_stride)]), _F32.as_pointer())
-                b.store(b.fadd(b.load(dest), _hsum(b, total)), dest)
-            return []
+                def one_block(i, accs):
+                    accs = list(accs)
+                    for group, w in weights(row, i):
+                        base = b.gep(x, [_i64(b, group, 32 * tile)])
+                        for c, quarter in enumerate(_quarters(b, w)):
+                            for t in range(tile):
+                                ptr = b.gep(base, [ir.Constant(_I64, 32 * t + 8 * c)])
+                                xv = b.load(b.bitcast(ptr, _vec(_F32, 8).as_pointer()), align=4)
+                                k = t * chains + c % chains
+                                accs[k] = _fmuladd(b, quarter, xv, accs[k])
+                    return accs
 
-        first_row = blk.args["r0"]
-        _loop(blk, b.sub(blk.args["r1"], first_row), [], lambda i, _: one_row(b.add(first_row, i), _))
+                accs = _loop(blk, n, [zero] * (tile * chains), one_block)
+                out = b.gep(b.bitcast(arrays["out"].data, _I8.as_pointer()), [b.mul(r, ir.Constant(_I64, 4))])
+                for t in range(tile):
+                    total = accs[t * chains]
+                    for extra in accs[t * chains + 1:(t + 1) * chains]:
+                        total = b.fadd(total, extra)
+                    dest = b.bitcast(b.gep(out, [b.mul(ir.Constant(_I64, t), out_stride)]), _F32.as_pointer())
+                    b.store(b.fadd(b.load(dest), _hsum(b, total)), dest)
+                return []
+
+            first_row = blk.args["r0"]
+            _loop(blk, b.sub(blk.args["r1"], first_row), [], lambda i, _: one_row(b.add(first_row, i), _))
+
+        tile = cgutils.unpack_tuple(b, arrays["x"].shape, 3)[1]
+        with b.if_else(b.icmp_signed("==", tile, ir.Constant(_I64, 8))) as (eight, four):
+            with eight:
+                rows(8)
+            with four:
+                rows(4)
         return blk.context.get_dummy_value()
     return _primitive(["out", "raw", "r0", "r1", "x", "n"], body)
 
@@ -393,7 +401,7 @@ int8_rows_q6_k = _rows_primitive(_one_token(_q6_k_block))
 # 8-lane products, times the block's scale (the 32-value types with a min build their weights d·q + m once
 # instead); the K-quants' min terms use xsum[b] = Σ_j x[32b + j]. A block step takes and returns its accumulator.
 #
-# float_tile8_<type> / float_tile4_<type>(out, raw, r0, r1, x, n), a tile of 8 or 4 tokens (a decode batch, a short
+# float_tiles_<type>(out, raw, r0, r1, x, n), a tile of 8 or 4 tokens (a decode batch, a short
 # prompt): <type>_weights(row, i) unpacks a block into its float32 weights once, and _rows_tiled_primitive
 # multiplies them into every token's sums. Unpacking is most of a one-token dot, so sharing it is what makes a
 # batch of 8 cost far less than 8 single tokens.
@@ -465,10 +473,44 @@ def _f_small_block(weights):
     return block
 
 
+def _k_quants(row, o, five_bit):
+    """The 8 sub-blocks' quants (<32 x i8>, 0-15 or 0-31) of the Q4_K / Q5_K super-block at byte o: 4 × 32 bytes
+    of nibbles at 16 (Q5_K: 48) (low: sub-block 2k, high: 2k + 1); Q5_K's fifth bits are the 32 bytes at 16, bit j
+    for sub-block j."""
+    b, blk = row.b, row.blk
+    qs = 48 if five_bit else 16
+    high = row.bytes(_i64(b, o, 1, 16), 32) if five_bit else None
+    quants = []
+    for k in range(4):
+        for shift in (0, 4):
+            q = row.bytes(_i64(b, o, 1, qs + 32 * k), 32, shift, 15)
+            if five_bit:
+                j = len(quants)
+                bit = b.and_(b.lshr(high, blk.splat(ir.Constant(_I8, j), 32)), blk.splat(ir.Constant(_I8, 1), 32))
+                q = b.or_(q, b.shl(bit, blk.splat(ir.Constant(_I8, 4), 32)))
+            quants.append(q)
+    return quants
+
+
+def _q6_k_quants(row, o):
+    """The 8 groups' quants q − 32 (<32 x i32>, group 4h + g) of the Q6_K super-block at byte o (layout:
+    _q6_k_block)."""
+    b, blk = row.b, row.blk
+    quants = []
+    for h in range(2):
+        high = row.bytes(_i64(b, o, 1, 128 + 32 * h), 32)
+        for g in range(4):
+            low = row.bytes(_i64(b, o, 1, 64 * h + 32 * (g & 1)), 32, 4 * (g >> 1), 15)
+            top = b.and_(b.lshr(high, blk.splat(ir.Constant(_I8, 2 * g), 32)), blk.splat(ir.Constant(_I8, 3), 32))
+            quants.append(b.sub(b.zext(b.or_(low, b.shl(top, blk.splat(ir.Constant(_I8, 4), 32))), _vec(_I32, 32)),
+                                blk.splat(ir.Constant(_I32, 32), 32)))
+    return quants
+
+
 def _f_k_block(five_bit):
-    """Q4_K (144 bytes) or Q5_K (176: 32 bytes of fifth bits at 16, sub-block j taking bit j): the 6-bit scales
-    and mins of _q4_k_scales, then 4 × 32 bytes of nibbles (low: sub-block 2k, high: 2k + 1)."""
-    size, qs = (176, 48) if five_bit else (144, 16)
+    """Q4_K (144 bytes) or Q5_K (176): f16 d, f16 dmin, the 6-bit scales and mins of _q4_k_scales, then the quants
+    of _k_quants; sub-block j is d·sc_j·q − dmin·m_j."""
+    size = 176 if five_bit else 144
 
     def block(row, i, acc):
         b, blk = row.b, row.blk
@@ -476,16 +518,9 @@ def _f_k_block(five_bit):
         d, dmin, scales, mins = _q4_k_scales(row, o)
         factors, dmins = b.fmul(blk.splat(d, 8), scales), b.fmul(blk.splat(dmin, 8), mins)
         acc = b.fsub(acc, b.fmul(dmins, row.at("xsum", _i64(b, i, 8), _F32, 8)))
-        high = row.bytes(_i64(b, o, 1, 16), 32) if five_bit else None
-        for k in range(4):
-            for half, shift in ((0, 0), (1, 4)):
-                j = 2 * k + half
-                q = row.bytes(_i64(b, o, 1, qs + 32 * k), 32, shift, 15)
-                if five_bit:
-                    bit = b.and_(b.lshr(high, blk.splat(ir.Constant(_I8, j), 32)), blk.splat(ir.Constant(_I8, 1), 32))
-                    q = b.or_(q, b.shl(bit, blk.splat(ir.Constant(_I8, 4), 32)))
-                scale = row.lane(factors, j)
-                acc = _dot(row, acc, _floats(row, q), _i64(b, i, 256, 32 * j), (scale, scale))
+        for j, q in enumerate(_k_quants(row, o, five_bit)):
+            scale = row.lane(factors, j)
+            acc = _dot(row, acc, _floats(row, q), _i64(b, i, 256, 32 * j), (scale, scale))
         return acc
     return block
 
@@ -496,16 +531,10 @@ def _f_q6_k_block(row, i, acc):
     o = _i64(b, i, 210)
     scales = b.fmul(b.sitofp(row.at("row", _i64(b, o, 1, 192), _I8, 16), _vec(_F32, 16)),
                     blk.splat(row.f16(_i64(b, o, 1, 208)), 16))
-    for h in range(2):
-        high = row.bytes(_i64(b, o, 1, 128 + 32 * h), 32)
-        for g in range(4):
-            low = row.bytes(_i64(b, o, 1, 64 * h + 32 * (g & 1)), 32, 4 * (g >> 1), 15)
-            top = b.and_(b.lshr(high, blk.splat(ir.Constant(_I8, 2 * g), 32)), blk.splat(ir.Constant(_I8, 3), 32))
-            q = b.sub(b.zext(b.or_(low, b.shl(top, blk.splat(ir.Constant(_I8, 4), 32))), _vec(_I32, 32)),
-                      blk.splat(ir.Constant(_I32, 32), 32))
-            sc = 8 * h + 2 * g
-            acc = _dot(row, acc, _floats(row, q, signed=True), _i64(b, i, 256, 128 * h + 32 * g),
-                            (row.lane(scales, sc), row.lane(scales, sc + 1)))
+    for group, q in enumerate(_q6_k_quants(row, o)):
+        sc = 2 * group
+        acc = _dot(row, acc, _floats(row, q, signed=True), _i64(b, i, 256, 32 * group),
+                   (row.lane(scales, sc), row.lane(scales, sc + 1)))
     return acc
 
 
@@ -519,49 +548,36 @@ def _q8_0_weights(row, i):
 
 def _k_weights(five_bit):
     """Q4_K / Q5_K super-block i (layout: _f_k_block) as weights d·sc_j·q − dmin·m_j: [(8i + j, <32 x float>)]."""
-    size, qs = (176, 48) if five_bit else (144, 16)
+    size = 176 if five_bit else 144
 
     def weights(row, i):
         b, blk = row.b, row.blk
         o = _i64(b, i, size)
         d, dmin, scales, mins = _q4_k_scales(row, o)
         factors, dmins = b.fmul(blk.splat(d, 8), scales), b.fmul(blk.splat(dmin, 8), mins)
-        high = row.bytes(_i64(b, o, 1, 16), 32) if five_bit else None
         groups = []
-        for k in range(4):
-            for half, shift in ((0, 0), (1, 4)):
-                j = 2 * k + half
-                q = row.bytes(_i64(b, o, 1, qs + 32 * k), 32, shift, 15)
-                if five_bit:
-                    bit = b.and_(b.lshr(high, blk.splat(ir.Constant(_I8, j), 32)), blk.splat(ir.Constant(_I8, 1), 32))
-                    q = b.or_(q, b.shl(bit, blk.splat(ir.Constant(_I8, 4), 32)))
-                lane = ir.Constant(_I32, j)
-                w = b.fsub(b.fmul(_floats(row, b.zext(q, _vec(_I32, 32)), signed=True),
-                                  blk.splat(b.extract_element(factors, lane), 32), flags=_FMA),
-                           blk.splat(b.extract_element(dmins, lane), 32), flags=_FMA)
-                groups.append((_i64(b, i, 8, j), w))
+        for j, q in enumerate(_k_quants(row, o, five_bit)):
+            lane = ir.Constant(_I32, j)
+            w = b.fsub(b.fmul(_floats(row, b.zext(q, _vec(_I32, 32)), signed=True),
+                              blk.splat(b.extract_element(factors, lane), 32), flags=_FMA),
+                       blk.splat(b.extract_element(dmins, lane), 32), flags=_FMA)
+            groups.append((_i64(b, i, 8, j), w))
         return groups
     return weights
 
 
 def _q6_k_weights(row, i):
-    """Q6_K super-block i (layout: _q6_k_block) as weights d·sc·(q − 32): [(8i + 4h + g, <32 x float>)]."""
+    """Q6_K super-block i (layout: _q6_k_block) as weights d·sc·(q − 32): [(8i + group, <32 x float>)]."""
     b, blk = row.b, row.blk
     o = _i64(b, i, 210)
     scales = b.fmul(b.sitofp(row.at("row", _i64(b, o, 1, 192), _I8, 16), _vec(_F32, 16)),
                     blk.splat(row.f16(_i64(b, o, 1, 208)), 16))
     undef = ir.Constant(scales.type, ir.Undefined)
     groups = []
-    for h in range(2):
-        high = row.bytes(_i64(b, o, 1, 128 + 32 * h), 32)
-        for g in range(4):
-            low = row.bytes(_i64(b, o, 1, 64 * h + 32 * (g & 1)), 32, 4 * (g >> 1), 15)
-            top = b.and_(b.lshr(high, blk.splat(ir.Constant(_I8, 2 * g), 32)), blk.splat(ir.Constant(_I8, 3), 32))
-            q = b.sub(b.zext(b.or_(low, b.shl(top, blk.splat(ir.Constant(_I8, 4), 32))), _vec(_I32, 32)),
-                      blk.splat(ir.Constant(_I32, 32), 32))
-            sc = 8 * h + 2 * g
-            scale = b.shuffle_vector(scales, undef, ir.Constant(_vec(_I32, 32), [sc] * 16 + [sc + 1] * 16))
-            groups.append((_i64(b, i, 8, 4 * h + g), b.fmul(_floats(row, q, signed=True), scale)))
+    for group, q in enumerate(_q6_k_quants(row, o)):
+        sc = 2 * group
+        scale = b.shuffle_vector(scales, undef, ir.Constant(_vec(_I32, 32), [sc] * 16 + [sc + 1] * 16))
+        groups.append((_i64(b, i, 8, group), b.fmul(_floats(row, q, signed=True), scale)))
     return groups
 
 
@@ -574,7 +590,5 @@ _WEIGHTS = {"q8_0": _q8_0_weights, **_SMALL, "q4_k": _k_weights(False), "q5_k": 
             "q6_k": _q6_k_weights}
 float_rows_q8_0, float_rows_q4_0, float_rows_q4_1, float_rows_q5_0, float_rows_q5_1, float_rows_q4_k, \
     float_rows_q5_k, float_rows_q6_k = (_rows_primitive(_one_token(step), _FLOAT) for step in _FLOAT_STEPS.values())
-float_tile8_q8_0, float_tile8_q4_0, float_tile8_q4_1, float_tile8_q5_0, float_tile8_q5_1, float_tile8_q4_k, \
-    float_tile8_q5_k, float_tile8_q6_k = (_rows_tiled_primitive(w, 8) for w in _WEIGHTS.values())
-float_tile4_q8_0, float_tile4_q4_0, float_tile4_q4_1, float_tile4_q5_0, float_tile4_q5_1, float_tile4_q4_k, \
-    float_tile4_q5_k, float_tile4_q6_k = (_rows_tiled_primitive(w, 4) for w in _WEIGHTS.values())
+float_tiles_q8_0, float_tiles_q4_0, float_tiles_q4_1, float_tiles_q5_0, float_tiles_q5_1, float_tiles_q4_k, \
+    float_tiles_q5_k, float_tiles_q6_k = (_rows_tiled_primitive(w) for w in _WEIGHTS.values())
