@@ -2,9 +2,9 @@
 
 In decode these operators touch a few kilobytes each, so NumPy's per-call overhead (several array temporaries per
 operator, ~10 µs each) is most of their cost: 30 layers × ~15 NumPy calls were a quarter of a SmolLM2 token.
-Each function here is one serial loop over the same arithmetic as its NumPy reference in kernels/ops.py (the
-tests check they agree), except decode_attention_batch (one parallel launch for a whole decode batch) and swiglu (parallel); ops.py calls
-them for float32 NumPy inputs when numba is available.
+Each function here is a loop over the same arithmetic as its NumPy reference in kernels/ops.py (the tests check
+they agree), serial except swiglu and decode_attention_batch (one parallel launch for a whole decode batch);
+ops.py calls them for float32 NumPy inputs when numba is available.
 """
 import math
 

@@ -340,6 +340,39 @@ def _q4_k_scales(row, o):
     return d, dmin, scales, mins
 
 
+def _k_quants(row, o, five_bit):
+    """The 8 sub-blocks' quants (<32 x i8>, 0-15 or 0-31) of the Q4_K / Q5_K super-block at byte o: 4 × 32 bytes
+    of nibbles at 16 (Q5_K: 48) (low: sub-block 2k, high: 2k + 1); Q5_K's fifth bits are the 32 bytes at 16, bit j
+    for sub-block j."""
+    b, blk = row.b, row.blk
+    qs = 48 if five_bit else 16
+    high = row.bytes(_i64(b, o, 1, 16), 32) if five_bit else None
+    quants = []
+    for k in range(4):
+        for shift in (0, 4):
+            q = row.bytes(_i64(b, o, 1, qs + 32 * k), 32, shift, 15)
+            if five_bit:
+                j = len(quants)
+                bit = b.and_(b.lshr(high, blk.splat(ir.Constant(_I8, j), 32)), blk.splat(ir.Constant(_I8, 1), 32))
+                q = b.or_(q, b.shl(bit, blk.splat(ir.Constant(_I8, 4), 32)))
+            quants.append(q)
+    return quants
+
+
+def _q6_k_quants(row, o):
+    """The 8 groups' unsigned 6-bit quants (<32 x i8>, 0-63; the value is q − 32), group 4h + g, of the Q6_K
+    super-block at byte o (layout: _q6_k_block)."""
+    b, blk = row.b, row.blk
+    quants = []
+    for h in range(2):
+        high = row.bytes(_i64(b, o, 1, 128 + 32 * h), 32)
+        for g in range(4):
+            low = row.bytes(_i64(b, o, 1, 64 * h + 32 * (g & 1)), 32, 4 * (g >> 1), 15)
+            top = b.and_(b.lshr(high, blk.splat(ir.Constant(_I8, 2 * g), 32)), blk.splat(ir.Constant(_I8, 3), 32))
+            quants.append(b.or_(low, b.shl(top, blk.splat(ir.Constant(_I8, 4), 32))))
+    return quants
+
+
 def _q4_k_block(row, i, acc):
     """Q4_K super-block i (144 bytes): f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles;
     sub-block j (32 values) is d·sc_j·q − dmin·m_j, q from the low (j even) or high (j odd) nibbles of the 32
@@ -350,12 +383,9 @@ def _q4_k_block(row, i, acc):
     first = _i64(b, i, 8)
     factors = b.fmul(b.fmul(blk.splat(d, 8), scales), row.at("xd", first, _F32, 8))
     acc = b.fsub(acc, b.fmul(b.fmul(blk.splat(dmin, 8), mins), row.at("xs", first, _F32, 8)))
-    for k in range(4):
-        packed_q = _i64(b, o, 1, 16 + 32 * k)
-        for half, shift in ((0, 0), (1, 4)):
-            j = 2 * k + half
-            isum = _int_dot_32(blk, row.bytes(packed_q, 32, shift, 15), row.y(_i64(b, i, 256, 32 * j)))
-            acc = row.fma(isum, row.lane(factors, j), acc)
+    for j, q in enumerate(_k_quants(row, o, False)):
+        isum = _int_dot_32(blk, q, row.y(_i64(b, i, 256, 32 * j)))
+        acc = row.fma(isum, row.lane(factors, j), acc)
     return acc
 
 
@@ -369,18 +399,18 @@ def _q6_k_block(row, i, acc):
     undef = ir.Constant(scales.type, ir.Undefined)
     factors = b.fmul(blk.splat(row.f16(_i64(b, o, 1, 208)), 8), row.at("xd", _i64(b, i, 8), _F32, 8))
     thirty_two = blk.splat(ir.Constant(_I8, 32), 32)
-    for h in range(2):
-        high = row.bytes(_i64(b, o, 1, 128 + 32 * h), 32)
-        for g in range(4):
-            low = row.bytes(_i64(b, o, 1, 64 * h + 32 * (g & 1)), 32, 4 * (g >> 1), 15)
-            top = b.and_(b.lshr(high, blk.splat(ir.Constant(_I8, 2 * g), 32)), blk.splat(ir.Constant(_I8, 3), 32))
-            q = b.or_(low, b.shl(top, blk.splat(ir.Constant(_I8, 4), 32)))
-            y = row.y(_i64(b, i, 256, 128 * h + 32 * g))
-            pairs = b.sub(_maddubs(blk, q, y), _maddubs(blk, thirty_two, y))
-            sc = 8 * h + 2 * g
-            scale16 = b.shuffle_vector(scales, undef, ir.Constant(_vec(_I32, 16), [sc] * 8 + [sc + 1] * 8))
-            acc = row.fma(_madd(blk, pairs, scale16), row.lane(factors, 4 * h + g), acc)
+    for group, q in enumerate(_q6_k_quants(row, o)):
+        y = row.y(_i64(b, i, 256, 32 * group))
+        pairs = b.sub(_maddubs(blk, q, y), _maddubs(blk, thirty_two, y))
+        sc = 2 * group
+        scale16 = b.shuffle_vector(scales, undef, ir.Constant(_vec(_I32, 16), [sc] * 8 + [sc + 1] * 8))
+        acc = row.fma(_madd(blk, pairs, scale16), row.lane(factors, group), acc)
     return acc
+
+
+def _centered(row, q):
+    """Q6_K quants (<32 x i8>, 0-63) as their values q − 32: <32 x i32>."""
+    return row.b.sub(row.b.zext(q, _vec(_I32, 32)), row.blk.splat(ir.Constant(_I32, 32), 32))
 
 
 def _one_token(step):
@@ -473,40 +503,6 @@ def _f_small_block(weights):
     return block
 
 
-def _k_quants(row, o, five_bit):
-    """The 8 sub-blocks' quants (<32 x i8>, 0-15 or 0-31) of the Q4_K / Q5_K super-block at byte o: 4 × 32 bytes
-    of nibbles at 16 (Q5_K: 48) (low: sub-block 2k, high: 2k + 1); Q5_K's fifth bits are the 32 bytes at 16, bit j
-    for sub-block j."""
-    b, blk = row.b, row.blk
-    qs = 48 if five_bit else 16
-    high = row.bytes(_i64(b, o, 1, 16), 32) if five_bit else None
-    quants = []
-    for k in range(4):
-        for shift in (0, 4):
-            q = row.bytes(_i64(b, o, 1, qs + 32 * k), 32, shift, 15)
-            if five_bit:
-                j = len(quants)
-                bit = b.and_(b.lshr(high, blk.splat(ir.Constant(_I8, j), 32)), blk.splat(ir.Constant(_I8, 1), 32))
-                q = b.or_(q, b.shl(bit, blk.splat(ir.Constant(_I8, 4), 32)))
-            quants.append(q)
-    return quants
-
-
-def _q6_k_quants(row, o):
-    """The 8 groups' quants q − 32 (<32 x i32>, group 4h + g) of the Q6_K super-block at byte o (layout:
-    _q6_k_block)."""
-    b, blk = row.b, row.blk
-    quants = []
-    for h in range(2):
-        high = row.bytes(_i64(b, o, 1, 128 + 32 * h), 32)
-        for g in range(4):
-            low = row.bytes(_i64(b, o, 1, 64 * h + 32 * (g & 1)), 32, 4 * (g >> 1), 15)
-            top = b.and_(b.lshr(high, blk.splat(ir.Constant(_I8, 2 * g), 32)), blk.splat(ir.Constant(_I8, 3), 32))
-            quants.append(b.sub(b.zext(b.or_(low, b.shl(top, blk.splat(ir.Constant(_I8, 4), 32))), _vec(_I32, 32)),
-                                blk.splat(ir.Constant(_I32, 32), 32)))
-    return quants
-
-
 def _f_k_block(five_bit):
     """Q4_K (144 bytes) or Q5_K (176): f16 d, f16 dmin, the 6-bit scales and mins of _q4_k_scales, then the quants
     of _k_quants; sub-block j is d·sc_j·q − dmin·m_j."""
@@ -533,7 +529,7 @@ def _f_q6_k_block(row, i, acc):
                     blk.splat(row.f16(_i64(b, o, 1, 208)), 16))
     for group, q in enumerate(_q6_k_quants(row, o)):
         sc = 2 * group
-        acc = _dot(row, acc, _floats(row, q, signed=True), _i64(b, i, 256, 32 * group),
+        acc = _dot(row, acc, _floats(row, _centered(row, q), signed=True), _i64(b, i, 256, 32 * group),
                    (row.lane(scales, sc), row.lane(scales, sc + 1)))
     return acc
 
@@ -577,7 +573,7 @@ def _q6_k_weights(row, i):
     for group, q in enumerate(_q6_k_quants(row, o)):
         sc = 2 * group
         scale = b.shuffle_vector(scales, undef, ir.Constant(_vec(_I32, 32), [sc] * 16 + [sc + 1] * 16))
-        groups.append((_i64(b, i, 8, group), b.fmul(_floats(row, q, signed=True), scale)))
+        groups.append((_i64(b, i, 8, group), b.fmul(_floats(row, _centered(row, q), signed=True), scale)))
     return groups
 
 
