@@ -162,22 +162,35 @@ def attention(q, k, v, start: int, window: int | None = None, scale: float | Non
     return out.reshape(h_kv, group, t, dh).transpose(2, 0, 1, 3).reshape(t, h, dh)
 
 
-def decode_attention_batch(q, k, v, caches_k, caches_v, layer: int, starts, window: int | None = None,
-                           scale: float | None = None):
-    """One new token for each of B sequences (a batched decode step): store sequence b's key/value at position
-    starts[b] of layer `layer` of its own cache, then attend its query over positions 0 .. starts[b].
+class DecodeBatch:
+    """The KV caches of a batched decode step (one new token for each of B sequences), checked once per step and
+    passed to every layer's decode_attention_batch.
 
-    q: [B, H, Dh] float32; k, v: [B, H_kv, Dh]; caches_k, caches_v: B arrays [L, H_kv, S_max, Dh] each (written in
-    place); starts: B ints; window, scale: as in attention. Returns [B, H, Dh] float32.
+    caches_k, caches_v: B arrays [L, H_kv, S_max, Dh] each (written in place); starts: B ints, the position each
+    sequence's new token takes. compiled: what the CPU kernel reads (every cache's address), when it applies."""
+
+    def __init__(self, caches_k, caches_v, starts):
+        for cache, start in zip(caches_k, starts):
+            if start >= cache.shape[2]:
+                raise ValueError(f"position {start} is past the cache's {cache.shape[2]} positions")
+        self.caches_k, self.caches_v, self.starts = list(caches_k), list(caches_v), [int(s) for s in starts]
+        arrays = (*self.caches_k, *self.caches_v)
+        self.compiled = (cpu.decode_batch(self.caches_k, self.caches_v, self.starts)
+                         if cpu.takes(*arrays) and all(c.flags.c_contiguous for c in arrays) else None)
+
+
+def decode_attention_batch(q, k, v, batch: DecodeBatch, layer: int, window: int | None = None,
+                           scale: float | None = None):
+    """One new token for each of the B sequences of batch: store sequence b's key/value at position starts[b] of
+    layer `layer` of its own cache, then attend its query over positions 0 .. starts[b].
+
+    q: [B, H, Dh] float32; k, v: [B, H_kv, Dh]; window, scale: as in attention. Returns [B, H, Dh] float32.
     """
-    for cache, start in zip(caches_k, starts):
-        if start >= cache.shape[2]:
-            raise ValueError(f"position {start} is past the cache's {cache.shape[2]} positions")
     scale = 1.0 / np.sqrt(q.shape[2]) if scale is None else scale
-    if cpu.takes(q, k, v, *caches_k, *caches_v) and all(c.flags.c_contiguous for c in (*caches_k, *caches_v)):
-        return cpu.decode_attention_batch(q, k, v, caches_k, caches_v, layer, starts, window, scale)
+    if batch.compiled is not None and cpu.takes(q, k, v):
+        return cpu.decode_attention_batch(q, k, v, batch.compiled, layer, window, scale)
     out = _xp(q).empty(q.shape, dtype=q.dtype)
-    for b, (ck, cv, start) in enumerate(zip(caches_k, caches_v, starts)):
+    for b, (ck, cv, start) in enumerate(zip(batch.caches_k, batch.caches_v, batch.starts)):
         ck[layer, :, start], cv[layer, :, start] = k[b], v[b]
         out[b] = attention(q[b:b + 1], ck[layer], cv[layer], start, window, scale)[0]
     return out

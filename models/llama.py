@@ -10,8 +10,8 @@ import numpy as np
 
 from kernels import backend
 from kernels.cuda import graph as cuda_graph
-from kernels.ops import (attention, decode_attention_batch, embedding, geglu, matmul_transb, matmul_transb_many,
-                         rms_norm, rope, rope_cos_sin, rope_inv_freq, swiglu)
+from kernels.ops import (DecodeBatch, attention, decode_attention_batch, embedding, geglu, matmul_transb,
+                         matmul_transb_many, rms_norm, rope, rope_cos_sin, rope_inv_freq, swiglu)
 from models.config import ModelConfig
 
 _GLU = {"silu": swiglu, "gelu_tanh": geglu}  # ModelConfig.ffn_act (FFN_ACTS) → gated feed-forward activation
@@ -88,6 +88,7 @@ class Llama:
         x = embedding(tokens, self.tok_embd)
         if c.embed_scale:
             x = x * np.float32(c.embed_scale)
+        decode = DecodeBatch([c.k for c in caches], [c.v for c in caches], starts) if t == len(caches) else None
         rope_global = rope_cos_sin(positions, self.inv_freq)
         rope_swa = rope_global if self.inv_freq_swa is None else rope_cos_sin(positions, self.inv_freq_swa)
         for i, w in enumerate(self.layers):
@@ -104,7 +105,7 @@ class Llama:
                 k = rms_norm(k, w["attn_k_norm"], c.rms_eps)
             q = rope(q, cos, sin, c.rope_interleaved)
             k = rope(k, cos, sin, c.rope_interleaved)
-            a = self._attend(i, q, k, v, caches, starts, spans)
+            a = self._attend(i, q, k, v, caches, starts, spans, decode)
             a = matmul_transb(a.reshape(t, c.n_heads * c.head_dim), w["attn_output"])
             if c.post_norms:
                 a = rms_norm(a, w["post_attention_norm"], c.rms_eps)
@@ -123,13 +124,13 @@ class Llama:
             logits = np.float32(c.final_softcap) * backend.xp.tanh(logits / np.float32(c.final_softcap))
         return logits
 
-    def _attend(self, i: int, q, k, v, caches, starts, spans):
+    def _attend(self, i: int, q, k, v, caches, starts, spans, decode: DecodeBatch | None):
         """Layer i's attention of packed sequences, each against its own cache after storing its new keys/values.
-        q: [T, H, Dh], k, v: [T, H_kv, Dh] float32 → [T, H, Dh] float32."""
+        q: [T, H, Dh], k, v: [T, H_kv, Dh] float32 → [T, H, Dh] float32. decode: the step's caches when every
+        sequence brings one token (a decode step: one batched kernel for all of them)."""
         window = self.config.sliding_window if self.config.is_sliding(i) else None
-        if len(q) == len(caches):  # one new token per sequence: a decode step
-            return decode_attention_batch(q, k, v, [cache.k for cache in caches], [cache.v for cache in caches], i,
-                                          starts, window, self.config.attn_scale)
+        if decode is not None:
+            return decode_attention_batch(q, k, v, decode, i, window, self.config.attn_scale)
         parts = []
         for cache, start, lo, hi in zip(caches, starts, spans[:-1], spans[1:]):
             cache.store(i, start, k[lo:hi], v[lo:hi])

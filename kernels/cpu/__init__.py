@@ -160,15 +160,19 @@ def decode_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, length: int, w
     return out
 
 
-def decode_attention_batch(q: np.ndarray, k: np.ndarray, v: np.ndarray, caches_k: list, caches_v: list,
-                           layer: int, starts: list[int], window: int | None, scale: float) -> np.ndarray:
-    """ops.decode_attention_batch in one parallel launch; every cache a C-contiguous float32 array."""
+def decode_batch(caches_k: list, caches_v: list, starts: list[int]) -> tuple:
+    """What op_kernels.decode_attention_batch reads of a decode step's caches (C-contiguous float32
+    [L, H_kv, S_max, Dh] each): their addresses, layer strides in bytes, S_max and the new positions, [B] int64."""
+    return (np.array([_address(c) for c in caches_k]), np.array([_address(c) for c in caches_v]),
+            np.array([c.strides[0] for c in caches_k], np.int64), np.array([c.shape[2] for c in caches_k], np.int64),
+            np.array(starts, np.int64))
+
+
+def decode_attention_batch(q: np.ndarray, k: np.ndarray, v: np.ndarray, compiled: tuple, layer: int,
+                           window: int | None, scale: float) -> np.ndarray:
+    """ops.decode_attention_batch in one parallel launch; compiled: decode_batch of the step's caches."""
     out = np.empty(q.shape, np.float32)
-    layer_bytes = np.array([c.strides[0] for c in caches_k], np.int64) * layer
-    op_kernels.decode_attention_batch(q, k, v, np.array([_address(c) for c in caches_k]) + layer_bytes,
-                                      np.array([_address(c) for c in caches_v]) + layer_bytes,
-                                      np.array([c.shape[2] for c in caches_k], np.int64),
-                                      np.asarray(starts, np.int64), window or 0, scale, out)
+    op_kernels.decode_attention_batch(q, k, v, *compiled, layer, window or 0, scale, out)
     return out
 
 

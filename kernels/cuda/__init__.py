@@ -73,11 +73,11 @@ def _blocks(n: int, per_block: int) -> int:
 
 def to_device(w):
     """A weight on the GPU: QTensor → QTensor over a cupy uint8 array (blocks as stored); ndarray → cupy array."""
+    if isinstance(w, QTensor) and (w.ggml_type not in KERNEL_BLOCKS or w.shape[1] % KERNEL_BLOCKS[w.ggml_type][0]):
+        raise UnsupportedModelError(f"{w.type_name} weights of shape {w.shape} have no CUDA kernel; run this "
+                                    "model on the CPU (--device cpu).")
     import cupy
     if isinstance(w, QTensor):
-        if w.ggml_type not in KERNEL_BLOCKS or w.shape[1] % KERNEL_BLOCKS[w.ggml_type][0]:
-            raise UnsupportedModelError(f"{w.type_name} weights of shape {w.shape} have no CUDA kernel; run this "
-                                        "model on the CPU (--device cpu).")
         return QTensor(cupy.asarray(np.ascontiguousarray(w.raw)), w.ggml_type, w.shape)
     if isinstance(w, np.ndarray):
         return cupy.asarray(w)

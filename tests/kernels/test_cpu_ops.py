@@ -37,6 +37,27 @@ def test_rope(monkeypatch, interleaved):
     np.testing.assert_allclose(fast, slow, rtol=1e-6, atol=1e-6)
 
 
+def test_vector_exp_is_within_an_ulp_of_exp():
+    """op_kernels._exp (a polynomial that vectorizes) against NumPy's exp in float64, over float32's range."""
+    from numba import njit
+
+    from kernels.cpu.op_kernels import _exp
+
+    @njit
+    def exps(x, out):
+        for i in range(x.shape[0]):
+            out[i] = _exp(x[i])
+
+    x = np.concatenate([rng.uniform(-87.3, 88.3, 200_000), rng.uniform(-1, 1, 10_000), [0.0, -1e-30]])
+    x = x.astype(np.float32)
+    out = np.empty_like(x)
+    exps(x, out)
+    exact = np.exp(x.astype(np.float64))
+    assert (np.abs(out - exact) / exact).max() < 1.5 * 2.0 ** -24  # float32's half-ulp is 2^-24 relative
+    exps(np.array([-np.inf, -200.0, 200.0], np.float32), out[:3])
+    assert 0 < out[0] < 1.2e-38 and out[1] == out[0] and 1e38 < out[2] < np.inf  # clamped, never inf or nan
+
+
 def test_swiglu(monkeypatch):
     gate, up = f32(2, 300, scale=20.0), f32(2, 300)  # large |gate|: exp over- and underflow
     fast, slow = both(monkeypatch, ops.swiglu, gate, up)
@@ -80,11 +101,13 @@ def test_decode_attention_batch_stores_and_attends_per_sequence(monkeypatch, win
         ck[:, :, start:], cv[:, :, start:] = np.nan, np.nan  # positions not yet stored are never read
     q, k, v = f32(3, heads, dh, scale=2.0), f32(3, kv_heads, dh), f32(3, kv_heads, dh)
     copies = [(ck.copy(), cv.copy()) for ck, cv in caches]
-    fast = ops.decode_attention_batch(q, k, v, [ck for ck, _ in caches], [cv for _, cv in caches], 1, starts,
-                                      window, 0.3)
+    fast_batch = ops.DecodeBatch([ck for ck, _ in caches], [cv for _, cv in caches], starts)
+    assert fast_batch.compiled is not None
+    fast = ops.decode_attention_batch(q, k, v, fast_batch, 1, window, 0.3)
     monkeypatch.setattr(cpu, "available", False)
-    slow = ops.decode_attention_batch(q, k, v, [ck for ck, _ in copies], [cv for _, cv in copies], 1, starts,
-                                      window, 0.3)
+    slow_batch = ops.DecodeBatch([ck for ck, _ in copies], [cv for _, cv in copies], starts)
+    assert slow_batch.compiled is None
+    slow = ops.decode_attention_batch(q, k, v, slow_batch, 1, window, 0.3)
     np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-6)
     for b, ((ck, cv), (rk, rv), start) in enumerate(zip(caches, copies, starts)):
         np.testing.assert_array_equal(ck[1, :, start], k[b])
@@ -97,4 +120,4 @@ def test_decode_attention_batch_stores_and_attends_per_sequence(monkeypatch, win
 def test_decode_attention_batch_rejects_a_full_cache():
     ck = [f32(1, 2, 4, 16)]
     with pytest.raises(ValueError, match="past the cache's 4 positions"):
-        ops.decode_attention_batch(f32(1, 2, 16), f32(1, 2, 16), f32(1, 2, 16), ck, ck, 0, [4])
+        ops.DecodeBatch(ck, ck, [4])
