@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import ContextOverflowError, EngineError, InvalidRequestError, TemplateError
-from engine.generate import GenerationStats, add_run_args, load_from_args, loaded_line, stream_text
+from engine.generate import DeferredForward, GenerationStats, add_run_args, load_from_args, loaded_line, stream_text
 from engine.sampler import SamplingParams
 
 __all__ = ["Chat", "Piece", "Usage", "SessionStore", "ThinkSplitter", "main"]
@@ -192,13 +192,23 @@ class _FeedLog:
         self.model, self.fed, self.cancel = model, fed, cancel
 
     def forward(self, tokens, positions, cache, last_only: bool = False):
+        self._log(tokens, cache)
+        # engine.scheduler.Scheduler runs forwards on its own thread, under the lock: calling it must not hold it.
+        with nullcontext() if getattr(self.model, "serializes_forwards", False) else _COMPUTE_LOCK:
+            return self.model.forward(tokens, positions, cache, last_only=last_only)
+
+    def submit(self, tokens, positions, cache, last_only: bool = False):
+        """engine.generate.queue_forward through this log: queued on a scheduler, else deferred to result()."""
+        if not hasattr(self.model, "submit"):
+            return DeferredForward(lambda: self.forward(tokens, positions, cache, last_only))
+        self._log(tokens, cache)
+        return self.model.submit(tokens, positions, cache, last_only=last_only)
+
+    def _log(self, tokens, cache) -> None:
         if self.cancel.is_set():
             raise _Cancelled
         del self.fed[cache.length:]
         self.fed.extend(int(t) for t in tokens)  # trimmed back to cache.length if the forward does not finish
-        # engine.scheduler.Scheduler runs forwards on its own thread, under the lock: calling it must not hold it.
-        with nullcontext() if getattr(self.model, "serializes_forwards", False) else _COMPUTE_LOCK:
-            return self.model.forward(tokens, positions, cache, last_only=last_only)
 
 
 # ---- Chat ---------------------------------------------------------------------------------------------------------

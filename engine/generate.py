@@ -35,7 +35,10 @@ def generate_tokens(model, cache, ids: list[int], params: SamplingParams, max_to
                     stats: GenerationStats):
     """Yield sampled token ids after ids. The cache may already hold a prefix of ids; only the rest is run.
 
-    Prefill time ends when the first token is sampled; decode time covers the tokens after it.
+    Prefill time ends when the first token is sampled; decode time covers the tokens after it. A model that can
+    queue a forward and return at once (`submit`, as engine.scheduler.Scheduler) gets the next token's forward
+    before the token is yielded, so the caller's work on it (detokenizing, streaming) overlaps that forward; if
+    the caller then stops, that forward is still waited for (it writes the cache, which then holds the token).
     """
     sampler = Sampler(params)
     keep = min(cache.length, len(ids) - 1)  # at least one token must run to get logits
@@ -58,10 +61,38 @@ def generate_tokens(model, cache, ids: list[int], params: SamplingParams, max_to
             return
         stats.completion_tokens += 1
         history.append(token)
-        yield token
         if n + 1 == max_tokens or cache.length >= cache.max_len:
+            yield token
             return
-        logits = model.forward(np.asarray([token]), np.asarray([cache.length]), cache, last_only=True)
+        ahead = queue_forward(model, np.asarray([token]), np.asarray([cache.length]), cache, last_only=True)
+        try:
+            yield token
+        except GeneratorExit:
+            ahead.settle()
+            raise
+        logits = ahead.result()
+
+
+class DeferredForward:
+    """A forward run when its result is asked for: queue_forward's handle for models that cannot queue one."""
+
+    def __init__(self, run):
+        self._run = run
+
+    def result(self):
+        return self._run()
+
+    def settle(self) -> None:
+        """Nothing ran, nothing to wait for."""
+
+
+def queue_forward(model, tokens, positions, cache, last_only: bool = False):
+    """model.forward(...) as a handle: result() gives the logits, settle() waits for a queued forward without
+    its result. Queued at once where the model has `submit`, else deferred until result()."""
+    submit = getattr(model, "submit", None)
+    if submit is not None:
+        return submit(tokens, positions, cache, last_only=last_only)
+    return DeferredForward(lambda: model.forward(tokens, positions, cache, last_only=last_only))
 
 
 def _held_back(text: str, stops: list[str]) -> int:

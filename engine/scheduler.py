@@ -5,7 +5,9 @@
     # on each request thread: run served.stream(...) or a Chat turn as usual, then scheduler.leave()
 
 Request threads call `scheduler.forward(tokens, positions, cache, last_only)` exactly as they would call
-`model.forward` (the generate loop and Chat do), and block until it has run. The scheduler thread waits for a
+`model.forward` (the generate loop and Chat do), and block until it has run; or `submit(...)`, which queues the
+forward and returns a job whose result() waits (the generate loop queues a token's forward before streaming the
+token, so that work overlaps the step). The scheduler thread waits for a
 token boundary — every sequence in the batch has queued its next forward, or `gather_s` passed — then packs all
 queued work into one `model.forward_packed`: each decoding sequence is one row; a new prompt joins in chunks of
 at most `prefill_chunk` rows per step, so a long prompt never stalls the others for long. Each sequence keeps its
@@ -31,9 +33,20 @@ class _Job:
     owner: int
     fed: int = 0  # rows already run (a prompt runs in chunks)
     outputs: list = field(default_factory=list)
-    result: object = None
+    logits: object = None
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
+
+    def result(self):
+        """The forward's logits, once it has run (blocks until then); its error is raised instead."""
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.logits
+
+    def settle(self) -> None:
+        """Wait until the forward has run (or failed), without its result."""
+        self.done.wait()
 
 
 class Scheduler:
@@ -75,6 +88,11 @@ class Scheduler:
     def forward(self, tokens, positions, cache, last_only: bool = False):
         """model.forward, run by the scheduler thread together with the other sequences' work; blocks.
         tokens, positions: [T] int; cache: the sequence's KVCache. Returns logits as model.forward does."""
+        return self.submit(tokens, positions, cache, last_only).result()
+
+    def submit(self, tokens, positions, cache, last_only: bool = False) -> _Job:
+        """forward, queued for the next step without waiting: the returned job's result() blocks until it has run
+        (engine.generate queues a token's forward before handing the token to its caller)."""
         job = _Job(np.asarray(tokens), np.asarray(positions), cache, last_only, threading.get_ident())
         if not len(job.tokens):
             raise ValueError("forward needs at least one token")
@@ -83,11 +101,9 @@ class Scheduler:
                 raise RuntimeError("the scheduler is closed")
             self._joined.add(job.owner)
             self._pending.append(job)
-            self._cond.notify_all()
-        job.done.wait()
-        if job.error is not None:
-            raise job.error
-        return job.result
+            if len(self._pending) == 1 or self._at_boundary():  # the only moments the scheduler thread acts on
+                self._cond.notify_all()
+        return job
 
     def leave(self) -> None:
         """The calling thread's sequence is finished: the batch stops waiting for it."""
@@ -115,13 +131,17 @@ class Scheduler:
                         job.done.set()
                     return
                 deadline = time.monotonic() + self.gather_s
-                while len({j.owner for j in self._pending}) < len(self._joined):  # wait for a token boundary
+                while not self._at_boundary():
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
                     self._cond.wait(left)
                 batch = self._take()
             self._run(batch)
+
+    def _at_boundary(self) -> bool:
+        """Every sequence in the batch has queued its next forward (a token boundary); called locked."""
+        return len({j.owner for j in self._pending}) >= len(self._joined)
 
     def _take(self) -> list[tuple[_Job, int]]:
         """(job, rows this step) for every decode and prompt chunks up to prefill_chunk rows; called locked."""
@@ -172,7 +192,7 @@ class Scheduler:
                     continue
                 self._pending.remove(job)
                 if job.last_only:
-                    job.result = logits[ends[s] - 1:ends[s]] if all_rows else logits[s:s + 1]
+                    job.logits = logits[ends[s] - 1:ends[s]] if all_rows else logits[s:s + 1]
                 else:
-                    job.result = np.concatenate(job.outputs)
+                    job.logits = np.concatenate(job.outputs)
                 job.done.set()
