@@ -494,10 +494,31 @@ def _nibbles32(row, packed):
                                 ir.Constant(_vec(_I32, 32), list(range(32))))
 
 
+def _widened(row, offset, n, signed=False):
+    """The n bytes at offset (a multiple of 8) as <n x i32>, each 8 widened to 32-bit lanes straight from memory
+    (one load-and-extend instruction each on x86, no byte shuffles: those share the FMA ports)."""
+    b = row.b
+    parts = [(b.sext if signed else b.zext)(row.at("row", _i64(b, offset, 1, 8 * h), _I8, 8), _vec(_I32, 8))
+             for h in range(n // 8)]
+    while len(parts) > 1:
+        width = parts[0].type.count
+        both = ir.Constant(_vec(_I32, 2 * width), list(range(2 * width)))
+        parts = [b.shuffle_vector(parts[j], parts[j + 1], both) for j in range(0, len(parts), 2)]
+    return parts[0]
+
+
+def _nibbles32_wide(row, packed):
+    """_nibbles32 as <32 x i32>: the 16 bytes widened (_widened), then masked (values 0-15) and shifted (16-31)."""
+    b, blk = row.b, row.blk
+    v = _widened(row, packed, 16)
+    fifteen, four = blk.splat(ir.Constant(_I32, 15), 16), blk.splat(ir.Constant(_I32, 4), 16)
+    return b.shuffle_vector(b.and_(v, fifteen), b.lshr(v, four), ir.Constant(_vec(_I32, 32), list(range(32))))
+
+
 def _f_q8_0_block(row, i, acc):
     b = row.b
     o = _i64(b, i, 34)
-    q = _floats(row, row.bytes(_i64(b, o, 1, 2), 32), signed=True)
+    q = _floats(row, _widened(row, _i64(b, o, 1, 2), 32, signed=True), signed=True)
     d = row.blk.splat(row.f16(o), 8)
     return _dot(row, acc, q, _i64(b, i, 32), (d, d))
 
@@ -509,7 +530,7 @@ def _small_weights(size, five_bit, offset):
         b = row.b
         o = _i64(b, i, size)
         d = row.f16(o)
-        q = b.zext(_nibbles32(row, _i64(b, o, 1, size - 16)), _vec(_I32, 32))
+        q = _nibbles32_wide(row, _i64(b, o, 1, size - 16))
         if five_bit:
             qh = row.blk.splat(row.at("row", _i64(b, o, 1, size - 20), _I32), 32)
             bits = b.and_(b.lshr(qh, ir.Constant(_vec(_I32, 32), list(range(32)))), row.blk.splat(ir.Constant(_I32, 1), 32))
@@ -563,7 +584,7 @@ def _q8_0_weights(row, i):
     """Q8_0 block i as weights d·q: [(i, <32 x float>)]."""
     b = row.b
     o = _i64(b, i, 34)
-    q = _floats(row, row.bytes(_i64(b, o, 1, 2), 32), signed=True)
+    q = _floats(row, _widened(row, _i64(b, o, 1, 2), 32, signed=True), signed=True)
     return [(i, b.fmul(q, row.blk.splat(row.f16(o), 32)))]
 
 
