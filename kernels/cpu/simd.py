@@ -148,8 +148,16 @@ class _Row:
         ptr = self.b.gep(self.data[name], [offset])
         return self.b.load(self.b.bitcast(ptr, (elem if n == 1 else _vec(elem, n)).as_pointer()), align=1)
 
+    def halves(self, offset):
+        """The f16 values at offset and offset + 2 as float32, from one 32-bit load. (A 16-bit load compiles to an
+        insert into a register LLVM picks freely, often a running sum, and the conversion then waits for it.)"""
+        b = self.b
+        v = b.fpext(b.bitcast(self.at("row", offset, _I32), _vec(ir.HalfType(), 2)), _vec(_F32, 2))
+        return b.extract_element(v, ir.Constant(_I32, 0)), b.extract_element(v, ir.Constant(_I32, 1))
+
     def f16(self, offset):
-        return self.b.fpext(self.b.bitcast(self.at("row", offset, _I16), ir.HalfType()), _F32)
+        """The f16 at offset as float32 (the two bytes after it are read too: see halves)."""
+        return self.halves(offset)[0]
 
     def bytes(self, offset, n, shift=0, mask=0xFF):
         v = self.at("row", offset, _I8, n)
@@ -345,7 +353,7 @@ def _nibble_block(size, offset):
 def _q4_k_scales(row, o):
     """Q4_K super-block header at o: (d, dmin, scales, mins) with the 8 six-bit scales and mins as <8 x float>."""
     b = row.b
-    d, dmin = row.f16(o), row.f16(_i64(b, o, 1, 2))
+    d, dmin = row.halves(o)
     u0, u1, u2 = (row.at("row", _i64(b, o, 1, 4 + 4 * k), _I32) for k in range(3))
 
     def c(v):
@@ -422,7 +430,7 @@ def _q6_k_block(row, i, acc):
     o = _i64(b, i, 210)
     scales = b.sext(row.at("row", _i64(b, o, 1, 192), _I8, 16), _vec(_I16, 16))
     undef = ir.Constant(scales.type, ir.Undefined)
-    factors = b.fmul(blk.splat(row.f16(_i64(b, o, 1, 208)), 8), row.at("xd", _i64(b, i, 8), _F32, 8))
+    factors = b.fmul(blk.splat(row.halves(_i64(b, o, 1, 206))[1], 8), row.at("xd", _i64(b, i, 8), _F32, 8))
     thirty_two = blk.splat(ir.Constant(_I8, 32), 32)
     for group, q in enumerate(_q6_k_quants(row, o)):
         y = row.y(_i64(b, i, 256, 32 * group))
@@ -529,13 +537,15 @@ def _small_weights(size, five_bit, offset):
     def weights(row, i):
         b = row.b
         o = _i64(b, i, size)
-        d = row.f16(o)
+        d, m = row.halves(o)  # m: the f16 after d, or (Q4_0, Q5_0) the first quant bytes, unused
         q = _nibbles32_wide(row, _i64(b, o, 1, size - 16))
         if five_bit:
             qh = row.blk.splat(row.at("row", _i64(b, o, 1, size - 20), _I32), 32)
-            bits = b.and_(b.lshr(qh, ir.Constant(_vec(_I32, 32), list(range(32)))), row.blk.splat(ir.Constant(_I32, 1), 32))
+            bits = b.and_(b.lshr(qh, ir.Constant(_vec(_I32, 32), list(range(32)))),
+                          row.blk.splat(ir.Constant(_I32, 1), 32))
             q = b.or_(q, b.shl(bits, row.blk.splat(ir.Constant(_I32, 4), 32)))
-        m = b.fmul(d, ir.Constant(_F32, -float(offset))) if offset else row.f16(_i64(b, o, 1, 2))
+        if offset:
+            m = b.fmul(d, ir.Constant(_F32, -float(offset)))
         return [(i, b.fadd(b.fmul(_floats(row, q, signed=True), row.blk.splat(d, 32), flags=_FMA),
                            row.blk.splat(m, 32), flags=_FMA))]
     return weights
@@ -572,7 +582,7 @@ def _f_q6_k_block(row, i, acc):
     b, blk = row.b, row.blk
     o = _i64(b, i, 210)
     scales = b.fmul(b.sitofp(row.at("row", _i64(b, o, 1, 192), _I8, 16), _vec(_F32, 16)),
-                    blk.splat(row.f16(_i64(b, o, 1, 208)), 16))
+                    blk.splat(row.halves(_i64(b, o, 1, 206))[1], 16))
     for group, q in enumerate(_q6_k_quants(row, o)):
         sc = 2 * group
         acc = _dot(row, acc, _floats(row, _centered(row, q), signed=True), _i64(b, i, 256, 32 * group),
@@ -613,7 +623,7 @@ def _q6_k_weights(row, i):
     b, blk = row.b, row.blk
     o = _i64(b, i, 210)
     scales = b.fmul(b.sitofp(row.at("row", _i64(b, o, 1, 192), _I8, 16), _vec(_F32, 16)),
-                    blk.splat(row.f16(_i64(b, o, 1, 208)), 16))
+                    blk.splat(row.halves(_i64(b, o, 1, 206))[1], 16))
     undef = ir.Constant(scales.type, ir.Undefined)
     groups = []
     for group, q in enumerate(_q6_k_quants(row, o)):
