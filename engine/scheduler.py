@@ -103,7 +103,8 @@ class Scheduler:
             self._pending.append(job)
             if len(self._pending) == 1 or self._at_boundary():  # the only moments the scheduler thread acts on
                 self._cond.notify_all()
-        return job
+        time.sleep(0)  # hand the GIL on: the other request threads queue their forwards (and the step starts)
+        return job      # before this thread goes on with its own work on the last token
 
     def leave(self) -> None:
         """The calling thread's sequence is finished: the batch stops waiting for it."""
