@@ -392,6 +392,20 @@ def _k_quants(row, o, five_bit):
     return quants
 
 
+def _k_quants_i32(row, o, five_bit):
+    """_k_quants as <32 x i32>, for the float32 paths. Q4_K: each 32 bytes of nibbles widened from memory
+    (_widened), masked for sub-block 2k and shifted for 2k + 1 (one-token dots 1.45x faster than widening the
+    unpacked bytes); Q5_K: the unpacked bytes widened (its fifth bits cost 4x the operations on 32-bit lanes)."""
+    b, blk = row.b, row.blk
+    if five_bit:
+        return [b.zext(q, _vec(_I32, 32)) for q in _k_quants(row, o, True)]
+    quants = []
+    for k in range(4):
+        v = _widened(row, _i64(b, o, 1, 16 + 32 * k), 32)
+        quants += [b.and_(v, blk.splat(ir.Constant(_I32, 15), 32)), b.lshr(v, blk.splat(ir.Constant(_I32, 4), 32))]
+    return quants
+
+
 def _q6_k_quants(row, o):
     """The 8 groups' unsigned 6-bit quants (<32 x i8>, 0-63; the value is q − 32), group 4h + g, of the Q6_K
     super-block at byte o (layout: _q6_k_block)."""
@@ -570,9 +584,9 @@ def _f_k_block(five_bit):
         d, dmin, scales, mins = _q4_k_scales(row, o)
         factors, dmins = b.fmul(blk.splat(d, 8), scales), b.fmul(blk.splat(dmin, 8), mins)
         acc = b.fsub(acc, b.fmul(dmins, row.at("xsum", _i64(b, i, 8), _F32, 8)))
-        for j, q in enumerate(_k_quants(row, o, five_bit)):
+        for j, q in enumerate(_k_quants_i32(row, o, five_bit)):
             scale = row.lane(factors, j)
-            acc = _dot(row, acc, _floats(row, q), _i64(b, i, 256, 32 * j), (scale, scale))
+            acc = _dot(row, acc, _floats(row, q, signed=True), _i64(b, i, 256, 32 * j), (scale, scale))
         return acc
     return block
 
@@ -608,9 +622,9 @@ def _k_weights(five_bit):
         d, dmin, scales, mins = _q4_k_scales(row, o)
         factors, dmins = b.fmul(blk.splat(d, 8), scales), b.fmul(blk.splat(dmin, 8), mins)
         groups = []
-        for j, q in enumerate(_k_quants(row, o, five_bit)):
+        for j, q in enumerate(_k_quants_i32(row, o, five_bit)):
             lane = ir.Constant(_I32, j)
-            w = b.fsub(b.fmul(_floats(row, b.zext(q, _vec(_I32, 32)), signed=True),
+            w = b.fsub(b.fmul(_floats(row, q, signed=True),
                               blk.splat(b.extract_element(factors, lane), 32), flags=_FMA),
                        blk.splat(b.extract_element(dmins, lane), 32), flags=_FMA)
             groups.append((_i64(b, i, 8, j), w))
