@@ -3,9 +3,10 @@
 numba's auto-vectorizer gives up on the unpack-and-accumulate loops of the quantized types (it keeps the running
 sums behind alias checks and falls back to scalar code). Each primitive here is a whole row-range loop,
 `<kind>_rows_<type>(out, raw, r0, r1, <activations>, n)`: for rows r0 <= r < r1 of raw ([N, row_bytes] uint8)
-it walks the row's n blocks, loads each block's bytes as one vector, unpacks them with byte shifts and masks,
-multiplies them with the activations into two 8-lane float32 accumulators held in registers, and stores
-out[r] = their sum. One block is one `_<kind>_<type>_block(row, i, acc) -> acc` below. Kinds: float32
+it walks the row's n blocks, loads each block's bytes as vectors, unpacks them with shifts and masks, multiplies
+them with the activations into two 8-lane float32 accumulators held in registers, and stores out[r] = their sum.
+The float32 loops widen quant bytes to 32-bit lanes as they load them (_widened): byte shuffles would compete
+with the multiply-adds for the same x86 ports. One block is one `_<kind>_<type>_block(row, i, acc) -> acc` below. Kinds: float32
 activations x (the default) and int8 activations (opt-in). LLVM lowers the generic vectors to what the CPU has
 (AVX2, AVX-512, NEON); two x86 integer instructions are called by name on AVX2 hosts.
 """
