@@ -93,9 +93,12 @@ def main(argv=None) -> int:
         while True:
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-                conn.request("GET", "/health")
-                if conn.getresponse().status == 200:
-                    break
+                try:
+                    conn.request("GET", "/health")
+                    if conn.getresponse().status == 200:
+                        break
+                finally:
+                    conn.close()
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit("the server did not start")

@@ -6,9 +6,9 @@ sums behind alias checks and falls back to scalar code). Each primitive here is 
 it walks the row's n blocks, loads each block's bytes as vectors, unpacks them with shifts and masks, multiplies
 them with the activations into two 8-lane float32 accumulators held in registers, and stores out[r] = their sum.
 The float32 loops widen quant bytes to 32-bit lanes as they load them (_widened): byte shuffles would compete
-with the multiply-adds for the same x86 ports. One block is one `_<kind>_<type>_block(row, i, acc) -> acc` below. Kinds: float32
-activations x (the default) and int8 activations (opt-in). LLVM lowers the generic vectors to what the CPU has
-(AVX2, AVX-512, NEON); two x86 integer instructions are called by name on AVX2 hosts.
+with the multiply-adds for the same x86 ports. One block is one `_<kind>_<type>_block(row, i, acc) -> acc`
+below. Kinds: float32 activations x (the default) and int8 activations (opt-in). LLVM lowers the generic vectors
+to what the CPU has (AVX2, AVX-512, NEON); two x86 integer instructions are called by name on AVX2 hosts.
 """
 import llvmlite.binding as llvm
 from llvmlite import ir
@@ -335,9 +335,7 @@ def _nibble_block(size, offset):
     def block(row, i, acc):
         b, blk = row.b, row.blk
         o = _i64(b, i, size)
-        packed = _i64(b, o, 1, size - 16)
-        q = b.shuffle_vector(row.bytes(packed, 16, 0, 15), row.bytes(packed, 16, 4, 15),
-                             ir.Constant(_vec(_I32, 32), list(range(32))))
+        q = _nibbles32(row, _i64(b, o, 1, size - 16))
         y = row.y(_i64(b, i, 32))
         pairs = _maddubs(blk, q, y)
         if offset:
@@ -512,7 +510,7 @@ def _floats(row, q, signed=False):
 
 
 def _nibbles32(row, packed):
-    """Q4_0/Q4_1/Q5_0/Q5_1: the 16 bytes at packed, low nibbles (values 0-15) then high (16-31): <32 x i8>."""
+    """Q4_0/Q4_1: the 16 bytes at packed, low nibbles (values 0-15) then high (16-31): <32 x i8> (the int8 dots)."""
     return row.b.shuffle_vector(row.bytes(packed, 16, 0, 15), row.bytes(packed, 16, 4, 15),
                                 ir.Constant(_vec(_I32, 32), list(range(32))))
 
