@@ -112,9 +112,14 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def _llama3_rope_freqs(scaling: dict, theta: float, head_dim: int) -> np.ndarray:
-    """convert_hf_to_gguf's rope_freqs.weight for llama3 RoPE scaling: float32 [head_dim / 2] divisors."""
+    """convert_hf_to_gguf's rope_freqs.weight for llama3 RoPE scaling: float32 [head_dim / 2] divisors.
+
+    The converter computes theta ** (2i / head_dim) with torch in float32. NumPy's float32 power takes a different
+    SIMD path on each CPU (AVX-512 hosts round some values differently), so the power is taken in float64 and
+    rounded once: the same values on every machine, within an ulp of torch's."""
     f32 = np.float32
-    freqs = f32(1) / (f32(theta) ** (np.arange(0, head_dim, 2, dtype=f32) / f32(head_dim)))
+    exponents = (np.arange(0, head_dim, 2, dtype=f32) / f32(head_dim)).astype(np.float64)
+    freqs = f32(1) / (np.float64(theta) ** exponents).astype(f32)
     factor = scaling.get("factor", 8.0)
     low, high = scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
     old_ctx = scaling.get("original_max_position_embeddings", 8192)

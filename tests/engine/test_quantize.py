@@ -15,7 +15,7 @@ from tokenizers import Tokenizer as HFTokenizer
 import engine
 from engine.errors import InvalidRequestError, ModelFileError, TokenizerError, UnsupportedModelError
 from engine.gguf import read_metadata
-from engine.quantize import convert, main
+from engine.quantize import _llama3_rope_freqs, convert, main
 from engine.tokenizer import Tokenizer
 from gguf_copy import copy_gguf
 from reference import gguf_logits
@@ -72,6 +72,45 @@ def test_hf_matches_llama_cpp_files(converted, arch, file_type):
     diff = np.abs(_llama_cpp_logits(ours, IDS) - _llama_cpp_logits(theirs, IDS)).max()
     print(f"{arch} {file_type}: max |llama.cpp logits, our file - llama.cpp's file| = {diff:.3g}")
     assert diff == 0.0
+
+
+def _converter_rope_freqs(scaling: dict, theta: float, dim: int) -> np.ndarray:
+    """rope_freqs.weight as llama.cpp's convert_hf_to_gguf.py computes it (LlamaModel, llama3 scaling), in torch."""
+    import math
+
+    import torch
+
+    freqs = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old = scaling["original_max_position_embeddings"]
+    out = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < old / high:
+            out.append(1)
+        elif wavelen > old / low:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return torch.tensor(out, dtype=torch.float32).numpy()
+
+
+@pytest.mark.parametrize("theta", [1e4, 5e5, 123456.0, 1e6])
+@pytest.mark.parametrize("dim", [32, 64, 128, 256])
+@pytest.mark.parametrize("old", [64, 1000, 8192])
+def test_llama3_rope_freqs_match_the_converter(theta, dim, old):
+    """Equal to the converter's torch computation up to its rounding: torch's float32 power is accurate to an
+    ulp, and in the smoothing band r = 1 / ((1 - s) / f + s), s = (old / wavelen - low) / (high - low), a relative
+    error e in a frequency becomes kappa * e in r with kappa = (1 - 1/f) * r * (old / wavelen) / (high - low);
+    each side then rounds a few more times. (The fixture files above pin the exact bytes for one configuration.)"""
+    scaling = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": old}
+    ours, theirs = _llama3_rope_freqs(scaling, theta, dim), _converter_rope_freqs(scaling, theta, dim)
+    wavelen = 2 * np.pi * theta ** (np.arange(0, dim, 2) / dim)
+    kappa = (1 - 1 / 8.0) * theirs * (old / wavelen) / 3.0
+    ulp = np.finfo(np.float32).eps
+    assert np.all(np.abs(ours - theirs) <= (kappa + 4) * ulp * theirs)
 
 
 @pytest.mark.parametrize(("arch", "file_type"), CASES)
