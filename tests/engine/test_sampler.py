@@ -1,11 +1,14 @@
-"""engine.sampler against transformers' logits processors (the same filters, independently written)."""
+"""engine.sampler against transformers' logits processors (the same filters, independently written), and its
+extreme settings against exact rational arithmetic."""
+import math
+
 import numpy as np
 import pytest
 import torch
 from transformers.generation.logits_process import (MinPLogitsWarper, RepetitionPenaltyLogitsProcessor,
                                                     TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
-from engine.errors import InvalidRequestError
+from engine.errors import InvalidRequestError, ModelFileError
 from engine.sampler import Sampler, SamplingParams
 
 V = 200
@@ -64,3 +67,82 @@ def test_seed_reproducible_and_draws_follow_probabilities():
 def test_invalid_settings_are_rejected(bad):
     with pytest.raises(InvalidRequestError):
         SamplingParams(**bad)
+
+
+@pytest.mark.parametrize("bad", [dict(temperature=float("nan")), dict(temperature=float("inf")),
+                                 dict(top_p=float("nan")), dict(min_p=float("nan")),
+                                 dict(repeat_penalty=float("inf")), dict(repeat_penalty=float("nan")),
+                                 dict(temperature="hot"), dict(top_k=2.5), dict(seed=1 << 64),
+                                 dict(seed=-(1 << 63) - 1), dict(seed=1.5)])
+def test_non_finite_and_wrongly_typed_settings_are_rejected(bad):
+    with pytest.raises(InvalidRequestError):
+        SamplingParams(**bad)
+
+
+def test_negative_seed_is_its_64_bit_value():
+    logits = np.zeros(50, dtype=np.float32)
+    a, b = Sampler(SamplingParams(temperature=1.0, seed=-1)), Sampler(SamplingParams(temperature=1.0,
+                                                                                     seed=(1 << 64) - 1))
+    assert [a(logits, []) for _ in range(30)] == [b(logits, []) for _ in range(30)]
+    assert Sampler(SamplingParams(temperature=1.0, seed=-(1 << 63)))(logits, []) in range(50)
+
+
+def reference_probs(logits, history, temperature, penalty):
+    """softmax(penalized logits / temperature) with Python's exact big-number arithmetic (fractions), the
+    penalized logits clamped to float32's range: an independent check of the extreme cases."""
+    from fractions import Fraction
+    f32max = Fraction(float(np.finfo(np.float32).max))
+    vals = [Fraction(float(x)) for x in logits]
+    for i in set(history):
+        v = vals[i] / Fraction(penalty) if vals[i] > 0 else vals[i] * Fraction(penalty)
+        vals[i] = max(-f32max, min(f32max, v))
+    top = max(vals)
+    # exp((v - top) / T): exponents below -800 are 0 in float64; the rest evaluated in float
+    out = [0.0 if (v - top) / Fraction(temperature) < -800 else math.exp((v - top) / Fraction(temperature))
+           for v in vals]
+    s = sum(out)
+    return np.array([x / s for x in out])
+
+
+@pytest.mark.parametrize("temperature,penalty", [(5e-324, 1.0), (1e-300, 1.0), (1.0, 1e-308), (0.7, 1e308),
+                                                 (5e-324, 1e-308), (2.0, 5e-324), (1e308, 1.0)])
+def test_extreme_temperature_and_penalty_give_valid_distributions(temperature, penalty):
+    logits = np.array([2.0, 5.0, -3.0, 4.99, 0.0, -1e30, 3e38], dtype=np.float32)
+    history = [0, 2, 4, 5]
+    params = SamplingParams(temperature=temperature, repeat_penalty=penalty, repeat_last_n=8, seed=1)
+    ids, probs = Sampler(params).distribution(logits, history)
+    assert np.all(np.isfinite(probs)) and abs(probs.sum() - 1) < 1e-12
+    ours = np.zeros(len(logits))
+    ours[ids] = probs
+    np.testing.assert_allclose(ours, reference_probs(logits, history, temperature, penalty), atol=1e-9)
+    assert Sampler(params)(logits, history) in ids
+
+
+def test_tiny_temperature_is_greedy_and_ties_share():
+    logits = np.array([1.0, 3.0, 3.0, 2.9999], dtype=np.float32)
+    ids, probs = Sampler(SamplingParams(temperature=5e-324)).distribution(logits, [])
+    ours = np.zeros(4)
+    ours[ids] = probs
+    assert ours.tolist() == [0.0, 0.5, 0.5, 0.0]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_non_finite_logits_raise_a_typed_error(bad, temperature):
+    logits = np.array([1.0, bad, 0.5], dtype=np.float32)
+    with pytest.raises(ModelFileError, match="non-finite logits"):
+        Sampler(SamplingParams(temperature=temperature))(logits, [0])
+
+
+def test_all_masked_logits_raise_a_typed_error():
+    with pytest.raises(ModelFileError, match="non-finite logits"):
+        Sampler(SamplingParams(temperature=1.0))(np.full(4, -np.inf, dtype=np.float32), [])
+
+
+def test_masked_logits_keep_zero_probability():
+    logits = np.array([1.0, -np.inf, 0.0, -np.inf], dtype=np.float32)
+    ids, probs = Sampler(SamplingParams(temperature=1.0, repeat_penalty=1e308)).distribution(logits, [1, 2])
+    ours = np.zeros(4)
+    ours[ids] = probs
+    assert ours[1] == 0 and ours[3] == 0
+    np.testing.assert_allclose(ours[[0, 2]], [np.e / (np.e + 1), 1 / (np.e + 1)])
