@@ -12,24 +12,30 @@ are engine.chat Chats in one SessionStore (the KV byte budget, LRU eviction) wit
 import asyncio
 import itertools
 import json
+import logging
+import math
 import threading
 import time
 import uuid
-from contextlib import asynccontextmanager, closing
-from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import aclosing, asynccontextmanager, closing
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from engine import jsonfile
 from engine.chat import SessionStore, _common_prefix
-from engine.errors import ContextOverflowError, EngineError, InvalidRequestError
+from engine.errors import (ContextOverflowError, EngineError, InvalidRequestError, TemplateError,
+                           TokenizerError)
 from engine.generate import GenerationStats
-from engine.sampler import SamplingParams
+from engine.sampler import SEED_END, SEED_MIN, SamplingParams
 from engine.scheduler import Scheduler
 
 WEB_DIR = Path(__file__).parent / "web"
 MAX_BODY_BYTES = 1 << 20
 ROLES = ("system", "user", "assistant", "developer", "tool")
+CLIENT_ERRORS = (InvalidRequestError, ContextOverflowError, TemplateError, TokenizerError)  # the request's fault
+log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -45,21 +51,106 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+def engine_error(e: EngineError) -> ApiError:
+    """An engine error as the API answers it: 400 when the request caused it, else a 500 server_error."""
+    if isinstance(e, CLIENT_ERRORS):
+        return ApiError(400, str(e), code="context_length_exceeded" if isinstance(e, ContextOverflowError) else None)
+    return ApiError(500, str(e), type_="server_error")
+
+
+def internal_error(rid: str) -> ApiError:
+    """The 500 of an unexpected exception (logged with its traceback under request id rid)."""
+    return ApiError(500, f"the server failed on this request (request id {rid}); it keeps serving. Retry, or "
+                    "report the request id with the server log if it keeps failing.", type_="server_error")
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready; nothing more is sent."""
+
+
+class RequestIds:
+    """ASGI middleware: every HTTP request gets an id (scope["state"]["request_id"], the X-Request-Id response
+    header). An unexpected exception is logged with that id and answered as an OpenAI-shaped 500 naming it, and
+    the connection stays open for the next request (uvicorn closes it when an exception escapes the app)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        rid = uuid.uuid4().hex[:16]
+        scope.setdefault("state", {})["request_id"] = rid
+        header = (b"x-request-id", rid.encode())
+        started = False
+
+        async def send_with_id(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message = message | {"headers": [*message.get("headers", []), header]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("request %s (%s %s) failed", rid, scope.get("method"), scope.get("path"))
+            if started:
+                raise  # the response is under way: only closing the connection can tell the client
+            from fastapi.responses import JSONResponse
+            await JSONResponse(internal_error(rid).body(), status_code=500)(scope, receive, send_with_id)
+
+
 # ---- request validation -------------------------------------------------------------------------------------------
 
 
-def _number(body: dict, name: str, default, lo=None, hi=None, integer=False, lo_open=False):
-    """body[name] checked: a number (an integer when integer) within [lo, hi] ((lo, hi] when lo_open)."""
+def _encodes(value) -> bool:
+    """Whether value (JSON data) encodes as UTF-8: false when a string or key holds a lone surrogate."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def parse_json(raw: bytes | str, what: str = "the body") -> dict:
+    """A JSON object from raw text (nesting bounded by engine.jsonfile); 400 for anything else, including strings
+    that hold a lone surrogate (JSON's "\\ud800" escapes decode to them; they are not Unicode text)."""
+    try:
+        value = jsonfile.loads(raw or b"{}")
+    except ValueError as e:
+        raise ApiError(400, f"{what} is not valid JSON: {e}", code="invalid_json") from None
+    if not isinstance(value, dict):
+        raise ApiError(400, f"{what} must be a JSON object", code="invalid_json")
+    if not _encodes(value):
+        param = next((k for k, v in value.items() if _encodes(k) and not _encodes(v)), None)
+        raise ApiError(400, f"{what} holds invalid Unicode{f' in {param!r}' if param else ''}: a lone surrogate "
+                       "(such as \\ud800) that no UTF-8 text can carry; send whole characters (surrogate pairs)",
+                       param=param, code="invalid_unicode")
+    return value
+
+
+# ---- request validation -------------------------------------------------------------------------------------------
+
+
+def _number(body: dict, name: str, default, lo=None, hi=None, integer=False, lo_open=False, hi_open=False):
+    """body[name] checked: a finite number (an integer when integer) within [lo, hi] (open ends when lo_open /
+    hi_open; None: unbounded)."""
     v = body.get(name)
     if v is None:
         return default
     kinds = (int,) if integer else (int, float)
+    shown = json.dumps(v)[:40]
     if isinstance(v, bool) or not isinstance(v, kinds):
-        raise ApiError(400, f"'{name}' must be {'an integer' if integer else 'a number'}, got {json.dumps(v)[:40]}",
+        raise ApiError(400, f"'{name}' must be {'an integer' if integer else 'a number'}, got {shown}",
                        param=name, code="invalid_type")
-    if (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and v > hi):
-        span = f"{'(' if lo_open else '['}{'' if lo is None else lo}, {'' if hi is None else hi}]"
-        raise ApiError(400, f"'{name}' must be in {span}, got {v}", param=name, code="invalid_value")
+    low = lo is not None and (v <= lo if lo_open else v < lo)
+    high = hi is not None and (v >= hi if hi_open else v > hi)
+    if (isinstance(v, float) and not math.isfinite(v)) or low or high:
+        span = (f"{'(' if lo_open else '['}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}"
+                f"{')' if hi_open else ']'}")
+        raise ApiError(400, f"'{name}' must be a finite number in {span}, got {shown}", param=name,
+                       code="invalid_value")
     return v
 
 
@@ -79,8 +170,10 @@ def _sampling(body: dict, n_ctx: int) -> dict:
     if not isinstance(stream, bool):
         raise ApiError(400, "'stream' must be a boolean", param="stream", code="invalid_type")
     return dict(max_tokens=max_tokens, stop=stop, temperature=_number(body, "temperature", 1.0, 0, 2),
-                top_p=_number(body, "top_p", None, 0, 1, lo_open=True), seed=_number(body, "seed", None, integer=True),
-                top_k=_number(body, "top_k", None, 1, integer=True), min_p=_number(body, "min_p", None, 0, 1),
+                top_p=_number(body, "top_p", None, 0, 1, lo_open=True),
+                seed=_number(body, "seed", None, SEED_MIN, SEED_END, integer=True, hi_open=True),
+                top_k=_number(body, "top_k", None, 1, integer=True),
+                min_p=_number(body, "min_p", None, 0, 1, hi_open=True),
                 repeat_penalty=_number(body, "repeat_penalty", 1.0, 0, lo_open=True))
 
 
@@ -129,6 +222,34 @@ def _finish(stats: GenerationStats) -> str:
 
 
 # ---- the service: admission, worker threads, scheduler ------------------------------------------------------------
+
+
+class Run:
+    """The items of a request that Service.run queued, as an async iterator (its worker's error is raised).
+    aclose() stops it: a queued request leaves the queue at once; a running one stops before its next token, and
+    aclose waits for that (so its session is consistent afterwards). Use it with contextlib.aclosing."""
+
+    def __init__(self, cancel: threading.Event):
+        self.cancel, self.items, self.future, self.ended = cancel, asyncio.Queue(), None, False
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        while not self.ended:
+            kind, value = await self.items.get()
+            self.ended = kind == "end"
+            if kind == "error":
+                raise value
+            if kind == "item":
+                return value
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        self.cancel.set()
+        self.future.cancel()  # only succeeds while it waits for a worker
+        while not self.ended:
+            self.ended = (await self.items.get())[0] == "end"
 
 
 @dataclass
@@ -180,15 +301,17 @@ class Service:
             self.queued += 1
             self.requests += 1
 
-    async def run(self, make: Callable[[], Iterator], cancel: threading.Event) -> AsyncIterator:
-        """Items of make()'s iterator, produced on a worker thread (after admit()). Setting cancel, or leaving
-        the iteration early, stops it before its next token and frees its place in the batch."""
+    def run(self, make: Callable[[], Iterator], cancel: threading.Event) -> "Run":
+        """Admit a request (429 when full) and queue make()'s iteration on a worker thread; returns its items as
+        a Run. Setting cancel, or closing the Run, stops it before its next token and frees its place in the
+        batch; closing it while it waits gives its queue place back at once."""
+        self.admit()
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
+        run = Run(cancel)
 
         def put(item) -> None:
             try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
+                loop.call_soon_threadsafe(run.items.put_nowait, item)
             except RuntimeError:  # the event loop is gone
                 pass
 
@@ -216,22 +339,20 @@ class Service:
                     self.active -= 1
                 put(("end", None))
 
+        def unqueued(future) -> None:  # cancelled before a worker took it (Run.aclose, or shutdown)
+            if future.cancelled():
+                with self._lock:
+                    self.queued -= 1
+                put(("end", None))
+
         try:
-            self._pool.submit(work)
+            run.future = self._pool.submit(work)
         except RuntimeError:
             with self._lock:
                 self.queued -= 1
-            raise ApiError(503, "the server is shutting down", type_="server_error")
-        try:
-            while True:
-                kind, value = await queue.get()
-                if kind == "end":
-                    return
-                if kind == "error":
-                    raise value
-                yield value
-        finally:
-            cancel.set()
+            raise ApiError(503, "the server is shutting down", type_="server_error") from None
+        run.future.add_done_callback(unqueued)
+        return run
 
     # -- chat completions on pooled caches --
 
@@ -277,12 +398,59 @@ class Service:
 # ---- the app ------------------------------------------------------------------------------------------------------
 
 
+async def _collect(items) -> list:
+    return [x async for x in items]
+
+
+async def _disconnected(request) -> None:
+    """Returns once the client has closed the connection (call it after the request body has been read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def while_connected(request, awaitable):
+    """awaitable's result; raises ClientGone, after cancelling it (and waiting for that), if the client
+    disconnects first."""
+    work, gone = asyncio.ensure_future(awaitable), asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        left = not work.done()
+        if left:
+            work.cancel()
+            await asyncio.wait((work,))
+    if left:
+        raise ClientGone
+    return work.result()
+
+
+def _ws_message(frame: dict) -> dict:
+    """A client's WebSocket frame as a JSON object; ApiError (sent back as an error frame) for anything else."""
+    if frame.get("text") is None:
+        raise ApiError(400, "binary frames are not accepted; send JSON text frames like {\"type\": \"send\", "
+                       "\"content\": \"...\"}")
+    return parse_json(frame["text"], "the frame")
+
+
+def _failure(e: Exception, rid: str) -> ApiError:
+    """What to tell the client about an exception once its answer has started (in the stream or socket)."""
+    if isinstance(e, ApiError):
+        return e
+    if isinstance(e, EngineError):
+        return engine_error(e)
+    log.error("request %s failed", rid, exc_info=e)
+    return internal_error(rid)
+
+
+
 def create_app(llm, max_batch: int = 8, max_queue: int = 32, kv_budget: int = 1 << 30, model_id: str | None = None):
     """The FastAPI app serving llm (an engine.LLM). See the module docstring and README.md."""
     from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
-    from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+    from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
     from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import ClientDisconnect
 
     service = Service(llm, max_batch, max_queue, kv_budget, model_id)
 
@@ -292,11 +460,20 @@ def create_app(llm, max_batch: int = 8, max_queue: int = 32, kv_budget: int = 1 
         service.close()
 
     app = FastAPI(title="engine", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.add_middleware(RequestIds)
     app.state.service = service
 
     @app.exception_handler(ApiError)
     async def api_error(request, e: ApiError):
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(EngineError)
+    async def engine_failure(request, e: EngineError):
+        return await api_error(request, engine_error(e))
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request, e):
+        return Response(status_code=499)  # nginx's "client closed request": nobody reads it
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, e):
@@ -308,17 +485,14 @@ def create_app(llm, max_batch: int = 8, max_queue: int = 32, kv_budget: int = 1 
         if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
             raise ApiError(413, f"the request body is over {MAX_BODY_BYTES} bytes", code="body_too_large")
         raw = b""
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > MAX_BODY_BYTES:
-                raise ApiError(413, f"the request body is over {MAX_BODY_BYTES} bytes", code="body_too_large")
         try:
-            body = json.loads(raw or b"{}")
-        except ValueError as e:
-            raise ApiError(400, f"the body is not valid JSON: {e}", code="invalid_json") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "the body must be a JSON object", code="invalid_json")
-        return body
+            async for chunk in request.stream():
+                raw += chunk
+                if len(raw) > MAX_BODY_BYTES:
+                    raise ApiError(413, f"the request body is over {MAX_BODY_BYTES} bytes", code="body_too_large")
+        except ClientDisconnect:
+            raise ClientGone from None
+        return parse_json(raw)
 
     def check_model(body: dict) -> None:
         model = body.get("model")
@@ -331,33 +505,26 @@ def create_app(llm, max_batch: int = 8, max_queue: int = 32, kv_budget: int = 1 
     def sse(payload) -> str:
         return f"data: {payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)}\n\n"
 
-    def engine_error(e: EngineError) -> ApiError:
-        code = "context_length_exceeded" if isinstance(e, ContextOverflowError) else None
-        return ApiError(400, str(e), code=code)
-
-    async def answer(body: dict, kind: str, make, stats: Callable[[], GenerationStats], shape) -> object:
+    async def answer(request: Request, body: dict, kind: str, make, stats: Callable[[], GenerationStats],
+                     shape) -> object:
         """Run make() (pieces) and answer as OpenAI does: a JSON body, or SSE chunks ending with [DONE].
-        stats() gives the generation's statistics once it has ended; shape(pieces, delta, finish) a choice."""
-        cancel = threading.Event()
+        stats() gives the generation's statistics once it has ended; shape(pieces, delta, finish) a choice.
+        A client that disconnects before its answer is complete (or starts streaming) cancels it."""
         rid, created = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}", int(time.time())
         head = {"id": rid, "object": "chat.completion" if kind == "chat" else "text_completion", "created": created,
                 "model": service.model_id}
         include_usage = _include_usage(body)
-        service.admit()
-        pieces = service.run(make, cancel)
+        pieces = service.run(make, threading.Event())
         if not body.get("stream"):
-            parts = []
-            try:
-                async for piece in pieces:
-                    parts.append(piece)
-            except EngineError as e:
-                raise engine_error(e) from None
+            async with aclosing(pieces):
+                parts = await while_connected(request, _collect(pieces))
             return JSONResponse(head | {"choices": [shape(parts, None, _finish(stats()))], "usage": _usage(stats())})
         head["object"] += ".chunk" if kind == "chat" else ""
         try:  # fail before the stream starts when the request itself is bad
-            first = await anext(pieces, None)
-        except EngineError as e:
-            raise engine_error(e) from None
+            first = await while_connected(request, anext(pieces, None))
+        except BaseException:
+            await pieces.aclose()
+            raise
 
         async def events():
             try:
@@ -371,10 +538,9 @@ def create_app(llm, max_batch: int = 8, max_queue: int = 32, kv_budget: int = 1 
                 yield sse(head | {"choices": [shape([], True, _finish(stats()))]})
                 if include_usage:
                     yield sse(head | {"choices": [], "usage": _usage(stats())})
-            except EngineError as e:
-                yield sse(ApiError(400, str(e)).body())
+            except Exception as e:  # noqa: BLE001 — the stream has started: the error goes in it
+                yield sse(_failure(e, request.state.request_id).body())
             finally:
-                cancel.set()
                 await pieces.aclose()
             yield sse("[DONE]")
 
@@ -398,6 +564,9 @@ def create_app(llm, max_batch: int = 8, max_queue: int = 32, kv_budget: int = 1 
         sampling = _sampling(body, llm.n_ctx)
         kwargs = body.get("chat_template_kwargs") or {}
         thinking = kwargs.get("enable_thinking") if isinstance(kwargs, dict) else None
+        if not isinstance(kwargs, dict) or thinking not in (None, True, False):
+            raise ApiError(400, "'chat_template_kwargs' must be an object like {\"enable_thinking\": false}",
+                           param="chat_template_kwargs", code="invalid_type")
         if llm.template is None:
             raise ApiError(400, "this model has no chat template; use /v1/completions with a raw prompt")
         usage = [GenerationStats()]  # the turn's Usage, once the worker thread has it
@@ -423,7 +592,7 @@ def create_app(llm, max_batch: int = 8, max_queue: int = 32, kv_budget: int = 1 
                 msg["reasoning_content"] = reasoning.strip("\n")
             return {"index": 0, "message": msg, "logprobs": None, "finish_reason": finish}
 
-        return await answer(body, "chat", make, lambda: usage[0], shape)
+        return await answer(request, body, "chat", make, lambda: usage[0], shape)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -437,12 +606,9 @@ def create_app(llm, max_batch: int = 8, max_queue: int = 32, kv_budget: int = 1 
                                                             for t in prompt)):
             raise ApiError(400, "'prompt' must be a non-empty string (or one list of token ids)", param="prompt")
         sampling = _sampling(body, llm.n_ctx)
-        try:
-            ids = llm.encode_prompt(prompt)
-            params = SamplingParams(sampling["temperature"], sampling["top_k"], sampling["top_p"], sampling["min_p"],
-                                    sampling["repeat_penalty"], 64, sampling["seed"])
-        except EngineError as e:
-            raise engine_error(e) from None
+        ids = llm.encode_prompt(prompt)
+        params = SamplingParams(sampling["temperature"], sampling["top_k"], sampling["top_p"], sampling["min_p"],
+                                sampling["repeat_penalty"], 64, sampling["seed"])
         max_tokens = sampling["max_tokens"] or max(1, llm.n_ctx - len(ids))
         if len(ids) + max_tokens > llm.n_ctx:
             raise ApiError(400, f"the prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) exceed the "
@@ -457,7 +623,7 @@ def create_app(llm, max_batch: int = 8, max_queue: int = 32, kv_budget: int = 1 
         def shape(pieces, delta, finish):
             return {"index": 0, "text": "".join(pieces), "logprobs": None, "finish_reason": finish}
 
-        return await answer(body, "text", make, lambda: stats, shape)
+        return await answer(request, body, "text", make, lambda: stats, shape)
 
     # -- UI sessions --
 
@@ -507,7 +673,7 @@ def create_app(llm, max_batch: int = 8, max_queue: int = 32, kv_budget: int = 1 
         service.session(sid)
         service.store.get(sid).cancel()
         service.store.drop(sid)
-        del service.sessions[sid]
+        service.sessions.pop(sid, None)
         return {"id": sid, "deleted": True}
 
     @app.post("/api/sessions/{sid}/undo")
@@ -527,15 +693,23 @@ def create_app(llm, max_batch: int = 8, max_queue: int = 32, kv_budget: int = 1 
         "usage", "finish_reason", "tokens_per_s"}, {"type": "error", "message"}."""
         await websocket.accept()
         if sid not in service.sessions:
-            await websocket.send_json({"type": "error", "message": f"no session {sid!r}"})
+            await websocket.send_json({"type": "error", "message": f"no session {sid!r}", "status": 404})
             await websocket.close(code=4404)
             return
         turn: asyncio.Task | None = None
         cancel = threading.Event()
 
-        async def run_turn(msg: dict, cancel: threading.Event):
-            info, chat = service.sessions[sid], service.store.get(sid)
+        async def send(frame: dict, cancel: threading.Event) -> None:
+            """Send a frame; one that cannot be sent means the client has gone, which cancels the turn."""
             try:
+                await websocket.send_json(frame)
+            except Exception:  # noqa: BLE001 — WebSocketDisconnect, RuntimeError after close, OSError
+                cancel.set()
+
+        async def run_turn(msg: dict, cancel: threading.Event):
+            """One send / regenerate: start, pieces, then done; or an error frame, whatever fails."""
+            try:
+                info, chat = service.session(sid), service.store.get(sid)
                 options = msg.get("options") or {}
                 if not isinstance(options, dict):
                     raise ApiError(400, "'options' must be an object")
@@ -553,46 +727,48 @@ def create_app(llm, max_batch: int = 8, max_queue: int = 32, kv_budget: int = 1 
                     make = lambda: chat.send(content, **sampling)  # noqa: E731
                 else:
                     make = lambda: chat.regenerate(**sampling)  # noqa: E731
-                service.admit()
-                await websocket.send_json({"type": "start"})
-                async for piece in service.run(make, cancel):
-                    await websocket.send_json({"type": "piece", "kind": piece.kind, "text": piece.text})
+                async with aclosing(service.run(make, cancel)) as pieces:
+                    await send({"type": "start"}, cancel)
+                    async for piece in pieces:
+                        await send({"type": "piece", "kind": piece.kind, "text": piece.text}, cancel)
                 u = chat.last_usage
                 info.updated = time.time()
-                await websocket.send_json({"type": "done", "finish_reason": u.finish_reason if u else None,
-                                           "usage": _usage(u) if u else None,
-                                           "tokens_per_s": round(u.decode_tps, 2) if u else 0.0,
-                                           "session": service.session_view(info, messages=False)})
-            except ApiError as e:
-                await websocket.send_json({"type": "error", "message": e.message, "status": e.status})
-            except EngineError as e:
-                await websocket.send_json({"type": "error", "message": str(e), "status": 400})
+                await send({"type": "done", "finish_reason": u.finish_reason if u else None,
+                            "usage": _usage(u) if u else None, "tokens_per_s": round(u.decode_tps, 2) if u else 0.0,
+                            "session": service.session_view(info, messages=False)}, cancel)
+            except Exception as e:  # noqa: BLE001 — every failed turn ends with an error frame
+                error = _failure(e, uuid.uuid4().hex[:16])
+                await send({"type": "error", "message": error.message, "status": error.status}, cancel)
 
         try:
             while True:
-                msg = await websocket.receive_json()
-                if not isinstance(msg, dict):
-                    await websocket.send_json({"type": "error", "message": "messages must be JSON objects"})
-                elif msg.get("type") == "stop":
+                frame = await websocket.receive()
+                if frame["type"] == "websocket.disconnect":
+                    break
+                try:
+                    msg = _ws_message(frame)
+                except ApiError as e:
+                    await websocket.send_json({"type": "error", "message": e.message, "status": e.status})
+                    continue
+                if msg.get("type") == "stop":
                     cancel.set()
                 elif msg.get("type") in ("send", "regenerate"):
                     if turn is not None and not turn.done():
                         await websocket.send_json({"type": "error", "message": "an answer is streaming; stop it "
-                                                                               "first"})
+                                                                               "first", "status": 409})
                         continue
                     cancel = threading.Event()
                     turn = asyncio.create_task(run_turn(msg, cancel))
                 else:
-                    await websocket.send_json({"type": "error", "message": "type must be send, regenerate or stop"})
-        except (WebSocketDisconnect, RuntimeError, ValueError):
+                    await websocket.send_json({"type": "error", "message": "type must be send, regenerate or stop",
+                                               "status": 400})
+        except (WebSocketDisconnect, RuntimeError, OSError):
             pass
         finally:
             cancel.set()
             if turn is not None:
-                try:
-                    await turn
-                except Exception:  # noqa: BLE001 — the socket is gone; the turn ended as cancelled
-                    pass
+                turn.cancel()  # a queued turn leaves the queue now; a running one stops before its next token
+                await asyncio.wait((turn,))
 
     @app.get("/")
     async def index():
