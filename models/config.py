@@ -94,7 +94,8 @@ class ModelConfig:
 
     @classmethod
     def from_gguf(cls, metadata: dict, tensor_shapes: dict) -> "ModelConfig":
-        """From GGUF keys `{arch}.block_count`, `{arch}.embedding_length`, ... and {tensor name: shape}."""
+        """From GGUF keys `{arch}.block_count`, `{arch}.embedding_length`, ... and {tensor name: shape}. Each value's
+        type and range is checked before it is used; ModelFileError names the key."""
         arch = metadata.get("general.architecture")
         _check_arch(arch, "general.architecture")
 
@@ -104,49 +105,63 @@ class ModelConfig:
                 raise ModelFileError(f"GGUF metadata lacks {arch}.{name}; the file is incomplete.")
             return value
 
-        n_heads = int(key("attention.head_count"))
-        hidden = int(key("embedding_length"))
+        def size(name, default=None) -> int:
+            return check_size(f"GGUF metadata {arch}.{name}", key(name, default))
+
+        def real(name, default=None) -> float:
+            return check_positive(f"GGUF metadata {arch}.{name}", key(name, default))
+
+        n_heads = size("attention.head_count")
+        hidden = size("embedding_length")
         scaling = None
         scale_type = metadata.get(f"{arch}.rope.scaling.type", "none")
         if scale_type == "linear":
-            scaling = {"rope_type": "linear", "factor": float(key("rope.scaling.factor"))}
+            scaling = {"rope_type": "linear", "factor": real("rope.scaling.factor")}
         elif scale_type not in ("none", None):
-            raise UnsupportedModelError(f"RoPE scaling type {scale_type!r} is not supported (supported: linear, "
+            raise UnsupportedModelError(f"RoPE scaling type {scale_type!r:.40} is not supported (supported: linear, "
                                         "llama3 via rope_freqs.weight).")
         embd = tensor_shapes.get("token_embd.weight")
         if embd is None:
             raise ModelFileError("GGUF file has no token_embd.weight tensor; it is not a complete model.")
-        window = metadata.get(f"{arch}.attention.sliding_window")
-        n_layers = int(key("block_count"))
-        head_dim = int(metadata.get(f"{arch}.attention.key_length", hidden // n_heads))
+        n_layers = size("block_count")
+        if f"blk.{n_layers - 1}.attn_norm.weight" not in tensor_shapes:
+            raise ModelFileError(f"GGUF metadata {arch}.block_count is {n_layers} but the file has no tensors of "
+                                 f"layer {n_layers - 1}; the file is corrupt.")
+        window = size("attention.sliding_window") if key("attention.sliding_window", 0) != 0 else None
+        head_dim = size("attention.key_length", hidden // n_heads)
+        for name in ("attention.value_length", "rope.dimension_count"):
+            if key(name, head_dim) != head_dim:
+                raise UnsupportedModelError(f"GGUF metadata {arch}.{name} is {key(name)!r:.40}, not the head size "
+                                            f"{head_dim}; models with such heads (or partial RoPE) are not supported.")
         gemma = {}
         if arch == "gemma3":
             # as llama.cpp: query_pre_attn_scalar is not stored; it is hidden/heads for the 62-layer 27B, else head_dim
-            pattern = metadata.get(f"{arch}.attention.sliding_window_pattern", GEMMA3_SWA_PERIOD)
+            pattern = key("attention.sliding_window_pattern", GEMMA3_SWA_PERIOD)
+            softcap = key("final_logit_softcapping", 0)
+            query_scalar = check_size("hidden size per head", hidden // n_heads) if n_layers == 62 else head_dim
             gemma = dict(
-                post_norms=True, ffn_act="gelu_tanh", embed_scale=math.sqrt(hidden),
-                attn_scale=(hidden // n_heads if n_layers == 62 else head_dim) ** -0.5,
+                post_norms=True, ffn_act="gelu_tanh", embed_scale=math.sqrt(hidden), attn_scale=query_scalar ** -0.5,
                 sliding_layers=_sliding_layers(pattern, n_layers) if window else None,
-                rope_theta_swa=float(metadata.get(f"{arch}.rope.freq_base_swa", 10000.0)) if window else None,
-                final_softcap=metadata.get(f"{arch}.final_logit_softcapping") or None)
+                rope_theta_swa=real("rope.freq_base_swa", 10000.0) if window else None,
+                final_softcap=real("final_logit_softcapping") if softcap != 0 else None)
         return cls(
             arch=arch,
-            vocab_size=int(embd[0]),
+            vocab_size=embd[0],
             hidden_size=hidden,
             n_layers=n_layers,
             n_heads=n_heads,
-            n_kv_heads=int(key("attention.head_count_kv", n_heads)),
+            n_kv_heads=size("attention.head_count_kv", n_heads),
             head_dim=head_dim,
-            intermediate_size=int(key("feed_forward_length")),
-            rms_eps=float(key("attention.layer_norm_rms_epsilon")),
-            rope_theta=float(key("rope.freq_base", 10000.0)),
-            max_context=int(key("context_length")),
+            intermediate_size=size("feed_forward_length"),
+            rms_eps=real("attention.layer_norm_rms_epsilon"),
+            rope_theta=real("rope.freq_base", 10000.0),
+            max_context=check_size(f"GGUF metadata {arch}.context_length", key("context_length"), limit=None),
             rope_interleaved=arch in ("llama", "mistral"),
             rope_scaling=scaling,
             qkv_bias="blk.0.attn_q.bias" in tensor_shapes,
             qk_norm="blk.0.attn_q_norm.weight" in tensor_shapes,
             tie_embeddings="output.weight" not in tensor_shapes,
-            sliding_window=int(window) if window else None,
+            sliding_window=window,
             **gemma,
         )
 
@@ -209,10 +224,12 @@ class ModelConfig:
 def _sliding_layers(pattern, n_layers: int) -> tuple[bool, ...]:
     """Which layers use the sliding window: pattern is a list of bools, or a period P (layer i is global when
     (i + 1) % P == 0, as transformers' sliding_window_pattern and llama.cpp's set_swa_pattern)."""
-    if isinstance(pattern, (list, tuple)):
+    if isinstance(pattern, (list, tuple)) and all(isinstance(p, (bool, int)) for p in pattern):
         return tuple(bool(p) for p in pattern)
-    period = int(pattern)
-    return tuple(period == 0 or (i + 1) % period != 0 for i in range(n_layers))
+    if isinstance(pattern, bool) or not isinstance(pattern, int) or pattern < 0:
+        raise ModelFileError(f"sliding-window pattern {_shown(pattern)} is neither a list of flags nor a period >= 0; "
+                             "the model's configuration is corrupt.")
+    return tuple(pattern == 0 or (i + 1) % pattern != 0 for i in range(n_layers))
 
 
 _REQUIRED = object()  # _hf_value's default for keys config.json must have
