@@ -8,6 +8,7 @@ We parse the header ourselves rather than with `gguf.GGUFReader` because the rea
 per string and takes tens of seconds on a 50k-token vocabulary; the tests check both give the same metadata and
 tensors. Tensor data is never read here: tensors are views into one `np.memmap` per file.
 """
+import math
 import re
 import struct
 from dataclasses import dataclass
@@ -45,14 +46,24 @@ class TensorInfo:
     nbytes: int
 
 
+MAX_NESTING = 8  # metadata arrays of arrays: real files nest one deep
+MAX_DIMS = 4  # GGML_MAX_DIMS
+_MIN_BYTES = {GGUFValueType.STRING: 8, GGUFValueType.ARRAY: 12}  # least bytes one value of these types takes
+_KV_MIN_BYTES, _INFO_MIN_BYTES = 8 + 4 + 1, 8 + 4 + 8 + 4 + 8  # least bytes of a key/value, of a tensor info
+
+
 class _Cursor:
     """Sequential little-endian reads over a buffer; running past its end means the file is truncated."""
 
     def __init__(self, buf, path: Path):
         self.buf, self.pos, self.path = buf, 0, path
 
+    @property
+    def left(self) -> int:
+        return len(self.buf) - self.pos
+
     def take(self, n: int) -> memoryview:
-        if self.pos + n > len(self.buf):
+        if n > self.left:
             raise ModelFileError(f"{self.path}: GGUF header is truncated at byte {self.pos} (file is "
                                  f"{len(self.buf)} bytes). The download is incomplete: fetch the file again.")
         view = self.buf[self.pos:self.pos + n]
@@ -63,22 +74,35 @@ class _Cursor:
         return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
 
     def string(self) -> str:
-        raw = bytes(self.take(self.scalar("<Q")))
-        return raw.decode("utf-8", errors="surrogateescape")
+        """A length-prefixed string; invalid UTF-8 becomes U+FFFD (as llama.cpp keeps the bytes, nothing later
+        may meet a lone surrogate)."""
+        return bytes(self.take(self.scalar("<Q"))).decode("utf-8", errors="replace")
 
-    def value(self, vtype: int):
+    def count(self, n: int, least: int, what: str) -> int:
+        """n, once n items of at least `least` bytes each are known to fit in the bytes left (so a corrupt
+        count fails here rather than after allocating for it)."""
+        if n * least > self.left:
+            raise ModelFileError(f"{self.path}: GGUF {what} claims {n} entries at byte {self.pos} but only "
+                                 f"{self.left} bytes follow; the file is corrupt: download it again.")
+        return n
+
+    def value(self, vtype: int, depth: int = 0):
         if vtype == GGUFValueType.STRING:
             return self.string()
         if vtype == GGUFValueType.ARRAY:
-            etype, count = self.scalar("<I"), self.scalar("<Q")
+            if depth == MAX_NESTING:
+                raise ModelFileError(f"{self.path}: GGUF metadata arrays nest deeper than {MAX_NESTING} at byte "
+                                     f"{self.pos}; the file is corrupt.")
+            etype = self.scalar("<I")
+            if etype not in _NUMPY and etype not in _MIN_BYTES:
+                raise ModelFileError(f"{self.path}: unknown GGUF array element type {etype}; the file is corrupt.")
+            dtype = np.dtype(_NUMPY[etype]) if etype in _NUMPY else None
+            count = self.count(self.scalar("<Q"), dtype.itemsize if dtype else _MIN_BYTES[etype], "array")
             if etype == GGUFValueType.STRING:
                 return [self.string() for _ in range(count)]
-            if etype in _NUMPY:
-                dtype = np.dtype(_NUMPY[etype])
+            if dtype is not None:
                 return np.frombuffer(self.take(count * dtype.itemsize), dtype=dtype).tolist()
-            if etype == GGUFValueType.ARRAY:
-                return [self.value(GGUFValueType.ARRAY) for _ in range(count)]
-            raise ModelFileError(f"{self.path}: unknown GGUF array element type {etype}; the file is corrupt.")
+            return [self.value(GGUFValueType.ARRAY, depth + 1) for _ in range(count)]
         if vtype in _SCALARS:
             return self.scalar(_SCALARS[vtype])
         raise ModelFileError(f"{self.path}: unknown GGUF metadata value type {vtype}; the file is corrupt.")
@@ -86,7 +110,7 @@ class _Cursor:
 
 def _parse(path: Path, buf) -> tuple[dict, dict, list[TensorInfo]]:
     """Parse one file's header. Returns (metadata, {key: (GGUFValueType, array element type or None)}, tensor
-    infos with offsets relative to the file start)."""
+    infos with offsets relative to the file start), every count, size and offset checked against the file."""
     cur = _Cursor(buf, path)
     magic = bytes(cur.take(4)) if len(buf) >= 4 else bytes(buf)
     if magic != MAGIC:
@@ -98,44 +122,81 @@ def _parse(path: Path, buf) -> tuple[dict, dict, list[TensorInfo]]:
         raise ModelFileError(f"{path}: GGUF version {version} is not supported{hint}; convert the model with a "
                              "current llama.cpp (GGUF v3).")
     n_tensors, n_kv = cur.scalar("<Q"), cur.scalar("<Q")
-    if n_tensors > len(buf) or n_kv > len(buf):
-        raise ModelFileError(f"{path}: GGUF header claims {n_tensors} tensors and {n_kv} keys; the file is corrupt.")
+    if n_tensors * _INFO_MIN_BYTES + n_kv * _KV_MIN_BYTES > cur.left:
+        raise ModelFileError(f"{path}: GGUF header claims {n_tensors} tensors and {n_kv} keys, more than its "
+                             f"{len(buf)} bytes can hold; the file is corrupt: download it again.")
     metadata, types = {}, {}
     for _ in range(n_kv):
         key = cur.string()
+        if key in metadata:
+            raise ModelFileError(f"{path}: GGUF metadata key {key!r} appears twice; the file is corrupt.")
         vtype = cur.scalar("<I")
         etype = int.from_bytes(bytes(buf[cur.pos:cur.pos + 4]), "little") if vtype == GGUFValueType.ARRAY else None
         metadata[key] = cur.value(vtype)
         types[key] = (vtype, etype)
-    raw_infos = []
-    for _ in range(n_tensors):
-        name = cur.string()
-        dims = [cur.scalar("<Q") for _ in range(cur.scalar("<I"))]
-        raw_infos.append((name, dims, cur.scalar("<I"), cur.scalar("<Q")))
-    alignment = int(metadata.get("general.alignment", 32))
+    raw_infos = [_tensor_info(cur) for _ in range(n_tensors)]
+    alignment = _alignment(path, metadata.get("general.alignment", 32))
     data_start = -(-cur.pos // alignment) * alignment
-    infos = []
-    for name, dims, gtype, offset in raw_infos:
-        if gtype not in GGMLType._value2member_map_:
-            raise UnsupportedModelError(
-                f"{path}: tensor {name!r} has unknown GGML type {gtype}. This file needs a newer engine or was "
-                "written by an unknown tool; re-quantize it to one of: " + ", ".join(t.name for t in SUPPORTED))
-        if GGMLType(gtype) not in SUPPORTED:
-            raise UnsupportedModelError(
-                f"{path}: tensor {name!r} is {GGMLType(gtype).name}, which this engine does not implement. "
-                "Use a file quantized to one of: " + ", ".join(sorted(t.name for t in SUPPORTED)))
-        block_elems, block_bytes = block_shape(gtype)
-        n_elems = int(np.prod(dims, dtype=np.int64))
-        if dims and dims[0] % block_elems:
-            raise ModelFileError(f"{path}: tensor {name!r} row length {dims[0]} is not a multiple of the "
-                                 f"{GGMLType(gtype).name} block size {block_elems}; the file is corrupt.")
-        nbytes = n_elems // block_elems * block_bytes
-        start = data_start + offset
-        if start + nbytes > len(buf):
-            raise ModelFileError(f"{path}: tensor {name!r} ends at byte {start + nbytes} but the file has only "
-                                 f"{len(buf)} bytes: the file is truncated. Download it again.")
-        infos.append(TensorInfo(name, tuple(reversed(dims)), gtype, 0, start, nbytes))
+    infos = [_locate(path, *raw, data_start, alignment, len(buf)) for raw in raw_infos]
+    _check_disjoint(path, infos)
     return metadata, types, infos
+
+
+def _tensor_info(cur: _Cursor) -> tuple[str, list[int], int, int]:
+    """One tensor info as stored: (name, dims ne0-first, ggml type, offset from the data section)."""
+    name = cur.string()
+    n_dims = cur.scalar("<I")
+    if not 1 <= n_dims <= MAX_DIMS:
+        raise ModelFileError(f"{cur.path}: tensor {name!r} claims {n_dims} dimensions (GGUF allows 1 to "
+                             f"{MAX_DIMS}); the file is corrupt: download it again.")
+    dims = list(struct.unpack(f"<{n_dims}Q", cur.take(8 * n_dims)))
+    return name, dims, cur.scalar("<I"), cur.scalar("<Q")
+
+
+def _alignment(path: Path, value) -> int:
+    """general.alignment, which must be a power of two (llama.cpp's rule)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value & (value - 1):
+        raise ModelFileError(f"{path}: general.alignment is {type(value).__name__} {value!r:.40}, not a power of "
+                             "two; the file is corrupt: download it again.")
+    return value
+
+
+def _locate(path: Path, name: str, dims: list[int], gtype: int, offset: int, data_start: int, alignment: int,
+            file_size: int) -> TensorInfo:
+    """Where a tensor's bytes are, checked: known type, whole blocks, aligned and inside the file. Sizes are
+    Python integers, so dims whose product overflows int64 cannot wrap round and pass."""
+    if gtype not in GGMLType._value2member_map_:
+        raise UnsupportedModelError(
+            f"{path}: tensor {name!r} has unknown GGML type {gtype}. This file needs a newer engine or was "
+            "written by an unknown tool; re-quantize it to one of: " + ", ".join(t.name for t in SUPPORTED))
+    if GGMLType(gtype) not in SUPPORTED:
+        raise UnsupportedModelError(
+            f"{path}: tensor {name!r} is {GGMLType(gtype).name}, which this engine does not implement. "
+            "Use a file quantized to one of: " + ", ".join(sorted(t.name for t in SUPPORTED)))
+    if 0 in dims:
+        raise ModelFileError(f"{path}: tensor {name!r} has a zero dimension {dims}; the file is corrupt.")
+    block_elems, block_bytes = block_shape(gtype)
+    if dims[0] % block_elems:
+        raise ModelFileError(f"{path}: tensor {name!r} row length {dims[0]} is not a multiple of the "
+                             f"{GGMLType(gtype).name} block size {block_elems}; the file is corrupt.")
+    if offset % alignment:
+        raise ModelFileError(f"{path}: tensor {name!r} starts at data offset {offset}, not a multiple of the "
+                             f"alignment {alignment}; the file is corrupt: download it again.")
+    nbytes = math.prod(dims) // block_elems * block_bytes
+    start = data_start + offset
+    if start + nbytes > file_size:
+        raise ModelFileError(f"{path}: tensor {name!r} ends at byte {start + nbytes} but the file has only "
+                             f"{file_size} bytes: the file is truncated or corrupt. Download it again.")
+    return TensorInfo(name, tuple(reversed(dims)), gtype, 0, start, nbytes)
+
+
+def _check_disjoint(path: Path, infos: list[TensorInfo]) -> None:
+    """Refuse tensors whose bytes overlap (one file; infos' offsets from its start)."""
+    ordered = sorted(infos, key=lambda i: i.offset)
+    for a, b in zip(ordered, ordered[1:]):
+        if b.offset < a.offset + a.nbytes:
+            raise ModelFileError(f"{path}: tensors {a.name!r} and {b.name!r} overlap in the file; the file is "
+                                 "corrupt: download it again.")
 
 
 def split_gguf_parts(name: str) -> list[str] | None:
@@ -197,7 +258,8 @@ class GGUFFile:
         """The tensor, zero-copy where possible.
 
         F32 → float32 ndarray view of the file. 1-D tensors of other types → float32 ndarray (small copies).
-        2-D F16/BF16/quantized → QTensor over the file's bytes.
+        2-D F16/BF16/quantized → QTensor over the file's bytes. 1-D tensors (norms, biases: cheap to scan) must be
+        finite, else ModelFileError; larger ones are left to the run-time check on the logits.
         """
         info = self.infos.get(name)
         if info is None:
@@ -205,15 +267,18 @@ class GGUFFile:
                                  f"a {self.metadata.get('general.architecture')} model this engine understands.")
         raw = self._maps[info.part][info.offset:info.offset + info.nbytes]
         if info.ggml_type == GGMLType.F32:
-            return raw.view(np.float32).reshape(info.shape)
-        rows = int(np.prod(info.shape[:-1], dtype=np.int64))
-        qt = QTensor(raw.reshape(rows, -1), info.ggml_type, (rows, info.shape[-1]))
-        if len(info.shape) == 1:
-            return qt.dequantize().reshape(info.shape)
-        if len(info.shape) != 2:
+            t = raw.view(np.float32).reshape(info.shape)
+        elif len(info.shape) == 2:
+            return QTensor(raw.reshape(info.shape[0], -1), info.ggml_type, info.shape)
+        elif len(info.shape) == 1:
+            t = QTensor(raw.reshape(1, -1), info.ggml_type, (1, info.shape[0])).dequantize().reshape(info.shape)
+        else:
             raise UnsupportedModelError(f"{self.paths[0]}: tensor {name!r} has {len(info.shape)} dimensions; only "
                                         "1-D and 2-D tensors are supported.")
-        return qt
+        if t.ndim == 1 and not np.isfinite(t).all():
+            raise ModelFileError(f"{self.paths[info.part]}: tensor {name!r} holds NaN or infinite values; the file "
+                                 "is corrupt: download it again.")
+        return t
 
 
 def read_metadata(path: str | Path) -> dict:
