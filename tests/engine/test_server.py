@@ -263,3 +263,226 @@ def test_eight_parallel_greedy_streams_equal_sequential_runs(smollm2_gguf):
         assert out == sequential
     finally:
         srv.stop()
+
+
+# ---- hardening: every request gets an answer ---------------------------------------------------------------------
+
+SURROGATE = '"x\\ud800y"'  # JSON text: a lone surrogate escape inside a string
+
+
+def post_raw(url: str, text: str, method: str = "POST") -> httpx.Response:
+    return httpx.request(method, url, content=text.encode(), headers={"content-type": "application/json"})
+
+
+def assert_openai_error(r: httpx.Response, status: int) -> dict:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    return err
+
+
+@pytest.mark.parametrize("path,body,param", [
+    ("/v1/chat/completions", '{"messages": [{"role": "user", "content": %s}]}', "messages"),
+    ("/v1/chat/completions", '{"messages": [{"role": "system", "content": %s}, {"role": "user", "content": "hi"}]}',
+     "messages"),
+    ("/v1/chat/completions", '{"messages": [{"role": "user", "content": [{"type": "text", "text": %s}]}]}',
+     "messages"),
+    ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "hi"}], "stop": [%s]}', "stop"),
+    ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "hi"}], "model": %s}', "model"),
+    ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "hi"}], %s: 1}', None),
+    ("/v1/completions", '{"prompt": %s, "max_tokens": 2}', "prompt"),
+    ("/v1/completions", '{"prompt": [%s], "max_tokens": 2}', "prompt"),
+    ("/api/sessions", '{"title": %s}', "title"),
+    ("/api/sessions", '{"system": %s}', "system"),
+])
+def test_lone_surrogates_anywhere_are_400(server, path, body, param):
+    err = assert_openai_error(post_raw(server.url + path, body % SURROGATE), 400)
+    assert err["code"] == "invalid_unicode" and err["param"] == param
+    assert httpx.get(server.url + "/api/sessions").status_code == 200
+    wait_idle(server)
+
+
+def test_session_title_with_a_lone_surrogate_is_refused_and_listing_keeps_working(server):
+    sid = httpx.post(server.url + "/api/sessions", json={"title": "ok"}).json()["id"]
+    err = assert_openai_error(post_raw(f"{server.url}/api/sessions/{sid}", '{"title": %s}' % SURROGATE, "PATCH"),
+                              400)
+    assert err["code"] == "invalid_unicode"
+    assert [s["title"] for s in httpx.get(server.url + "/api/sessions").json()["sessions"] if s["id"] == sid] == ["ok"]
+    httpx.delete(f"{server.url}/api/sessions/{sid}")
+
+
+@pytest.mark.parametrize("body,param", [
+    ('{"messages": [{"role": "user", "content": "x"}], "temperature": NaN}', "temperature"),
+    ('{"messages": [{"role": "user", "content": "x"}], "top_p": Infinity}', "top_p"),
+    ('{"messages": [{"role": "user", "content": "x"}], "repeat_penalty": -Infinity}', "repeat_penalty"),
+    ('{"messages": [{"role": "user", "content": "x"}], "temperature": 1e400}', "temperature"),
+    ('{"messages": [{"role": "user", "content": "x"}], "seed": 18446744073709551616}', "seed"),
+    ('{"messages": [{"role": "user", "content": "x"}], "seed": -9223372036854775809}', "seed"),
+    ('{"messages": [{"role": "user", "content": "x"}], "min_p": 1}', "min_p"),
+    ('{"messages": [{"role": "user", "content": "x"}], "chat_template_kwargs": {"enable_thinking": "yes"}}',
+     "chat_template_kwargs"),
+    ('{"messages": [{"role": "user", "content": "x"}], "x": ' + "[" * 100 + "]" * 100 + "}", None),
+])
+def test_non_finite_and_out_of_range_numbers_are_400(server, body, param):
+    assert assert_openai_error(post_raw(server.url + "/v1/chat/completions", body), 400)["param"] == param
+
+
+def test_negative_seed_is_its_64_bit_value(server, client):
+    kw = dict(model=server.service.model_id, messages=[{"role": "user", "content": "hi"}], max_tokens=8,
+              temperature=1.0)
+    a = client.chat.completions.create(seed=-1, **kw).choices[0].message.content
+    assert a == client.chat.completions.create(seed=(1 << 64) - 1, **kw).choices[0].message.content
+
+
+@pytest.mark.parametrize("extreme", [dict(temperature=5e-324), dict(temperature=1e-300),
+                                     dict(temperature=5e-324, extra_body={"repeat_penalty": 1e-308}),
+                                     dict(temperature=0.7, seed=3, extra_body={"repeat_penalty": 1e-308})])
+def test_tiny_temperature_and_penalty_give_a_valid_answer(server, client, extreme):
+    kw = dict(model=server.service.model_id, messages=[{"role": "user", "content": "Tell me something."}],
+              max_tokens=8)
+    r = client.chat.completions.create(**kw, **extreme)
+    assert r.choices[0].finish_reason in ("length", "stop") and r.usage.completion_tokens >= 1
+    if "extra_body" not in extreme:  # a vanishing temperature is greedy (the tiny penalty makes ties: shared)
+        greedy = client.chat.completions.create(**kw, temperature=0)
+        assert r.choices[0].message.content == greedy.choices[0].message.content
+
+
+def test_unexpected_exception_is_an_openai_500_with_request_id_and_keeps_the_connection(server, monkeypatch):
+    import http.client
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("injected")
+
+    monkeypatch.setattr(server.service, "api_chat", broken)  # fails on the worker thread, after admission
+    conn = http.client.HTTPConnection("127.0.0.1", int(server.url.rsplit(":", 1)[1]), timeout=30)
+    body = json.dumps({"messages": MSG, "max_tokens": 2})
+    conn.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
+    r = conn.getresponse()
+    payload = json.loads(r.read())
+    rid = r.getheader("x-request-id")
+    assert r.status == 500 and r.getheader("content-type") == "application/json"
+    assert payload["error"]["type"] == "server_error" and set(payload["error"]) == {"message", "type", "param", "code"}
+    assert rid and rid in payload["error"]["message"]
+    sock = conn.sock
+    assert sock is not None  # the server did not close the connection
+    monkeypatch.undo()
+    conn.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
+    r = conn.getresponse()
+    assert r.status == 200 and json.loads(r.read())["choices"][0]["message"]["content"] is not None
+    assert conn.sock is sock and r.getheader("x-request-id") not in (None, rid)
+    conn.close()
+    wait_idle(server)
+
+
+def test_unexpected_exception_mid_stream_ends_the_stream_with_an_error_event(server, monkeypatch):
+    from engine.chat import Chat, Piece
+
+    def broken(self, **sampling):
+        yield Piece("a")
+        raise ZeroDivisionError("injected")
+
+    monkeypatch.setattr(Chat, "regenerate", broken)
+    body = {"messages": MSG, "max_tokens": 2, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body) as r:
+        events = [line[6:] for line in r.iter_lines() if line]
+    assert r.status_code == 200 and events[-1] == "[DONE]"
+    assert json.loads(events[1])["choices"][0]["delta"]["content"] == "a"
+    err = json.loads(events[-2])["error"]
+    assert err["type"] == "server_error" and r.headers["x-request-id"] in err["message"]
+    wait_idle(server)
+
+
+def test_websocket_junk_frames_get_error_frames_and_the_socket_stays_usable(server):
+    sid = httpx.post(server.url + "/api/sessions", json={}).json()["id"]
+    with connect(server.url.replace("http", "ws") + f"/api/sessions/{sid}/ws") as ws:
+        for junk in ["not json", b"\x00\x01binary", "[1, 2]", '"text"', "[" * 500 + "]" * 500,
+                     '{"type": "send", "content": %s}' % SURROGATE, '{"type": 5}', "{}",
+                     '{"type": "send", "content": "hi", "options": {"seed": -1e400}}',
+                     '{"type": "send", "content": "hi", "options": {"temperature": "hot"}}']:
+            ws.send(junk)
+            m = json.loads(ws.recv(timeout=30))
+            assert m["type"] == "error" and m["message"] and m["status"] == 400, (junk, m)
+        text, done = ws_turn(ws, {"type": "send", "content": "Hello", "options": {"max_tokens": 4,
+                                                                                  "temperature": 0}})
+        assert done["type"] == "done" and done["usage"]["completion_tokens"] == 4
+    httpx.delete(f"{server.url}/api/sessions/{sid}")
+    wait_idle(server)
+
+
+def test_websocket_turn_failing_with_a_non_engine_error_ends_with_an_error_frame(server, monkeypatch):
+    from engine.chat import Chat
+
+    def broken(self, text, **sampling):
+        raise KeyError("injected")
+
+    sid = httpx.post(server.url + "/api/sessions", json={}).json()["id"]
+    monkeypatch.setattr(Chat, "send", broken)
+    with connect(server.url.replace("http", "ws") + f"/api/sessions/{sid}/ws") as ws:
+        ws.send(json.dumps({"type": "send", "content": "Hello", "options": {"max_tokens": 4}}))
+        frames = [json.loads(ws.recv(timeout=30)), json.loads(ws.recv(timeout=30))]
+        assert [f["type"] for f in frames] == ["start", "error"] and frames[1]["status"] == 500
+        assert "request id" in frames[1]["message"]
+        monkeypatch.undo()
+        _, done = ws_turn(ws, {"type": "send", "content": "Hello", "options": {"max_tokens": 3, "temperature": 0}})
+        assert done["type"] == "done"
+    httpx.delete(f"{server.url}/api/sessions/{sid}")
+    wait_idle(server)
+
+
+def open_request(url: str, body: dict):
+    """A raw HTTP request left unread on its own socket (close the socket to disconnect)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    s = socket.create_connection((u.hostname, u.port))
+    data = json.dumps(body).encode()
+    s.sendall(f"POST {u.path} HTTP/1.1\r\nHost: {u.netloc}\r\nContent-Type: application/json\r\n"
+              f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    return s
+
+
+def wait_for(predicate, timeout=10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_non_streaming_client_that_disconnects_frees_its_slot(server):
+    body = {"messages": [{"role": "user", "content": "Talk for a long time."}], "max_tokens": 200, "temperature": 0}
+    before = server.service.scheduler.steps
+    with _COMPUTE_LOCK:  # the scheduler cannot run a step until the client has gone
+        s = open_request(server.url + "/v1/chat/completions", body)
+        wait_for(lambda: server.service.active == 1)
+        s.close()
+        time.sleep(0.3)
+    wait_idle(server, timeout=5)
+    assert server.service.scheduler.steps - before < 20  # it stopped at once, not after 200 tokens
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_queued_client_that_disconnects_leaves_the_queue_at_once(stream):
+    srv = LiveServer(engine.load(str(TINY), n_ctx=256), max_batch=1, max_queue=2)
+    try:
+        first = threading.Thread(target=httpx.post, args=(srv.url + "/v1/chat/completions",),
+                                 kwargs=dict(json={"messages": MSG, "max_tokens": 2}, timeout=30))
+        with _COMPUTE_LOCK:  # the first request holds the only slot until the lock is released
+            first.start()
+            wait_for(lambda: srv.service.active == 1)
+            s = open_request(srv.url + "/v1/chat/completions", {"messages": MSG, "max_tokens": 50, "stream": stream})
+            wait_for(lambda: httpx.get(srv.url + "/health").json()["queued"] == 1)
+            s.close()
+            wait_for(lambda: httpx.get(srv.url + "/health").json()["queued"] == 0, timeout=5)
+            assert srv.service.active == 1  # the slot has not freed: the queue place went with the client
+        first.join()
+        h = wait_idle(srv)
+        assert h["requests"] == 2
+    finally:
+        srv.stop()
+
+
+def test_responses_carry_a_request_id(server):
+    ids = {httpx.get(server.url + "/health").headers["x-request-id"] for _ in range(3)}
+    assert len(ids) == 3
