@@ -26,7 +26,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import importlib.util
-import json
 import os
 import re
 import shutil
@@ -40,6 +39,7 @@ from pathlib import Path
 
 from engine.errors import ModelFileError, ModelNotFoundError
 from engine.gguf import split_gguf_parts, split_parts
+from engine.safetensors import index_shards
 
 __all__ = [
     "ModelSpec",
@@ -393,12 +393,7 @@ def _safetensors_files(d: Path, model_file: str = _DEFAULT_MODEL_FILE) -> list[P
         index = d / (model_file.removesuffix(".safetensors") + ".safetensors.index.json")
     if not index.is_file():
         return None
-    try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        shards = list(dict.fromkeys(weight_map.values()))
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ModelFileError(f"{index}: not a valid safetensors index ({e.__class__.__name__}: {e})") from None
-    return [d / s for s in shards]
+    return index_shards(index)
 
 
 def _check_hf_dir(d: Path, what: str) -> None:

@@ -25,6 +25,7 @@ import gguf
 import numpy as np
 from tqdm import tqdm
 
+from engine import jsonfile
 from engine.errors import (EngineError, InvalidRequestError, ModelFileError, TokenizerError,
                            UnsupportedModelError)
 from engine.gguf import GGUFFile
@@ -242,8 +243,8 @@ def _gpt2_vocab(w: gguf.GGUFWriter, src: Path, vocab_size: int, pre: str | None)
     from tokenizers import Tokenizer as HFTokenizer
 
     path = src / "tokenizer.json"
-    try:
-        tok_json = json.loads(path.read_text(encoding="utf-8"))
+    tok_json = jsonfile.read(path)
+    try:  # the library's parse also checks the structure the code below reads
         hf = HFTokenizer.from_file(str(path))
     except Exception as e:  # noqa: BLE001 - any parse failure means an unusable tokenizer.json
         raise TokenizerError(f"{path}: cannot read ({e}).") from None
@@ -304,16 +305,20 @@ def _spm_vocab(w: gguf.GGUFWriter, src: Path, vocab_size: int) -> None:
         types[i] = (gguf.TokenType.UNKNOWN if sp.IsUnknown(i) else gguf.TokenType.CONTROL if sp.IsControl(i)
                     else gguf.TokenType.UNUSED if sp.IsUnused(i) else gguf.TokenType.BYTE if sp.IsByte(i)
                     else gguf.TokenType.NORMAL)
-    added = {}
-    if (src / "added_tokens.json").is_file():
-        added = json.loads((src / "added_tokens.json").read_text(encoding="utf-8"))
+    added = jsonfile.read(src / "added_tokens.json") if (src / "added_tokens.json").is_file() else {}
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in added.values()):
+        raise TokenizerError(f"{src / 'added_tokens.json'}: not a map of token text to id; the file is corrupt.")
     for text, i in added.items():
         if i < vocab_size:
             tokens[i], scores[i], types[i] = text, -1000.0, gguf.TokenType.USER_DEFINED
     decoder = {}
     if (src / "tokenizer_config.json").is_file():
-        decoder = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8")).get(
-            "added_tokens_decoder", {})
+        decoder = jsonfile.read(src / "tokenizer_config.json").get("added_tokens_decoder") or {}
+    if not isinstance(decoder, dict) or not all(
+            key.isascii() and key.isdigit() and isinstance(data, dict) and isinstance(data.get("content"), str)
+            for key, data in decoder.items()):
+        raise TokenizerError(f"{src / 'tokenizer_config.json'}: added_tokens_decoder is not a map of token id to "
+                             "{content, special}; the file is corrupt.")
     for key, data in decoder.items():
         i, text = int(key), data["content"]
         if i >= vocab_size:
@@ -341,7 +346,10 @@ def _vocab(w: gguf.GGUFWriter, src: Path, arch: str, vocab_size: int, pre: str |
                              "the model's tokenizer files (tokenizer.json or tokenizer.model, and "
                              "tokenizer_config.json) in the directory.")
     if arch in ("llama", "mistral") and (src / "tokenizer_config.json").is_file():  # LlamaModel.set_vocab
-        prefix = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8")).get("add_prefix_space")
+        prefix = jsonfile.read(src / "tokenizer_config.json").get("add_prefix_space")
+        if not isinstance(prefix, (bool, type(None))):
+            raise TokenizerError(f"{src / 'tokenizer_config.json'}: add_prefix_space is {prefix!r:.40}, expected "
+                                 "true or false; the file is corrupt.")
         if prefix is not None:
             w.add_add_space_prefix(prefix)
     if spm:
@@ -380,11 +388,7 @@ def _hf_source(src: Path, pre: str | None) -> tuple[gguf.GGUFWriter, list[_Tenso
     config_path = src / "config.json"
     if not config_path.is_file():
         raise ModelFileError(f"{src}: no config.json; pass an HF-style model directory or a .gguf file.")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelFileError(f"{config_path}: not valid JSON ({e}).") from None
-    arch = _hf_arch(config)
+    arch = _hf_arch(jsonfile.read(config_path))
     config, tensors = load_hf_dir(src)
     cfg = ModelConfig.from_hf(config)
     out = _hf_tensors(config, tensors, cfg)

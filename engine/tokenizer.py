@@ -38,6 +38,7 @@ from typing import Any
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
+from engine import jsonfile
 from engine.errors import TokenizerError
 
 __all__ = ["Tokenizer", "StreamDecoder", "SUPPORTED_PRE_TOKENIZERS"]
@@ -168,19 +169,19 @@ class Tokenizer:
     @classmethod
     def from_gguf(cls, metadata: dict[str, Any]) -> "Tokenizer":
         """Build the tokenizer a GGUF file describes (its `tokenizer.ggml.*` metadata)."""
-        tokens = metadata.get("tokenizer.ggml.tokens")
-        model = metadata.get("tokenizer.ggml.model")
+        tokens = _gguf_value(metadata, "tokenizer.ggml.tokens", list, str)
+        model = _gguf_value(metadata, "tokenizer.ggml.model", str)
         if not tokens or model in (None, "none", "no_vocab"):
             raise TokenizerError(
                 "the GGUF file has no tokenizer (no 'tokenizer.ggml.tokens' / 'tokenizer.ggml.model' metadata); "
                 "pass a tokenizer.json (from the model's Hugging Face repository) instead.")
         if model not in ("gpt2", "llama"):
             raise TokenizerError(
-                f"unsupported GGUF tokenizer model {model!r} (tokenizer.ggml.model); supported: 'gpt2' "
+                f"unsupported GGUF tokenizer model {model!r:.40} (tokenizer.ggml.model); supported: 'gpt2' "
                 "(byte-level BPE) and 'llama' (SentencePiece). Pass a tokenizer.json for this model instead.")
         n = len(tokens)
         tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]  # as llama.cpp
-        types = metadata.get("tokenizer.ggml.token_type")
+        types = _gguf_value(metadata, "tokenizer.ggml.token_type", list, int)
         if types is None:
             types = [_NORMAL] * n
         if len(types) < n:
@@ -189,7 +190,7 @@ class Tokenizer:
         if len(set(tokens)) != n:
             raise TokenizerError("GGUF metadata: tokenizer.ggml.tokens holds duplicate tokens; the file is corrupt.")
         vocab = {t: i for i, t in enumerate(tokens)}
-        pre = metadata.get("tokenizer.ggml.pre")
+        pre = _gguf_value(metadata, "tokenizer.ggml.pre", str)
 
         if model == "gpt2":
             pre_name = pre or "default"  # llama.cpp: a missing pre-tokenizer type means 'default'
@@ -198,7 +199,7 @@ class Tokenizer:
                     f"unsupported GGUF pre-tokenizer {pre_name!r} (tokenizer.ggml.pre); supported: "
                     f"{', '.join(SUPPORTED_PRE_TOKENIZERS)}. Pass a tokenizer.json for this model instead.")
             regexes, ignore_merges, default_add_bos = _PRE_TOKENIZERS[pre_name]
-            merges_raw = metadata.get("tokenizer.ggml.merges")
+            merges_raw = _gguf_value(metadata, "tokenizer.ggml.merges", list, str)
             if not merges_raw:
                 raise TokenizerError("GGUF metadata: a 'gpt2' (BPE) tokenizer without 'tokenizer.ggml.merges'; "
                                      "pass a tokenizer.json instead.")
@@ -229,7 +230,7 @@ class Tokenizer:
                     return _spm_bytes(t)
                 return _byte_level_bytes(t)
         else:  # "llama": SentencePiece
-            scores = metadata.get("tokenizer.ggml.scores")
+            scores = _gguf_value(metadata, "tokenizer.ggml.scores", list, (int, float))
             if scores is None:
                 scores = [0.0] * n
             if len(scores) < n:
@@ -350,58 +351,69 @@ class Tokenizer:
     @classmethod
     def from_file(cls, tokenizer_json: str | Path, config_dir: Path | None = None) -> "Tokenizer":
         """A Hugging Face tokenizer.json; BOS/EOS and add_bos from tokenizer_config.json, generation_config.json
-        and config.json in `config_dir` (default: the tokenizer.json's folder) where present."""
+        and config.json in `config_dir` (default: the tokenizer.json's folder) where present.
+
+        The files are untrusted: every id must fit the vocabulary (ids index lists built here), and malformed
+        files raise TokenizerError (ModelFileError for JSON that does not parse) naming the file."""
         path = Path(tokenizer_json)
+        cdir = Path(config_dir) if config_dir is not None else path.parent
+        tok_cfg, gen_cfg, model_cfg = (_config_file(cdir / name) for name in
+                                       ("tokenizer_config.json", "generation_config.json", "config.json"))
         try:
             hf = HFTokenizer.from_file(str(path))
         except FileNotFoundError:
             raise TokenizerError(f"{path}: no such tokenizer file.") from None
         except Exception as e:  # tokenizers raises plain Exception on bad JSON / unknown components
             raise TokenizerError(f"{path}: not a usable tokenizer.json ({e}).") from e
-        cdir = Path(config_dir) if config_dir is not None else path.parent
+        try:
+            return cls._from_hf(hf, path, tok_cfg, gen_cfg, model_cfg)
+        except TokenizerError:
+            raise
+        except Exception as e:  # noqa: BLE001 — the tokenizers library failing on what it accepted at load
+            raise TokenizerError(f"{path}: not a usable tokenizer.json ({type(e).__name__}: {e}).") from e
 
-        def load(name: str) -> dict:
-            p = cdir / name
-            if not p.is_file():
-                return {}
-            try:
-                with open(p, encoding="utf-8") as f:
-                    d = json.load(f)
-            except (OSError, ValueError) as e:
-                raise TokenizerError(f"{p}: unreadable JSON ({e}).") from e
-            return d if isinstance(d, dict) else {}
-
-        tok_cfg, gen_cfg, model_cfg = load("tokenizer_config.json"), load("generation_config.json"), load("config.json")
-
+    @classmethod
+    def _from_hf(cls, hf: HFTokenizer, path: Path, tok_cfg: dict, gen_cfg: dict, model_cfg: dict) -> "Tokenizer":
+        """from_file's tokenizer around a loaded `tokenizers.Tokenizer` and its (parsed) config files."""
         full_vocab = hf.get_vocab(with_added_tokens=True)
-        n = max(hf.get_vocab_size(with_added_tokens=True), max(full_vocab.values(), default=-1) + 1)
+        n = _vocab_bound(path, full_vocab, hf.get_vocab_size(with_added_tokens=True), model_cfg)
         id_to_tok = {i: t for t, i in full_vocab.items()}
         tokens = [id_to_tok.get(i, f"[MISSING_{i}]") for i in range(n)]
         added = hf.get_added_tokens_decoder()
 
-        def token_id(v: Any) -> int | None:
-            if isinstance(v, dict):
-                v = v.get("content")
-            if isinstance(v, str):
-                return hf.token_to_id(v)
-            return None
+        def token_id(key: str) -> int | None:
+            v = tok_cfg.get(key)
+            text = v.get("content") if isinstance(v, dict) else v
+            if not isinstance(text, (str, type(None))):
+                raise TokenizerError(f"tokenizer_config.json {key} is {type(v).__name__} {v!r:.40}, expected a "
+                                     "token string; the file is corrupt.")
+            return hf.token_to_id(text) if text is not None else None
 
-        def ids_of(v: Any) -> list[int]:
-            if isinstance(v, bool):
-                return []
-            if isinstance(v, int):
-                return [v]
-            if isinstance(v, list):
-                return [x for x in v if isinstance(x, int) and not isinstance(x, bool)]
-            return []
+        def ids_of(cfg: dict, name: str, key: str) -> list[int]:
+            v = cfg.get(key)
+            ids = [] if v is None else v if isinstance(v, list) else [v]
+            if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+                raise TokenizerError(f"{name} {key} is {v!r:.60}, expected a token id or a list of them; the file "
+                                     "is corrupt.")
+            return ids
 
-        bos_id = token_id(tok_cfg.get("bos_token"))
+        def in_vocab(i: int | None, what: str) -> int | None:
+            if i is not None and not 0 <= i < n:
+                raise TokenizerError(f"{path}: the {what} token id {i} is outside the vocabulary ({n} ids); the "
+                                     "tokenizer and config files do not belong together.")
+            return i
+
+        gen_bos = ids_of(gen_cfg, "generation_config.json", "bos_token_id")
+        model_bos = ids_of(model_cfg, "config.json", "bos_token_id")
+        eos_list = (ids_of(gen_cfg, "generation_config.json", "eos_token_id")
+                    + ids_of(model_cfg, "config.json", "eos_token_id"))
+        bos_id = token_id("bos_token")
         if bos_id is None:
-            bos_id = next(iter(ids_of(gen_cfg.get("bos_token_id")) + ids_of(model_cfg.get("bos_token_id"))), None)
-        eos_list = ids_of(gen_cfg.get("eos_token_id")) + ids_of(model_cfg.get("eos_token_id"))
-        eos_id = token_id(tok_cfg.get("eos_token"))
+            bos_id = next(iter(gen_bos + model_bos), None)
+        eos_id = token_id("eos_token")
         if eos_id is None:
             eos_id = next(iter(eos_list), None)
+        bos_id, eos_id = in_vocab(bos_id, "BOS"), in_vocab(eos_id, "EOS")
         eos_ids = {i for i in [eos_id, *eos_list] if i is not None and 0 <= i < n}
 
         # add_bos/add_eos: tokenizer_config.json's flags if given, else whatever the post-processor does (and the
@@ -413,14 +425,15 @@ class Tokenizer:
             k = next((j for j in range(len(with_sp) - len(without) + 1)
                       if with_sp[j:j + len(without)] == without), 0)
             add_bos, add_eos = k > 0, len(with_sp) > k + len(without)
+            for i in with_sp:
+                in_vocab(i, "post-processor's special")
             if add_bos and bos_id is None:
                 bos_id = with_sp[0]
             if add_eos and eos_id is None:
                 eos_id = with_sp[-1]
                 eos_ids.add(eos_id)
         else:
-            add_bos = bool(tok_cfg.get("add_bos_token", False))
-            add_eos = bool(tok_cfg.get("add_eos_token", False))
+            add_bos, add_eos = (_flag(tok_cfg, key) for key in ("add_bos_token", "add_eos_token"))
 
         # decoding table, from the decoder's kind
         dec = json.loads(hf.decoder.__getstate__()) if hf.decoder is not None else {}
@@ -539,6 +552,44 @@ class Tokenizer:
         return (f"Tokenizer({self.kind}, vocab_size={self.vocab_size}, bos={self.bos_token!r}, "
                 f"eos={self.eos_token!r}, add_bos={self.add_bos})")
 
+
+def _gguf_value(metadata: dict, key: str, kind: type, item: type | tuple | None = None):
+    """metadata[key] (None when absent) if it is a `kind` (a list of `item`s), else TokenizerError naming it."""
+    value = metadata.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, kind) or (item is not None and not all(isinstance(x, item) for x in value)):
+        wanted = f"a list of {getattr(item, '__name__', 'numbers')}" if item is not None else f"a {kind.__name__}"
+        raise TokenizerError(f"GGUF metadata {key} is not {wanted}; the file is corrupt: download it again.")
+    return value
+
+
+def _config_file(path: Path) -> dict:
+    """A JSON object file beside tokenizer.json ({} when absent), parsed with bounded depth."""
+    return jsonfile.read(path) if path.is_file() else {}
+
+
+def _flag(tok_cfg: dict, key: str) -> bool:
+    """tokenizer_config.json's add_bos_token / add_eos_token: true, false or null (false)."""
+    v = tok_cfg.get(key)
+    if not isinstance(v, (bool, type(None))):
+        raise TokenizerError(f"tokenizer_config.json {key} is {v!r:.40}, expected true or false; the file is corrupt.")
+    return bool(v)
+
+
+def _vocab_bound(path: Path, vocab: dict[str, int], size: int, model_cfg: dict) -> int:
+    """The length of the id-indexed tables for a tokenizer.json vocabulary {token: id} of `size` ids: one past
+    its largest id, which must be below the larger of config.json's vocab_size and twice the number of tokens
+    (real vocabularies have few gaps; one id of 2^31 would otherwise build a 2^31-entry list)."""
+    if not vocab:
+        raise TokenizerError(f"{path}: the vocabulary is empty; the tokenizer.json is corrupt.")
+    model_vocab = model_cfg.get("vocab_size")
+    limit = max(2 * len(vocab), model_vocab if isinstance(model_vocab, int) else 0)
+    top = max(vocab.values())
+    if top >= limit:
+        raise TokenizerError(f"{path}: token {max(vocab, key=vocab.get)[:40]!r} has id {top}, far beyond the "
+                             f"{len(vocab)} tokens of the vocabulary (limit {limit}); the tokenizer.json is corrupt.")
+    return max(size, top + 1)
 
 def _decoder_types(dec: dict) -> set[str]:
     out = set()
