@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.errors import EngineError
+from engine.errors import EngineError, ModelFileError
 from engine.sampler import Sampler, SamplingParams
 from kernels import backend
 
@@ -32,8 +32,9 @@ class GenerationStats:
 
 
 def generate_tokens(model, cache, ids: list[int], params: SamplingParams, max_tokens: int, eos_ids,
-                    stats: GenerationStats):
+                    stats: GenerationStats, where: str = "the model"):
     """Yield sampled token ids after ids. The cache may already hold a prefix of ids; only the rest is run.
+    Non-finite logits end generation with ModelFileError naming `where` (the model file).
 
     Prefill time ends when the first token is sampled; decode time covers the tokens after it. A model that can
     queue a forward and return at once (`submit`, as engine.scheduler.Scheduler) gets the next token's forward
@@ -50,7 +51,7 @@ def generate_tokens(model, cache, ids: list[int], params: SamplingParams, max_to
     logits = model.forward(new, np.arange(keep, keep + len(new)), cache, last_only=True)
     stats.finish_reason = "length"
     for n in range(max_tokens):
-        token = sampler(backend.to_host(logits[-1]), history)
+        token = sampler(finite_logits(backend.to_host(logits[-1]), where), history)
         now = time.perf_counter()
         if n == 0:
             stats.prefill_s = now - t0
@@ -71,6 +72,15 @@ def generate_tokens(model, cache, ids: list[int], params: SamplingParams, max_to
             ahead.settle()
             raise
         logits = ahead.result()
+
+
+def finite_logits(logits: np.ndarray, where: str) -> np.ndarray:
+    """logits (a host array) if every value is finite, else ModelFileError naming where: NaN or infinite weights
+    would otherwise make greedy decoding pick token 0 forever and sampling fail untyped."""
+    if not np.isfinite(logits).all():
+        raise ModelFileError(f"{where}: the model computed NaN or infinite logits; its weights hold non-finite "
+                             "values or the file is damaged: download it again.")
+    return logits
 
 
 class DeferredForward:
@@ -101,12 +111,13 @@ def _held_back(text: str, stops: list[str]) -> int:
                default=0)
 
 
-def stream_text(model, tokenizer, cache, ids, params, max_tokens, stops, stats):
-    """Text pieces of the generated tokens: UTF-8 safe, and cut before the first stop string."""
+def stream_text(model, tokenizer, cache, ids, params, max_tokens, stops, stats, where: str = "the model"):
+    """Text pieces of the generated tokens: UTF-8 safe, and cut before the first stop string. where: the model
+    file, for the error on non-finite logits."""
     from engine.tokenizer import StreamDecoder
     decoder = StreamDecoder(tokenizer, continuation=True)
     pending = ""
-    for token in generate_tokens(model, cache, ids, params, max_tokens, tokenizer.eos_ids, stats):
+    for token in generate_tokens(model, cache, ids, params, max_tokens, tokenizer.eos_ids, stats, where):
         pending += decoder.push(token)
         hits = [i for i in (pending.find(s) for s in stops) if i >= 0]
         if hits:

@@ -1,5 +1,7 @@
 """KVCache: keys and values of every layer for one sequence, preallocated once."""
 import mmap
+import os
+import resource
 
 import numpy as np
 
@@ -22,17 +24,47 @@ def lazy_zeros(shape: tuple, dtype) -> np.ndarray:
     return np.frombuffer(buf, dtype).reshape(shape)
 
 
+def memory_budget() -> int:
+    """Bytes a KV cache may reserve: free device memory (plus CuPy's pooled free blocks) on a GPU; on the CPU the
+    machine's physical memory, or the address-space limit (RLIMIT_AS) when that is lower (the cache's pages are
+    committed lazily, but its address space is reserved at once)."""
+    xp = backend.xp
+    if xp is not np:
+        return int(xp.cuda.runtime.memGetInfo()[0]) + int(xp.get_default_memory_pool().free_bytes())
+    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    return physical if limit == resource.RLIM_INFINITY else min(physical, limit)
+
+
+def check_memory(n_layers: int, n_kv_heads: int, head_dim: int, max_len: int, dtype="float32") -> None:
+    """ContextOverflowError, naming n_ctx / --ctx-size, unless the keys and values of max_len positions fit in
+    memory_budget(). Sizes are Python integers: no overflow, whatever the model file claims."""
+    need = 2 * n_layers * n_kv_heads * head_dim * max_len * np.dtype(dtype).itemsize
+    budget = memory_budget()
+    if need > budget:
+        raise ContextOverflowError(
+            f"a KV cache for a {max_len}-token context needs {need / 2**30:.3g} GiB ({n_layers} layers x "
+            f"{n_kv_heads} KV heads x {head_dim} x keys and values), more than the {budget / 2**30:.3g} GiB of "
+            "memory here; load the model with a smaller n_ctx (--ctx-size).")
+
+
 class KVCache:
     """k, v: [L, H_kv, T_max, Dh] float32; positions 0 .. length-1 are valid.
 
     The arrays are allocated zeroed up front; the operating system commits pages only as positions are
-    written, so a long max_len costs address space, not memory, until it is used.
+    written, so a long max_len costs address space, not memory, until it is used. A cache that does not fit
+    (check_memory, or the allocation failing) raises ContextOverflowError naming n_ctx.
     """
 
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, max_len: int, dtype="float32"):
+        check_memory(n_layers, n_kv_heads, head_dim, max_len, dtype)
         shape = (n_layers, n_kv_heads, max_len, head_dim)
         zeros = lazy_zeros if backend.xp is np else backend.xp.zeros
-        self.k, self.v = zeros(shape, dtype), zeros(shape, dtype)
+        try:
+            self.k, self.v = zeros(shape, dtype), zeros(shape, dtype)
+        except (MemoryError, OSError) as e:  # the budget was there, but not free (CuPy's OOM is a MemoryError)
+            raise ContextOverflowError(f"could not allocate the KV cache for a {max_len}-token context ({e}); load "
+                                       "the model with a smaller n_ctx (--ctx-size).") from e
         self.max_len = max_len
         self.length = 0
 

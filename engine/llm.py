@@ -8,8 +8,8 @@ import numpy as np
 
 from engine import hub
 from engine.errors import ContextOverflowError, InvalidRequestError, TemplateError
-from engine.generate import GenerationStats, stream_text
-from engine.kvcache import KVCache
+from engine.generate import GenerationStats, finite_logits, stream_text
+from engine.kvcache import KVCache, check_memory
 from engine.loader import load_source
 from engine.sampler import SamplingParams
 from kernels import backend, cpu
@@ -19,7 +19,8 @@ class LLM:
     """A loaded model ready to run.
 
     tokenizer: engine.tokenizer.Tokenizer; config: models.ModelConfig; template: ChatTemplate or None;
-    n_ctx: context length of each sequence's KV cache; last_stats: GenerationStats of the latest generate().
+    n_ctx: context length of each sequence's KV cache (ContextOverflowError at load when its cache cannot fit in
+    memory); where: the model file or directory; last_stats: GenerationStats of the latest generate().
     """
 
     def __init__(self, loaded, source, n_ctx: int | None = None, load_s: float = 0.0):
@@ -33,6 +34,8 @@ class LLM:
         self.n_ctx = int(n_ctx or self.config.max_context)
         if self.n_ctx < 1:
             raise InvalidRequestError(f"n_ctx must be positive, got {n_ctx}")
+        check_memory(self.config.n_layers, self.config.n_kv_heads, self.config.head_dim, self.n_ctx)
+        self.where = str(source.gguf_paths[0] if source.gguf_paths else source.hf_dir)
         self.load_s = load_s
         self.last_stats: GenerationStats | None = None
 
@@ -45,7 +48,8 @@ class LLM:
         """Logits [len(ids), vocab] float32 of one forward over ids on a fresh cache."""
         ids = self._check_ids(ids)
         cache = self.new_cache(len(ids))
-        return backend.to_host(self.model.forward(np.asarray(ids), np.arange(len(ids)), cache))
+        return finite_logits(backend.to_host(self.model.forward(np.asarray(ids), np.arange(len(ids)), cache)),
+                             self.where)
 
     def encode_prompt(self, prompt: str | Sequence[int]) -> list[int]:
         """Token ids of a raw prompt: text is tokenized with BOS as the model wants and special tokens parsed."""
@@ -104,7 +108,7 @@ class LLM:
             raise InvalidRequestError("stop strings must be non-empty")
         stats = self.last_stats = stats or GenerationStats()
         stats.prompt_tokens = len(ids)
-        return stream_text(self.model, self.tokenizer, cache, ids, params, max_tokens, stops, stats)
+        return stream_text(self.model, self.tokenizer, cache, ids, params, max_tokens, stops, stats, self.where)
 
     def _check_ids(self, ids) -> list[int]:
         ids = [int(i) for i in ids]

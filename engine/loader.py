@@ -1,8 +1,9 @@
 """From local files (a hub.ModelSource) to a ready model, tokenizer and chat template."""
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import ModelFileError, TokenizerError
+from engine.errors import EngineError, ModelFileError, TokenizerError
 from engine.gguf import GGUFFile
 from engine.safetensors import load_hf_dir
 from engine.template import ChatTemplate
@@ -37,6 +38,18 @@ def _accessor(tensors, where: str):
     return weights
 
 
+@contextmanager
+def _naming(where: str):
+    """Put the model file's name in front of the engine errors raised inside (the config and tokenizer readers
+    see only metadata, not the file)."""
+    try:
+        yield
+    except EngineError as e:
+        if where in str(e):
+            raise
+        raise type(e)(f"{where}: {e}") from e
+
+
 def _tokenizer_from_dir(d: Path | None) -> Tokenizer | None:
     if d is not None and (Path(d) / "tokenizer.json").is_file():
         return Tokenizer.from_file(Path(d) / "tokenizer.json", Path(d))
@@ -48,11 +61,12 @@ def load_source(source) -> Loaded:
     if source.gguf_paths:
         g = GGUFFile(source.gguf_paths[0])
         where = str(source.gguf_paths[0])
-        config = ModelConfig.from_gguf(g.metadata, {n: i.shape for n, i in g.infos.items()})
-        model = ARCHITECTURES[config.arch](config, _accessor(g, where))
-        metadata = g.metadata
-        tokenizer = (Tokenizer.from_gguf(metadata) if "tokenizer.ggml.tokens" in metadata
-                     else _tokenizer_from_dir(source.tokenizer_dir))
+        with _naming(where):
+            config = ModelConfig.from_gguf(g.metadata, {n: i.shape for n, i in g.infos.items()})
+            model = ARCHITECTURES[config.arch](config, _accessor(g, where))
+            metadata = g.metadata
+            tokenizer = (Tokenizer.from_gguf(metadata) if "tokenizer.ggml.tokens" in metadata
+                         else _tokenizer_from_dir(source.tokenizer_dir))
         weight_bytes = sum(i.nbytes for i in g.infos.values())
     else:
         where = str(source.hf_dir)
@@ -65,6 +79,9 @@ def load_source(source) -> Loaded:
         raise TokenizerError(f"{where}: no tokenizer found (no tokenizer in the GGUF metadata and no "
                              "tokenizer.json beside the weights). Put tokenizer.json (and tokenizer_config.json) "
                              "in the model directory, or use a GGUF file that embeds its tokenizer.")
+    if source.gguf_paths and tokenizer.vocab_size > config.vocab_size:
+        raise ModelFileError(f"{where}: the tokenizer has {tokenizer.vocab_size} tokens but the model's embedding "
+                             f"only {config.vocab_size} rows; the tokenizer does not belong to these weights.")
     template = ChatTemplate.from_sources(metadata if source.gguf_paths else None,
                                          source.tokenizer_dir or source.hf_dir,
                                          tokenizer.bos_token, tokenizer.eos_token)

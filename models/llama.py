@@ -12,6 +12,7 @@ from kernels import backend
 from kernels.cuda import graph as cuda_graph
 from kernels.ops import (DecodeBatch, attention, decode_attention_batch, embedding, geglu, matmul_transb,
                          matmul_transb_many, rms_norm, rope, rope_cos_sin, rope_inv_freq, swiglu)
+from engine.errors import ModelFileError
 from models.config import ModelConfig
 
 _GLU = {"silu": swiglu, "gelu_tanh": geglu}  # ModelConfig.ffn_act (FFN_ACTS) → gated feed-forward activation
@@ -29,11 +30,11 @@ class Llama:
         self.output = self.tok_embd if c.tie_embeddings else weights("output.weight", (c.vocab_size, c.hidden_size))
         self.layers = [self._layer(weights, i) for i in range(c.n_layers)]
         freq_factors = weights("rope_freqs.weight", (c.head_dim // 2,), optional=True)
-        self.inv_freq = backend.xp.asarray(
+        self.inv_freq = backend.xp.asarray(_finite_freqs(
             rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling, None if freq_factors is None
-                          else np.asarray(freq_factors)))
+                          else np.asarray(freq_factors))))
         self.inv_freq_swa = (None if c.rope_theta_swa is None
-                             else backend.xp.asarray(rope_inv_freq(c.head_dim, c.rope_theta_swa)))
+                             else backend.xp.asarray(_finite_freqs(rope_inv_freq(c.head_dim, c.rope_theta_swa))))
 
     def _norm(self, weight):
         """An RMSNorm weight as the forward multiplies by it: weight + config.norm_offset (Gemma's 1 + w)."""
@@ -137,3 +138,14 @@ class Llama:
             keys, values = cache.layer(i)
             parts.append(attention(q[lo:hi], keys, values, start, window, self.config.attn_scale))
         return parts[0] if len(parts) == 1 else backend.xp.concatenate(parts)
+
+
+def _finite_freqs(inv_freq: np.ndarray) -> np.ndarray:
+    """inv_freq [Dh/2] float64 if every RoPE frequency is finite and > 0, else ModelFileError: a base near 0, a
+    zero or negative rope_freqs factor or extreme scaling would turn every attention score into NaN."""
+    with np.errstate(all="ignore"):
+        ok = bool(np.all(np.isfinite(inv_freq) & (inv_freq > 0)))
+    if not ok:
+        raise ModelFileError("the RoPE frequencies are not finite and positive (RoPE base, rope scaling or "
+                             "rope_freqs.weight out of range); the model's configuration is corrupt.")
+    return inv_freq
