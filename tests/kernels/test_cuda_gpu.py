@@ -17,7 +17,8 @@ from quant_blocks import make_blocks
 from reference import torch_attention
 from tiny_models import TINY
 
-pytestmark = pytest.mark.skipif(not cuda.available(), reason="no CUDA GPU (CuPy with a device) on this machine")
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not cuda.available(), reason="no CUDA GPU (CuPy with a device) on this machine")]
 TYPES = sorted(cuda.KERNEL_BLOCKS)
 
 
