@@ -166,8 +166,8 @@ def _sampling(body: dict, n_ctx: int) -> dict:
             raise ApiError(400, "'stop' must be a non-empty string or a list of up to 16 of them", param="stop")
     if _number(body, "n", 1, 1, 1, integer=True) != 1:
         raise ApiError(400, "only n=1 is supported", param="n")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
         raise ApiError(400, "'stream' must be a boolean", param="stream", code="invalid_type")
     return dict(max_tokens=max_tokens, stop=stop, temperature=_number(body, "temperature", 1.0, 0, 2),
                 top_p=_number(body, "top_p", None, 0, 1, lo_open=True),
@@ -564,7 +564,7 @@ def create_app(llm, max_batch: int = 8, max_queue: int = 32, kv_budget: int = 1 
         sampling = _sampling(body, llm.n_ctx)
         kwargs = body.get("chat_template_kwargs") or {}
         thinking = kwargs.get("enable_thinking") if isinstance(kwargs, dict) else None
-        if not isinstance(kwargs, dict) or thinking not in (None, True, False):
+        if not isinstance(kwargs, dict) or not (thinking is None or isinstance(thinking, bool)):
             raise ApiError(400, "'chat_template_kwargs' must be an object like {\"enable_thinking\": false}",
                            param="chat_template_kwargs", code="invalid_type")
         if llm.template is None:
@@ -715,7 +715,7 @@ def create_app(llm, max_batch: int = 8, max_queue: int = 32, kv_budget: int = 1 
                     raise ApiError(400, "'options' must be an object")
                 sampling = {k: v for k, v in _sampling(options, llm.n_ctx).items() if v is not None}
                 if "enable_thinking" in options:
-                    if options["enable_thinking"] not in (None, True, False):
+                    if not (options["enable_thinking"] is None or isinstance(options["enable_thinking"], bool)):
                         raise ApiError(400, "'enable_thinking' must be true, false or null")
                     chat.enable_thinking = options["enable_thinking"]
                 if msg["type"] == "send":
