@@ -175,12 +175,11 @@ def index_shards(index_path: Path) -> list[Path]:
     weight_map = jsonfile.read(index_path).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise ModelFileError(f"{index_path}: no weight_map object; the index is corrupt. Download it again.")
-    names = list(dict.fromkeys(weight_map.values()))
-    bad = [n for n in names if not isinstance(n, str) or not n or Path(n).name != n or n in (".", "..")]
+    bad = [n for n in weight_map.values() if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..")]
     if bad:
         raise ModelFileError(f"{index_path}: weight_map names {str(bad[0])[:80]!r}, not a file name in the model "
                              "directory; the index is corrupt.")
-    return [index_path.parent / n for n in names]
+    return [index_path.parent / n for n in dict.fromkeys(weight_map.values())]
 
 
 def load_hf_dir(path: str | Path) -> tuple[dict, dict[str, np.ndarray | QTensor]]:

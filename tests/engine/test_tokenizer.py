@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import TokenizerError
+from engine.errors import ModelFileError, TokenizerError
 from engine.gguf import read_metadata
 from engine.tokenizer import SUPPORTED_PRE_TOKENIZERS, StreamDecoder, Tokenizer
 from tests.conftest import LLAMA_VOCABS
@@ -295,3 +295,63 @@ def test_user_defined_and_rstrip(llama_vocab):
     assert tok.encode(text) == [2, 4, 3, 0, 5]
     assert tok.decode(tok.encode(text)) == text
     assert tok.decode(tok.encode(text), skip_special=True) == "ab<｜user▁x｜> a"
+
+
+# --- 6. untrusted tokenizer files ------------------------------------------------------------------------------
+
+TINY_LLAMA = FIXTURES / "tiny" / "llama" / "hf"
+
+
+def _tiny_copy(tmp_path: Path, **mutations) -> Path:
+    """The tiny Llama's tokenizer files in tmp_path, each file_json=mutate applied to that (parsed) file."""
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "config.json"):
+        value = json.loads((TINY_LLAMA / name).read_text())
+        mutations.get(name.replace(".", "_"), lambda v: None)(value)
+        (tmp_path / name).write_text(json.dumps(value))
+    return tmp_path / "tokenizer.json"
+
+
+@pytest.mark.parametrize(("file", "mutate", "message"), [
+    # no added_tokens: the BOS id the configs name (380) is no token of the file any more (was an IndexError)
+    ("tokenizer_json", lambda t: t.pop("added_tokens"), "BOS token id 380 is outside the vocabulary"),
+    ("tokenizer_json", lambda t: t["model"]["vocab"].update(a=2**31), "id 2147483648, far beyond the 384 tokens"),
+    ("tokenizer_json", lambda t: t["model"]["vocab"].update(a=-1), "not a usable tokenizer.json"),
+    ("tokenizer_json", lambda t: t["model"].update(vocab=[1, 2]), "not a usable tokenizer.json"),
+    ("tokenizer_config_json", lambda t: t.update(add_bos_token="yes"), "add_bos_token is 'yes', expected true or"),
+    ("tokenizer_config_json", lambda t: t.update(bos_token=5), "bos_token is int 5, expected a token string"),
+    ("tokenizer_config_json", lambda t: t.update(eos_token={"content": ["x"]}), "eos_token is dict"),
+    ("generation_config_json", lambda t: t.update(eos_token_id="2"), "generation_config.json eos_token_id is '2'"),
+    ("generation_config_json", lambda t: t.update(bos_token_id=[1.5]), "bos_token_id is \\[1.5\\]"),
+    ("config_json", lambda t: t.update(bos_token_id=True), "config.json bos_token_id is True"),
+])
+def test_malformed_tokenizer_files_are_refused(tmp_path, file, mutate, message):
+    with pytest.raises(TokenizerError, match=message):
+        Tokenizer.from_file(_tiny_copy(tmp_path, **{file: mutate}))
+
+
+def test_post_processor_ids_outside_the_vocabulary_are_refused(tmp_path):
+    def template(t):
+        t["post_processor"] = {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                                                                        {"Sequence": {"id": "A", "type_id": 0}}],
+                               "pair": [{"Sequence": {"id": "A", "type_id": 0}}],
+                               "special_tokens": {"<s>": {"id": "<s>", "ids": [99999], "tokens": ["<s>"]}}}
+    path = _tiny_copy(tmp_path, tokenizer_json=template,
+                      tokenizer_config_json=lambda t: [t.pop(k) for k in ("add_bos_token", "add_eos_token")])
+    with pytest.raises(TokenizerError, match="post-processor's special token id 99999 is outside the vocabulary"):
+        Tokenizer.from_file(path)
+
+
+@pytest.mark.parametrize("raw", [b'{"a": "\xff"}', b"[" * 100000 + b"]" * 100000])
+def test_unparseable_tokenizer_json_is_a_tokenizer_error(tmp_path, raw):
+    path = _tiny_copy(tmp_path)
+    path.write_bytes(raw)
+    with pytest.raises(TokenizerError, match="tokenizer.json: not a usable tokenizer.json"):
+        Tokenizer.from_file(path)
+
+
+@pytest.mark.parametrize("name", ["tokenizer_config.json", "generation_config.json", "config.json"])
+def test_unparseable_config_files_name_the_file(tmp_path, name):
+    path = _tiny_copy(tmp_path)
+    (tmp_path / name).write_bytes(b'{"bos_token": ' + b"[" * 5000 + b"]" * 5000 + b"}")
+    with pytest.raises(ModelFileError, match=f"{name}: not valid JSON .*nested too deeply"):
+        Tokenizer.from_file(path)
