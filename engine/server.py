@@ -7,6 +7,11 @@ with Retry-After) whose generation loop calls the engine.scheduler.Scheduler in 
 running requests share one batched forward per token. Chat completions reuse the KV cache of an earlier request
 whose prompt shares the longest prefix (a follow-up of a conversation costs only its new tokens). UI sessions
 are engine.chat Chats in one SessionStore (the KV byte budget, LRU eviction) with the API's caches.
+
+Every request gets an answer: bad input (malformed or too deeply nested JSON, lone surrogates, wrong types,
+non-finite or out-of-range numbers) is a 400 in OpenAI's error shape, an unexpected exception a 500 of that shape
+naming the request's X-Request-Id (the connection stays open), a WebSocket junk frame an error frame. A client
+that goes away frees its place in the batch before the next token, or its queue place at once.
 """
 
 import asyncio
@@ -128,9 +133,6 @@ def parse_json(raw: bytes | str, what: str = "the body") -> dict:
                        "(such as \\ud800) that no UTF-8 text can carry; send whole characters (surrogate pairs)",
                        param=param, code="invalid_unicode")
     return value
-
-
-# ---- request validation -------------------------------------------------------------------------------------------
 
 
 def _number(body: dict, name: str, default, lo=None, hi=None, integer=False, lo_open=False, hi_open=False):
@@ -441,7 +443,6 @@ def _failure(e: Exception, rid: str) -> ApiError:
         return engine_error(e)
     log.error("request %s failed", rid, exc_info=e)
     return internal_error(rid)
-
 
 
 def create_app(llm, max_batch: int = 8, max_queue: int = 32, kv_budget: int = 1 << 30, model_id: str | None = None):
