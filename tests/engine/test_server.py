@@ -483,6 +483,28 @@ def test_queued_client_that_disconnects_leaves_the_queue_at_once(stream):
         srv.stop()
 
 
+def test_queued_websocket_turn_whose_client_leaves_gives_its_queue_place_back():
+    srv = LiveServer(engine.load(str(TINY), n_ctx=256), max_batch=1, max_queue=2)
+    try:
+        sid = httpx.post(srv.url + "/api/sessions", json={}).json()["id"]
+        first = threading.Thread(target=httpx.post, args=(srv.url + "/v1/chat/completions",),
+                                 kwargs=dict(json={"messages": MSG, "max_tokens": 2}, timeout=30))
+        with _COMPUTE_LOCK:
+            first.start()
+            wait_for(lambda: srv.service.active == 1)
+            with connect(srv.url.replace("http", "ws") + f"/api/sessions/{sid}/ws") as ws:
+                ws.send(json.dumps({"type": "send", "content": "hi", "options": {"max_tokens": 50}}))
+                assert json.loads(ws.recv(timeout=30))["type"] == "start"
+                assert srv.service.queued == 1
+            wait_for(lambda: srv.service.queued == 0, timeout=5)
+            assert srv.service.active == 1
+        first.join()
+        wait_idle(srv)
+        assert [m["role"] for m in httpx.get(f"{srv.url}/api/sessions/{sid}").json()["messages"]] == []
+    finally:
+        srv.stop()
+
+
 def test_responses_carry_a_request_id(server):
     ids = {httpx.get(server.url + "/health").headers["x-request-id"] for _ in range(3)}
     assert len(ids) == 3
