@@ -107,3 +107,99 @@ def test_equivalent_spellings_are_accepted():
     ref = ModelConfig.from_hf({**GEMMA3, "num_key_value_heads": 4})
     assert cfg == ref and cfg.rope_scaling == {"rope_type": "linear", "factor": 4.0}
     assert ModelConfig.from_hf({**GEMMA3, "rope_scaling": {"rope_type": "default"}}).rope_scaling is None
+
+
+# -- ModelConfig.from_gguf and __post_init__: GGUF hyperparameters are typed errors naming their key ---------------
+
+GGUF_TINY = Path(__file__).parent.parent / "fixtures" / "tiny"
+
+
+@pytest.fixture(scope="module")
+def qwen3_gguf():
+    from engine.gguf import GGUFFile
+    g = GGUFFile(GGUF_TINY / "qwen3" / "model-Q8_0.gguf")
+    return g.metadata, {n: i.shape for n, i in g.infos.items()}
+
+
+WRONG = ["32", [4, 4], [], float("inf"), float("-inf"), float("nan"), 0, -1, True, None]
+SIZES = ["block_count", "embedding_length", "feed_forward_length", "attention.head_count",
+         "attention.head_count_kv", "attention.key_length"]
+REALS = ["rope.freq_base", "attention.layer_norm_rms_epsilon"]
+
+
+@pytest.mark.parametrize("key,value", [(k, v) for k in SIZES for v in WRONG + [2.5, 2**31, 2**63 - 1, 2**64 - 1]]
+                         + [(k, v) for k in REALS for v in WRONG + [-1e-6, 5e-324 * 0]]
+                         + [("context_length", v) for v in WRONG + [1.5]]
+                         + [("attention.sliding_window", v) for v in ["4", [4], 2**64 - 1, -1, 1.5, float("nan")]])
+def test_bad_gguf_hyperparameters_name_their_key(qwen3_gguf, key, value):
+    metadata, shapes = qwen3_gguf
+    metadata = {**metadata, f"qwen3.{key}": value}
+    if value is None and key in ("attention.head_count_kv", "attention.key_length", "rope.freq_base"):
+        return  # absent: these have defaults
+    with pytest.raises(ModelFileError, match=f"qwen3.{key}" if value is not None else f"lacks qwen3.{key}"):
+        ModelConfig.from_gguf(metadata, shapes)
+
+
+@pytest.mark.parametrize("change,error,message", [
+    ({"attention.head_count_kv": 3}, ModelFileError, "4 attention heads is not a multiple of 3 KV heads"),
+    ({"block_count": 3}, ModelFileError, "block_count is 3 but the file has no tensors of layer 2"),
+    ({"block_count": 2**31 - 1}, ModelFileError, "no tensors of layer 2147483646"),
+    ({"attention.value_length": 64}, UnsupportedModelError, "value_length is 64, not the head size 128"),
+    ({"rope.dimension_count": 64}, UnsupportedModelError, "dimension_count is 64, not the head size 128"),
+    ({"rope.scaling.type": "linear", "rope.scaling.factor": 0.0}, ModelFileError, "rope.scaling.factor is float"),
+    ({"rope.scaling.type": "yarn"}, UnsupportedModelError, "RoPE scaling type 'yarn'"),
+    ({"attention.key_length": 127, "attention.value_length": 127}, ModelFileError, "head_dim 127 is odd"),
+])
+def test_inconsistent_gguf_hyperparameters(qwen3_gguf, change, error, message):
+    metadata, shapes = qwen3_gguf
+    with pytest.raises(error, match=message):
+        ModelConfig.from_gguf({**metadata, **{f"qwen3.{k}": v for k, v in change.items()}}, shapes)
+
+
+def test_a_huge_context_length_is_left_to_the_kv_cache_check(qwen3_gguf):
+    """The file's context_length only bounds n_ctx by default; engine.load refuses it against memory, naming
+    --ctx-size (tests/engine/test_llm.py), so a smaller n_ctx still loads such a file."""
+    metadata, shapes = qwen3_gguf
+    assert ModelConfig.from_gguf({**metadata, "qwen3.context_length": 2**63 - 1}, shapes).max_context == 2**63 - 1
+
+
+def test_gemma3_window_settings_are_checked():
+    from engine.gguf import GGUFFile
+    g = GGUFFile(GGUF_TINY / "gemma3" / "model-Q8_0.gguf")
+    shapes = {n: i.shape for n, i in g.infos.items()}
+    for key, value, message in [("sliding_window_pattern", "6", "pattern str '6'"),
+                                ("sliding_window_pattern", -6, "pattern int -6"),
+                                ("sliding_window_pattern", [True, False], "names 2 layers for a model of 7"),
+                                ("rope.freq_base_swa", 0.0, "gemma3.rope.freq_base_swa"),
+                                ("final_logit_softcapping", float("nan"), "gemma3.final_logit_softcapping")]:
+        with pytest.raises(ModelFileError, match=message):
+            ModelConfig.from_gguf({**g.metadata, f"gemma3.attention.{key}" if "pattern" in key else f"gemma3.{key}":
+                                   value}, shapes)
+    pattern = ModelConfig.from_gguf({**g.metadata, "gemma3.attention.sliding_window_pattern": 3}, shapes)
+    assert pattern.sliding_layers == (True, True, False, True, True, False, True)
+
+
+BASE = dict(arch="llama", vocab_size=32, hidden_size=16, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=4,
+            intermediate_size=32, rms_eps=1e-5, rope_theta=10000.0, max_context=64)
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(n_kv_heads=0), "n_kv_heads is 0, outside 1 .. 2147483647"),
+    (dict(n_layers=-1), "n_layers is -1"),
+    (dict(vocab_size=2**31), "vocab_size is 2147483648"),
+    (dict(hidden_size="16"), "hidden_size is str '16'"),
+    (dict(max_context=0), "max_context is 0"),
+    (dict(sliding_window=2**64 - 1), "sliding_window is 18446744073709551615"),
+    (dict(rms_eps=float("nan")), "rms_eps is float nan"),
+    (dict(rope_theta=0.0), "rope_theta is float 0.0"),
+    (dict(rope_theta_swa=-1.0), "rope_theta_swa is float -1.0"),
+    (dict(final_softcap=float("inf")), "final_softcap is float inf"),
+    (dict(head_dim=5, n_heads=4), "head_dim 5 is odd"),
+    (dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 4.0,
+                        "original_max_position_embeddings": 8192}), "high_freq_factor 4.0 is not above"),
+    (dict(rope_scaling={"rope_type": "linear", "factor": "2"}), "rope_scaling factor is str '2'"),
+])
+def test_post_init_refuses_what_no_model_has(change, message):
+    with pytest.raises(ModelFileError, match=message):
+        ModelConfig(**{**BASE, **change})
+    assert ModelConfig(**BASE).n_kv_heads == 2
