@@ -21,7 +21,7 @@ from engine.errors import ModelFileError, UnsupportedModelError
 from kernels.qtensor import QTensor
 from kernels.quants import GGMLType
 
-_DTYPES = {"F32": (np.float32, GGMLType.F32), "F16": (np.float16, GGMLType.F16), "BF16": (np.uint16, GGMLType.BF16)}
+_DTYPES = {"F32": GGMLType.F32, "F16": GGMLType.F16, "BF16": GGMLType.BF16}  # the dtypes the models take
 # bytes per element of every dtype the format defines (tensors we do not use may have any of them)
 _ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2, "F16": 2,
              "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
@@ -112,7 +112,7 @@ def _check_tiling(path: Path, spans: list[tuple[int, int, str]], data_size: int)
         raise _corrupt(path, f"the tensors cover {pos} bytes of the {data_size}-byte data section")
 
 
-def read_header(path: Path, mm: np.ndarray) -> tuple[dict, int]:
+def _read_header(path: Path, mm: np.ndarray) -> tuple[dict, int]:
     """The validated header of a memory-mapped safetensors file: ({name: entry}, offset of the data section)."""
     size = len(mm)
     header_len = int(mm[:8].view("<u8")[0]) if size >= 8 else -1
@@ -138,15 +138,14 @@ def _tensor(path: Path, name: str, entry: dict, raw: np.ndarray) -> np.ndarray |
     dtype, shape = entry["dtype"], tuple(entry["shape"])
     if dtype not in _DTYPES:
         raise UnsupportedModelError(f"{path}: tensor {name!r} has dtype {dtype}; supported: F32, F16, BF16.")
-    ggml_type = _DTYPES[dtype][1]
     if raw.size == 0:
         return np.zeros(shape, np.float32)
     if dtype == "F32":
         t = raw.view(np.float32).reshape(shape)
     elif len(shape) == 2:
-        return QTensor(raw.reshape(shape[0], -1), ggml_type, shape)
+        return QTensor(raw.reshape(shape[0], -1), _DTYPES[dtype], shape)
     else:
-        t = QTensor(raw.reshape(1, -1), ggml_type, (1, raw.size // 2)).dequantize().reshape(shape)
+        t = QTensor(raw.reshape(1, -1), _DTYPES[dtype], (1, raw.size // 2)).dequantize().reshape(shape)
     if t.ndim == 1 and not np.isfinite(t).all():
         raise ModelFileError(f"{path}: tensor {name!r} holds NaN or infinite values; the weights are corrupt. "
                              "Download them again.")
@@ -159,7 +158,7 @@ def _read_file(path: Path, layer_names: dict) -> dict[str, np.ndarray | QTensor]
         mm = np.memmap(path, dtype=np.uint8, mode="r")
     except (OSError, ValueError) as e:  # ValueError: an empty file
         raise ModelFileError(f"{path}: cannot read ({e}).") from None
-    header, base = read_header(path, mm)
+    header, base = _read_header(path, mm)
     tensors = {}
     for hf_name, entry in header.items():
         name = gguf_name(hf_name, layer_names)

@@ -375,6 +375,8 @@ class Tokenizer:
     @classmethod
     def _from_hf(cls, hf: HFTokenizer, path: Path, tok_cfg: dict, gen_cfg: dict, model_cfg: dict) -> "Tokenizer":
         """from_file's tokenizer around a loaded `tokenizers.Tokenizer` and its (parsed) config files."""
+        hf.no_padding()  # prompts are encoded whole: a file's padding (to any length) or truncation would change them
+        hf.no_truncation()
         full_vocab = hf.get_vocab(with_added_tokens=True)
         n = _vocab_bound(path, full_vocab, hf.get_vocab_size(with_added_tokens=True), model_cfg)
         id_to_tok = {i: t for t, i in full_vocab.items()}

@@ -355,3 +355,13 @@ def test_unparseable_config_files_name_the_file(tmp_path, name):
     (tmp_path / name).write_bytes(b'{"bos_token": ' + b"[" * 5000 + b"]" * 5000 + b"}")
     with pytest.raises(ModelFileError, match=f"{name}: not valid JSON .*nested too deeply"):
         Tokenizer.from_file(path)
+
+
+def test_padding_and_truncation_of_the_file_are_ignored(tmp_path):
+    """Prompts are encoded whole: a tokenizer.json padding to 2^20 ids (or truncating to 2) changes nothing."""
+    plain = Tokenizer.from_file(_tiny_copy(tmp_path))
+    padded = Tokenizer.from_file(_tiny_copy(tmp_path, tokenizer_json=lambda t: t.update(
+        padding={"strategy": {"Fixed": 2**20}, "direction": "Right", "pad_to_multiple_of": None, "pad_id": 0,
+                 "pad_type_id": 0, "pad_token": "<|end_of_text|>"},
+        truncation={"direction": "Right", "max_length": 2, "strategy": "LongestFirst", "stride": 0})))
+    assert padded.encode("Hello world, hi") == plain.encode("Hello world, hi") and len(plain.encode("Hello")) > 2

@@ -272,9 +272,10 @@ def sharded(d: Path, rng: random.Random) -> None:
 # ---- tokenizer files ----------------------------------------------------------------------------------------
 
 def tokenizer_ids(d: Path, rng: random.Random) -> None:
-    """tokenizer.json's ids or added tokens broken: added_tokens dropped, a huge / negative / wrong-typed id."""
+    """tokenizer.json's ids or added tokens broken (added_tokens dropped, a huge / negative / wrong-typed id), or
+    padding to a huge length."""
     tok = _read_json(d / "tokenizer.json")
-    kind = rng.choice(["drop_added", "vocab_id", "added_id", "added_content", "model"])
+    kind = rng.choice(["drop_added", "vocab_id", "added_id", "added_content", "model", "padding"])
     vocab = tok["model"]["vocab"]
     if kind == "drop_added":
         del tok["added_tokens"]
@@ -287,6 +288,9 @@ def tokenizer_ids(d: Path, rng: random.Random) -> None:
             entry["id"] = rng.choice([2**31, 2**32 - 1, 10**6, len(vocab) + 1000, -1, "x", None])
         else:
             entry["content"] = rng.choice([5, None, "", "Hello", " ", "\x00", ["a"]])
+    elif kind == "padding":
+        tok["padding"] = {"strategy": {"Fixed": rng.choice([2**20, 2**40, 2**63])}, "direction": "Right",
+                          "pad_to_multiple_of": None, "pad_id": 0, "pad_type_id": 0, "pad_token": "x"}
     else:
         tok["model"] = rng.choice([None, 5, {}, {"type": "BPE"}, {"type": "WordPiece", "vocab": {}}])
     _write_json(d / "tokenizer.json", tok)
