@@ -162,10 +162,11 @@ _BUDGET = "render budget"  # the render variable holding the _Budget: not a name
 class _Budget:
     """One render's deadline, size caps (the limits plus the input's size) and output left."""
 
-    __slots__ = ("limits", "deadline", "max_items", "max_output", "output_left")
+    __slots__ = ("limits", "input_size", "deadline", "max_items", "max_output", "output_left")
 
     def __init__(self, limits: RenderLimits, input_size: int):
         self.limits = limits
+        self.input_size = input_size
         self.deadline = time.monotonic() + limits.time_limit_s
         self.max_items = limits.max_items + input_size
         self.max_output = self.output_left = limits.max_output_chars + input_size
@@ -176,8 +177,8 @@ class _Budget:
 
     def size(self, n: float, what: str) -> None:
         if n > self.max_items:
-            raise _LimitError(f"the size limit ({self.max_items} chars or items per operation): "
-                              f"{what} would have {n:.0f}")
+            raise _LimitError(f"the size limit ({self.limits.max_items} chars or items per operation, plus the "
+                              f"input's {self.input_size}): {what} would have {n:.0f}")
 
     def bits(self, n: float, what: str) -> None:
         if n > self.limits.max_int_bits:
@@ -186,7 +187,8 @@ class _Budget:
     def output(self, n: int) -> None:
         self.output_left -= n
         if self.output_left < 0:
-            raise _LimitError(f"the output limit ({self.max_output} chars)")
+            raise _LimitError(f"the output limit ({self.limits.max_output_chars} chars, plus the input's "
+                              f"{self.input_size})")
 
 
 def _budget(context: jinja2.runtime.Context) -> _Budget:
@@ -392,8 +394,9 @@ def _sum(context, iterable, attribute=None, start=0):
     values = list(iterable)
     if all(isinstance(v, (int, float)) for v in (start, *values)):
         return sum(values, start)
-    total = start
+    total, budget = start, _budget(context)
     for value in values:
+        budget.tick()
         total = context.environment.call_binop(context, "+", total, value)
     return total
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -240,3 +243,128 @@ def test_from_sources_order_and_forms(tmp_path):
     meta = {"tokenizer.chat_template": "gguf:{{ messages[0].content }}"}
     assert ChatTemplate.from_sources(meta, tmp_path).render(msgs) == "gguf:x"
     assert ChatTemplate.from_sources({"tokenizer.chat_template": b"b:{{ 1 }}"}, None).render(msgs) == "b:1"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Limits: untrusted templates end as a TemplateError naming the limit, promptly
+# ---------------------------------------------------------------------------------------------------------
+
+USER = [{"role": "user", "content": "x"}]
+DOUBLING = "{% set ns = namespace(v=START) %}{% for i in range(40) %}{% set ns.v = STEP %}{% endfor %}{{ ns.v }}"
+
+
+@pytest.mark.parametrize("source, limit", [
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "time limit (2 s)"),
+    ("{% macro f(n) %}{% if n %}{{ f(n-1) }}{{ f(n-1) }}{% endif %}{% endmacro %}{{ f(40) }}", "time limit"),
+    ("{{ 9**(9**9) }}", "number limit (65536 bits)"),
+    ("{{ 2**(2**25) }}", "number limit"),
+    ("{% set ns = namespace(n=3) %}{% for i in range(40) %}{% set ns.n = ns.n * ns.n %}{% endfor %}",
+     "number limit"),
+    ("{{ 5|round(-100000000) }}", "number limit"),
+    ("{{ 'a'*10**10 }}", "size limit (1000000 chars or items per operation"),
+    ("{{ ['a']*10**9 }}", "size limit"),
+    ("{{ (range(100000)|list)*100 }}", "size limit"),
+    ("{{ lipsum(10**6) }}", "size limit"),
+    ("{{ 'x'|center(10000000000) }}", "size limit"),
+    ("{{ 'x'.center(10**10) }}", "size limit"),
+    ("{{ 'x'.ljust(10**10) }}", "size limit"),
+    ("{{ '%0900000000d'|format(1) }}", "size limit"),
+    ("{{ '%0900000000d' % 1 }}", "size limit"),
+    ("{{ '%*d' % (10**9, 1) }}", "size limit"),
+    ("{{ '{:>1000000000}'.format(1) }}", "size limit"),
+    ("{{ '{:{}}'.format(1, 10**9) }}", "size limit"),
+    ("{{ '{x:9999999999}'.format_map({'x': 1}) }}", "size limit"),
+    ("{{ messages|tojson(indent=1000000000) }}", "size limit"),
+    ("{{ 'x'|indent(10**9) }}", "size limit"),
+    ("{{ strftime_now('%Y'*10**8) }}", "size limit"),
+    ("{{ strftime_now('%c'*100000) }}", "size limit"),
+    ("{% set s = 'x'*1000000 %}{{ ([s]*1000)|join }}", "size limit"),
+    ("{% set s = 'x'*1000000 %}{{ ''.join([s]*1000) }}", "size limit"),
+    ("{% set s = 'x'*1000000 %}{{ ([s]*1000)|string }}", "size limit"),
+    ("{{ ('a'*1000000).replace('a', 'bb') }}", "size limit"),
+    ("{{ ('a'*1000000)|replace('a', 'bb') }}", "size limit"),
+    ("{{ ('a'*1000000).translate({97: 'b'*1000000}) }}", "size limit"),
+    ("{{ ('\t'*1000000).expandtabs(1000000) }}", "size limit"),
+    ("{{ (1).to_bytes(10**10, 'big') }}", "size limit"),
+    ("{{ 'a'|wordwrap(1, wrapstring='x'*1000000) }}", "size limit"),
+    ("{{ [1]|batch(10**9, 'x')|list }}", "size limit"),
+    ("{{ [1]|slice(10**9)|list }}", "size limit"),
+    ("{{ ([[1]]*1000000)|sum(start=[]) }}", "time limit"),  # quadratic
+    ("{{ ([[1]*1000000]*1000000)|sum(start=[]) }}", "size limit"),
+    (DOUBLING.replace("START", "'a'").replace("STEP", "ns.v ~ ns.v"), "size limit"),
+    (DOUBLING.replace("START", "'a'").replace("STEP", "ns.v + ns.v"), "size limit"),
+    (DOUBLING.replace("START", "['a']").replace("STEP", "ns.v + ns.v"), "size limit"),
+    (DOUBLING.replace("START", "['a']").replace("STEP", "[ns.v, ns.v]"), "output limit (4000000 chars"),
+    (DOUBLING.replace("START", "['a']").replace("STEP", "[ns.v, ns.v]").replace("{{ ns.v }}", "{{ ns.v|tojson }}"),
+     "size limit"),
+    (DOUBLING.replace("START", "['a']").replace("STEP", "[ns.v, ns.v]").replace("{{ ns.v }}", "{{ ns.v ~ '' }}"),
+     "size limit"),
+    ("{% for i in range(100000) %}{{ 'x'*100000 }}{% endfor %}", "output limit"),
+    ("{% set s = 'x'*1000000 %}{{ [s]*1000 }}", "output limit"),
+    ("{% set x %}{% for i in range(100000) %}" + "y" * 1000 + "{% endfor %}{% endset %}", "output limit"),
+    ("{% macro m() %}{% for i in range(100000) %}" + "y" * 1000 + "{% endfor %}{% endmacro %}{% set x = m() %}",
+     "output limit"),
+])
+def test_limits(source, limit):
+    t0 = time.monotonic()
+    with pytest.raises(TemplateError, match=re.escape(f"chat template went over the {limit}")):
+        ChatTemplate(source).render(USER)
+    assert time.monotonic() - t0 < 5
+
+
+def test_time_limit_holds_on_a_worker_thread():
+    """The server renders on threads, where no signal arrives: the deadline is checked by the template's loops."""
+    t = ChatTemplate("{% for i in range(100000) %}{% for c in 'abc'*1000 %}{% endfor %}{% endfor %}",
+                     time_limit_s=0.3)
+    with ThreadPoolExecutor(1) as pool:
+        with pytest.raises(TemplateError, match=re.escape("went over the time limit (0.3 s)")):
+            pool.submit(t.render, USER).result(timeout=5)
+
+
+@pytest.mark.parametrize("source", ["{{ 9**(9**9) }}", "{{ '%0900000000d'|format(1) }}", "{{ 'x'*10**10 }}",
+                                    "{{ 'x'|center(10000000000) }}", "{{ 2**(2**25) }}"])
+def test_compiling_evaluates_nothing(source):
+    """Without constant folding, loading a model never runs its template's expressions: they fail at render."""
+    with ThreadPoolExecutor(1) as pool:
+        template = pool.submit(ChatTemplate, source).result(timeout=5)
+    with pytest.raises(TemplateError, match="went over the"):
+        template.render(USER)
+
+
+def test_limits_are_keywords_and_grow_with_the_input():
+    tmpl = "{% for m in messages %}{{ '<|' + m.role + '|>' + m.content + '\\n' }}{% endfor %}"
+    huge = [{"role": "user", "content": "é" * 1_500_000}]  # over MAX_ITEMS alone: the input's size is added
+    assert len(ChatTemplate(tmpl).render(huge)) == 1_500_000 + 9
+    with pytest.raises(TemplateError, match=re.escape("output limit (100 chars")):
+        ChatTemplate("{% for i in range(20) %}0123456789{% endfor %}", max_output_chars=100).render(USER)
+    with pytest.raises(TemplateError, match=re.escape("size limit (100 chars")):
+        ChatTemplate("{{ 'x' * 200 }}", max_items=100).render(USER)
+    with pytest.raises(TemplateError, match=re.escape("number limit (64 bits)")):
+        ChatTemplate("{{ 3**100 }}", max_int_bits=64).render(USER)
+    assert ChatTemplate("{{ 'x' * 100 }}{{ 3**40 }}", max_items=100, max_int_bits=64).render(USER) == "x" * 100 + str(3**40)
+
+
+@pytest.mark.parametrize("source", [
+    "{{ messages.__class__.__mro__ }}", "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "{{ cycler.__init__.__globals__.os }}", "{{ joiner.__init__.__globals__ }}", "{{ namespace.__init__.__globals__ }}",
+    "{{ lipsum.__globals__['os'] }}", "{{ range.__class__ }}", "{{ self._TemplateReference__context }}",
+    "{{ (''|attr('__class__')).__mro__ }}", "{{ '{0.__class__.__mro__}'.format(messages) }}",
+    "{{ raise_exception.__globals__ }}", "{{ strftime_now.__globals__ }}", "{{ dict.__call__.__globals__ }}",
+])
+def test_sandbox_still_holds(source):
+    """Introspection payloads reach nothing: refused, or rendered as nothing."""
+    try:
+        out = ChatTemplate(source).render(USER)
+    except TemplateError:
+        return
+    assert "module" not in out and "class" not in out and "function" not in out
+
+
+def test_template_literals_and_loops_render_as_before():
+    """What the limits hook into (loops over every kind of iterable, ~, %, format, filters) behaves as in jinja2."""
+    tmpl = ("{% for k, v in {'a': 1}.items() %}{{ k ~ v }}{% endfor %}|{% for c in 'ab' %}{{ loop.index }}{{ c }}"
+            "{% if loop.last %}L{{ loop.length }}{% endif %}{% endfor %}|{% for x in [] %}x{% else %}empty{% endfor %}"
+            "|{{ '%05.1f|%s' % (3.14159, 'x') }}|{{ '{:>4}{}'.format(1, [2]) }}|{{ [[1], [2]]|sum(start=[]) }}"
+            "|{{ [0.1, 0.2, 0.3]|sum }}|{{ 'a\\nb'|indent(2, true) }}|{{ [1, 2]|join(', ') }}|{{ 2**10 }}"
+            "|{% for x in undefined_thing %}x{% endfor %}|{{ ('ab' * 2)|center(8) }}|{{ 'x'|format() }}")
+    assert ChatTemplate(tmpl).render(USER) == hf_render(tmpl, USER)
