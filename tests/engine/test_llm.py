@@ -1,9 +1,12 @@
 """engine.load / LLM: the public API on tiny fixtures and the real SmolLM2, and its errors."""
+import re
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import gguf
 import numpy as np
 import pytest
 
@@ -152,3 +155,94 @@ def test_cli_error_is_one_clean_line(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     assert r.stderr.strip().startswith("error:") and "Traceback" not in r.stderr
+
+
+# -- malformed GGUF files: typed errors naming the file and the problem, never NaN or an untyped exception -------
+
+def _patched(tmp_path: Path, src: Path, changes: list[tuple[int, bytes]]) -> Path:
+    data = bytearray(src.read_bytes())
+    for at, new in changes:
+        data[at:at + len(new)] = new
+    path = tmp_path / f"patched-{src.parent.name}-{src.name}"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _field_at(src: Path, key: str, part: int) -> int:
+    """File offset of part `part` of a metadata field as gguf-py's reader splits it (3: a scalar's value)."""
+    field = gguf.GGUFReader(src).fields[key]
+    return field.offset + sum(p.nbytes for p in field.parts[:part])
+
+
+def _data_at(src: Path, name: str) -> int:
+    return int(next(t for t in gguf.GGUFReader(src).tensors if t.name == name).data_offset)
+
+
+def test_a_context_length_past_memory_is_refused_at_load_naming_ctx_size(tmp_path):
+    src = TINY / "qwen2" / "model-Q8_0.gguf"
+    bad = _patched(tmp_path, src, [(_field_at(src, "qwen2.context_length", 3), struct.pack("<I", 2**32 - 1))])
+    with pytest.raises(ContextOverflowError, match=r"4294967295-token context .*smaller n_ctx \(--ctx-size\)"):
+        engine.load(str(bad))
+    llm = engine.load(str(bad), n_ctx=32)
+    assert llm.n_ctx == 32 and llm.config.max_context == 2**32 - 1
+    assert np.isfinite(llm.logits([1, 2, 3])).all()
+
+
+def test_nan_weights_end_generation_with_a_typed_error(tmp_path):
+    """NaN in a matrix (not scanned at load): logits() and generation, greedy or sampled, raise ModelFileError
+    naming the file instead of emitting token 0 forever or failing in the sampler."""
+    src = TINY / "llama" / "model-F32.gguf"
+    bad = _patched(tmp_path, src, [(_data_at(src, "output.weight") + 4 * 1000, struct.pack("<f", float("nan")))])
+    llm = engine.load(str(bad), n_ctx=32)
+    for run in (lambda: llm.logits([1, 2, 3]), lambda: list(llm.generate("the cat", max_tokens=4)),
+                lambda: list(llm.generate("the cat", max_tokens=4, temperature=0.9, seed=1))):
+        with pytest.raises(ModelFileError, match=re.escape(f"{bad}: the model computed NaN or infinite logits")):
+            run()
+
+
+def test_nan_in_a_norm_is_refused_at_load(tmp_path):
+    src = TINY / "llama" / "model-Q8_0.gguf"
+    bad = _patched(tmp_path, src, [(_data_at(src, "blk.1.ffn_norm.weight"), struct.pack("<f", float("inf")))])
+    with pytest.raises(ModelFileError, match=f"{bad}: tensor 'blk.1.ffn_norm.weight' holds NaN or infinite"):
+        engine.load(str(bad))
+
+
+def test_a_wrong_typed_hyperparameter_names_the_file_and_key(tmp_path):
+    src = TINY / "qwen3" / "model-Q8_0.gguf"
+    at = _field_at(src, "qwen3.block_count", 2)  # the value type: UINT32 -> FLOAT32, same 4 bytes
+    bad = _patched(tmp_path, src, [(at, struct.pack("<I", gguf.GGUFValueType.FLOAT32))])
+    with pytest.raises(ModelFileError, match=f"{bad}: GGUF metadata qwen3.block_count is float .*positive integer"):
+        engine.load(str(bad))
+
+
+def test_special_token_ids_outside_the_vocabulary_are_not_used(tmp_path):
+    src = TINY / "llama" / "model-Q8_0.gguf"
+    bad = _patched(tmp_path, src, [(_field_at(src, "tokenizer.ggml.bos_token_id", 3), struct.pack("<I", 10**6)),
+                                   (_field_at(src, "tokenizer.ggml.eos_token_id", 3), struct.pack("<I", 2**32 - 1))])
+    llm = engine.load(str(bad), n_ctx=32)
+    assert llm.tokenizer.eos_id is None or llm.tokenizer.eos_id < llm.config.vocab_size
+    ids = llm.encode_prompt("the cat")
+    assert ids and max(ids) < llm.config.vocab_size
+    assert isinstance("".join(llm.generate(ids, max_tokens=3)), str)
+
+
+def test_invalid_utf8_tokens_load_as_replacement_characters(tmp_path):
+    src = TINY / "qwen2" / "model-Q8_0.gguf"
+    field = gguf.GGUFReader(src).fields["tokenizer.ggml.tokens"]
+    i = next(i for i, k in enumerate(field.data) if field.parts[k].nbytes == 3)  # a 3-byte token
+    at = field.offset + sum(p.nbytes for p in field.parts[:field.data[i]])
+    bad = _patched(tmp_path, src, [(at, b"\xff\xfe\xfd")])
+    llm = engine.load(str(bad), n_ctx=32)
+    assert llm.tokenizer.id_to_token(i) == b"\xff\xfe\xfd".decode("utf-8", errors="replace")
+    assert isinstance(llm.tokenizer.decode([i, 5, i]), str)
+    assert isinstance("".join(llm.generate([i, 5, i], max_tokens=3)), str)
+
+
+def test_a_tokenizer_larger_than_the_embedding_is_refused(tmp_path):
+    src = TINY / "qwen2" / "model-Q8_0.gguf"  # tied embeddings: token_embd.weight is also the output
+    t = next(t for t in gguf.GGUFReader(src).tensors if t.name == "token_embd.weight")
+    dims_at = t.field.offset + sum(p.nbytes for p in t.field.parts[:3])
+    bad = _patched(tmp_path, src, [(dims_at, struct.pack("<2Q", 256, 256))])  # 384 rows -> 256
+    with pytest.raises(ModelFileError, match=f"{bad}: the tokenizer has 384 tokens but the model's embedding only "
+                                             "256 rows"):
+        engine.load(str(bad))
