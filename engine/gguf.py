@@ -74,8 +74,8 @@ class _Cursor:
         return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
 
     def string(self) -> str:
-        """A length-prefixed string; invalid UTF-8 becomes U+FFFD (as llama.cpp keeps the bytes, nothing later
-        may meet a lone surrogate)."""
+        """A length-prefixed string; invalid UTF-8 becomes U+FFFD, so that nothing downstream (tokenizer, chat
+        template) meets text it cannot encode."""
         return bytes(self.take(self.scalar("<Q"))).decode("utf-8", errors="replace")
 
     def count(self, n: int, least: int, what: str) -> int:

@@ -146,7 +146,10 @@ _HPARAMS = ("block_count", "context_length", "embedding_length", "feed_forward_l
 
 
 def m_hparam(g: Gguf, rng: random.Random) -> None:
-    key = f"{g.arch()}.{rng.choice(_HPARAMS)}".encode()
+    """A hyperparameter (mostly one the file has, so that it is read) set to an odd value, or dropped."""
+    arch = g.arch()
+    present = [kv[0] for kv in g.kvs if kv[0].startswith(f"{arch}.".encode())]
+    key = rng.choice(present) if rng.random() < 0.7 else f"{arch}.{rng.choice(_HPARAMS)}".encode()
     if rng.random() < 0.15:
         g.kvs = [kv for kv in g.kvs if kv[0] != key]
     else:
