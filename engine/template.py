@@ -35,7 +35,6 @@ which would run an expression such as ``9**(9**9)`` while loading the model.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import re
