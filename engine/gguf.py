@@ -64,11 +64,14 @@ class _Cursor:
 
     def take(self, n: int) -> memoryview:
         if n > self.left:
-            raise ModelFileError(f"{self.path}: GGUF header is truncated at byte {self.pos} (file is "
-                                 f"{len(self.buf)} bytes). The download is incomplete: fetch the file again.")
+            self.truncated()
         view = self.buf[self.pos:self.pos + n]
         self.pos += n
         return view
+
+    def truncated(self):
+        raise ModelFileError(f"{self.path}: GGUF header is truncated at byte {self.pos} (file is "
+                             f"{len(self.buf)} bytes). The download is incomplete: fetch the file again.")
 
     def scalar(self, fmt: str):
         return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
@@ -77,6 +80,22 @@ class _Cursor:
         """A length-prefixed string; invalid UTF-8 becomes U+FFFD, so that nothing downstream (tokenizer, chat
         template) meets text it cannot encode."""
         return bytes(self.take(self.scalar("<Q"))).decode("utf-8", errors="replace")
+
+    def strings(self, count: int) -> list[str]:
+        """count strings: string() unrolled, as a vocabulary holds ~100k of them (tokens and merges)."""
+        buf, pos, size, out = self.buf, self.pos, len(self.buf), []
+        for _ in range(count):
+            if pos + 8 > size:
+                break
+            end = pos + 8 + struct.unpack_from("<Q", buf, pos)[0]
+            if end > size:
+                break
+            out.append(bytes(buf[pos + 8:end]).decode("utf-8", errors="replace"))
+            pos = end
+        self.pos = pos
+        if len(out) < count:
+            self.truncated()
+        return out
 
     def count(self, n: int, least: int, what: str) -> int:
         """n, once n items of at least `least` bytes each are known to fit in the bytes left (so a corrupt
@@ -99,7 +118,7 @@ class _Cursor:
             dtype = np.dtype(_NUMPY[etype]) if etype in _NUMPY else None
             count = self.count(self.scalar("<Q"), dtype.itemsize if dtype else _MIN_BYTES[etype], "array")
             if etype == GGUFValueType.STRING:
-                return [self.string() for _ in range(count)]
+                return self.strings(count)
             if dtype is not None:
                 return np.frombuffer(self.take(count * dtype.itemsize), dtype=dtype).tolist()
             return [self.value(GGUFValueType.ARRAY, depth + 1) for _ in range(count)]
