@@ -7,6 +7,10 @@ then the tensor data. The value-type codes are the `gguf` package's (`gguf.GGUFV
 We parse the header ourselves rather than with `gguf.GGUFReader` because the reader builds several NumPy objects
 per string and takes tens of seconds on a 50k-token vocabulary; the tests check both give the same metadata and
 tensors. Tensor data is never read here: tensors are views into one `np.memmap` per file.
+
+A GGUF file is untrusted input: every count, length, nesting depth, dimension, alignment and tensor range is
+checked against the file before anything is allocated or trusted, and each failure is a ModelFileError (or
+UnsupportedModelError) naming the file and the problem.
 """
 import math
 import re
