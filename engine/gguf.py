@@ -271,7 +271,7 @@ class GGUFFile:
             self._maps.append(mm)
         expected = self.metadata.get("split.tensors.count")
         if expected is not None and expected != len(self.infos):
-            raise ModelFileError(f"{self.paths[0]}: split GGUF should hold {expected} tensors, found "
+            raise ModelFileError(f"{self.paths[0]}: split GGUF should hold {expected!r:.40} tensors, found "
                                  f"{len(self.infos)}; a part is missing or damaged.")
 
     def __contains__(self, name: str) -> bool:
