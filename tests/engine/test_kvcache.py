@@ -46,7 +46,8 @@ def test_a_cache_larger_than_memory_is_refused_naming_ctx_size():
     """2^40 positions of SmolLM2's shape: 46 PiB, past any machine's memory (the sizes must not overflow)."""
     from engine.kvcache import memory_budget
     assert 0 < memory_budget() < 2**62
-    with pytest.raises(ContextOverflowError, match=r"1099511627776-token context needs .* smaller n_ctx \(--ctx-size\)"):
+    with pytest.raises(ContextOverflowError,
+                       match=r"1099511627776-token context needs .* smaller n_ctx \(--ctx-size\)"):
         KVCache(n_layers=30, n_kv_heads=3, head_dim=64, max_len=2**40)
     with pytest.raises(ContextOverflowError, match="--ctx-size"):
         KVCache(n_layers=2**31 - 1, n_kv_heads=2**31 - 1, head_dim=2**31 - 1, max_len=2**63 - 1)
