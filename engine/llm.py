@@ -56,7 +56,7 @@ class LLM:
         if isinstance(prompt, str):
             if not prompt:
                 raise InvalidRequestError("the prompt is empty; pass some text to continue.")
-            return self.tokenizer.encode(prompt, add_special=True, parse_special=True)
+            return self._in_vocabulary(self.tokenizer.encode(prompt, add_special=True, parse_special=True))
         return self._check_ids(prompt)
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs) -> str:
@@ -72,7 +72,7 @@ class LLM:
         bos = self.tokenizer.bos_id
         if self.tokenizer.add_bos and bos is not None and (not ids or ids[0] != bos):
             ids = [bos] + ids
-        return ids
+        return self._in_vocabulary(ids)
 
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 64, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
@@ -119,6 +119,16 @@ class LLM:
             raise InvalidRequestError(f"token id(s) {bad[:5]} are outside the vocabulary (0..{self.config.vocab_size - 1})")
         if len(ids) > self.n_ctx:
             raise ContextOverflowError(f"{len(ids)} tokens do not fit in the {self.n_ctx}-token context.")
+        return ids
+
+    def _in_vocabulary(self, ids: list[int]) -> list[int]:
+        """ids from the tokenizer, refused when one has no embedding row (a tokenizer may define tokens past the
+        model's vocabulary, e.g. Gemma 3's image placeholder)."""
+        bad = next((i for i in ids if i >= self.config.vocab_size), None)
+        if bad is not None:
+            raise InvalidRequestError(f"the text contains the token {self.tokenizer.decode([bad])!r} (id {bad}), "
+                                      f"which this model has no embedding for (vocabulary 0..{self.config.vocab_size - 1}); "
+                                      "remove it from the prompt.")
         return ids
 
 

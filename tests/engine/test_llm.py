@@ -246,3 +246,23 @@ def test_a_tokenizer_larger_than_the_embedding_is_refused(tmp_path):
     with pytest.raises(ModelFileError, match=f"{bad}: the tokenizer has 384 tokens but the model's embedding only "
                                              "256 rows"):
         engine.load(str(bad))
+
+
+def test_a_token_past_the_embedding_in_the_text_is_refused(tmp_path):
+    """A tokenizer may define tokens the embedding has no row for (Gemma 3 1B's <image_soft_token>): text that
+    encodes to one is a request error naming the token, in a raw prompt and in a chat."""
+    import json
+
+    hf = tmp_path / "hf"
+    shutil.copytree(TINY / "qwen2" / "hf", hf)
+    vocab = json.loads((hf / "config.json").read_text())["vocab_size"]
+    tok = json.loads((hf / "tokenizer.json").read_text())
+    tok["added_tokens"].append({"id": vocab, "content": "<image_soft_token>", "single_word": False, "lstrip": False,
+                                "rstrip": False, "normalized": False, "special": True})
+    (hf / "tokenizer.json").write_text(json.dumps(tok))
+    llm = engine.load(str(hf), n_ctx=32)
+    with pytest.raises(InvalidRequestError, match=f"<image_soft_token>.*id {vocab}"):
+        llm.generate("look: <image_soft_token>")
+    with pytest.raises(InvalidRequestError, match="no embedding"):
+        llm.encode_chat(llm.apply_chat_template([{"role": "user", "content": "<image_soft_token>"}]))
+    assert "".join(llm.generate("look", max_tokens=2))  # other text still works
