@@ -8,6 +8,7 @@ import pytest
 
 from engine.errors import ModelFileError, UnsupportedModelError
 from engine.gguf import GGUFFile
+from gguf_copy import copy_gguf
 from kernels.qtensor import QTensor
 
 TINY = Path(__file__).parent.parent / "fixtures" / "tiny"
@@ -78,7 +79,6 @@ def test_unknown_or_unsupported_quant_type(tmp_path, code, error, message):
 
 
 def test_missing_split_part(tmp_path):
-    from gguf_copy import copy_gguf
     copy_gguf(TINY / "qwen2" / "model-Q8_0.gguf", tmp_path / "m.gguf", split_max_tensors=10)
     parts = sorted(tmp_path.glob("m-*-of-*.gguf"))
     parts[1].unlink()
@@ -108,25 +108,6 @@ def _patched_at(tmp_path: Path, src: Path, at: int, new: bytes, cut: int | None 
     return patched(tmp_path, bytes(data))
 
 
-def rewrite(src: Path, dst: Path, kvs: dict) -> Path:
-    """src copied by gguf-py's writer with kvs {key: (value, GGUFValueType)} set (added, or replacing the old)."""
-    reader = gguf.GGUFReader(src)
-    writer = gguf.GGUFWriter(dst, reader.fields["general.architecture"].contents())
-    for name, field in reader.fields.items():
-        if not name.startswith("GGUF.") and name != "general.architecture" and name not in kvs:
-            writer.add_key_value(name, field.contents(), field.types[0],
-                                 sub_type=field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None)
-    for name, (value, vtype) in kvs.items():
-        writer.add_key_value(name, value, vtype)
-    for t in reader.tensors:
-        writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return dst
-
-
 Q8 = TINY / "qwen2" / "model-Q8_0.gguf"
 V = gguf.GGUFValueType
 
@@ -154,10 +135,10 @@ def test_string_longer_than_the_file(tmp_path):
 def test_nested_arrays_are_bounded(tmp_path):
     def nested(depth):
         return [1, 2] if depth == 1 else [nested(depth - 1)]
-    ok = GGUFFile(rewrite(Q8, tmp_path / "ok.gguf", {"x.nested": (nested(8), V.ARRAY)}))
+    ok = GGUFFile(copy_gguf(Q8, tmp_path / "ok.gguf", {"x.nested": (nested(8), V.ARRAY)}))
     assert ok.metadata["x.nested"] == nested(8)
     with pytest.raises(ModelFileError, match="nest deeper than 8"):
-        GGUFFile(rewrite(Q8, tmp_path / "deep.gguf", {"x.nested": (nested(9), V.ARRAY)}))
+        GGUFFile(copy_gguf(Q8, tmp_path / "deep.gguf", {"x.nested": (nested(9), V.ARRAY)}))
 
 
 def test_duplicate_metadata_key(tmp_path):
@@ -170,7 +151,7 @@ def test_duplicate_metadata_key(tmp_path):
 
 def test_invalid_utf8_strings_are_replaced(tmp_path):
     raw = b"caf\xc3 \xff\xfe na\xed\xa0\x80me"
-    g = GGUFFile(rewrite(Q8, tmp_path / "m.gguf", {"general.name": (raw, V.STRING)}))
+    g = GGUFFile(copy_gguf(Q8, tmp_path / "m.gguf", {"general.name": (raw, V.STRING)}))
     assert g.metadata["general.name"] == raw.decode("utf-8", errors="replace")
     assert "\ufffd" in g.metadata["general.name"]
 
@@ -198,20 +179,13 @@ def test_tensor_dims_are_checked_without_overflow(tmp_path, dims, message):
                                          ([32], V.ARRAY), (True, V.BOOL), (-32, V.INT32)])
 def test_alignment_must_be_a_power_of_two(tmp_path, value, vtype):
     with pytest.raises(ModelFileError, match=r"general.alignment is .* not a power of two"):
-        GGUFFile(rewrite(Q8, tmp_path / "m.gguf", {"general.alignment": (value, vtype)}))
+        GGUFFile(copy_gguf(Q8, tmp_path / "m.gguf", {"general.alignment": (value, vtype)}))
 
 
 def test_a_custom_power_of_two_alignment_is_read(tmp_path):
     """A file written by gguf-py with alignment 64: every tensor found at the bytes gguf-py's reader gives."""
     reader = gguf.GGUFReader(Q8)
-    writer = gguf.GGUFWriter(tmp_path / "m.gguf", "qwen2")
-    writer.add_custom_alignment(64)
-    for t in reader.tensors:
-        writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    copy_gguf(Q8, tmp_path / "m.gguf", alignment=64)
     g, data = GGUFFile(tmp_path / "m.gguf"), (tmp_path / "m.gguf").read_bytes()
     assert g.metadata["general.alignment"] == 64
     for t in reader.tensors:
