@@ -161,7 +161,9 @@ def _device_module() -> types.ModuleType:
         return f if isinstance(f, type) or not callable(f) else wrap(f)
     mod.__getattr__ = attr
     mod.cuda = types.SimpleNamespace(Stream=Stream, Event=Event, Graph=Graph,
-                                     get_current_stream=lambda: Stream.current[-1] if Stream.current else Stream.null)
+                                     get_current_stream=lambda: Stream.current[-1] if Stream.current else Stream.null,
+                                     runtime=types.SimpleNamespace(memGetInfo=lambda: (16 << 30, 16 << 30)))
+    mod.get_default_memory_pool = lambda: types.SimpleNamespace(free_bytes=lambda: 0)  # a 16 GiB device, all free
     return mod
 
 
