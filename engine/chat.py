@@ -33,7 +33,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +46,6 @@ __all__ = ["Chat", "Piece", "Usage", "SessionStore", "ThinkSplitter", "main"]
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 OVERFLOW_POLICIES = ("truncate_oldest", "error")
-DEFAULT_MAX_TOKENS = 256
-_SAMPLING_DEFAULTS = dict(max_tokens=DEFAULT_MAX_TOKENS, temperature=0.0, top_k=None, top_p=None, min_p=None,
-                          repeat_penalty=1.0, repeat_last_n=64, seed=None, stop=None)
 SAVE_FORMAT = "engine-chat"
 
 # The kernels share process-wide scratch buffers and thread pools: one forward at a time in the whole process.
@@ -147,28 +144,9 @@ class Usage(GenerationStats):
 class _Turn:
     """One send / regenerate in progress."""
     params: SamplingParams
-    max_tokens: int
-    stops: list[str]
     user: str | None  # the new user message; None to (re)answer the last one
     cancel: threading.Event = field(default_factory=threading.Event)
     gen: weakref.ref | None = None  # the turn's generator, weakly: dropping the iterator closes (cancels) the turn
-
-
-def _parse_sampling(sampling: dict) -> tuple[SamplingParams, int, list[str]]:
-    """The sampling keywords of LLM.generate → (SamplingParams, max_tokens, stop strings)."""
-    unknown = sorted(set(sampling) - set(_SAMPLING_DEFAULTS))
-    if unknown:
-        raise InvalidRequestError(f"unknown sampling option(s) {unknown}; use {sorted(_SAMPLING_DEFAULTS)}")
-    o = {**_SAMPLING_DEFAULTS, **sampling}
-    params = SamplingParams(o["temperature"], o["top_k"], o["top_p"], o["min_p"], o["repeat_penalty"],
-                            o["repeat_last_n"], o["seed"])
-    if not isinstance(o["max_tokens"], int) or o["max_tokens"] < 1:
-        raise InvalidRequestError(f"max_tokens must be an integer of at least 1, got {o['max_tokens']!r}")
-    stop = o["stop"]
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
-    if any(not isinstance(s, str) or not s for s in stops):
-        raise InvalidRequestError("stop strings must be non-empty strings")
-    return params, o["max_tokens"], stops
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -318,20 +296,20 @@ class Chat:
     def send(self, text: str, **sampling) -> Iterator[Piece]:
         """Add a user message and stream the answer as Pieces; the answer joins `messages` when the stream ends.
 
-        sampling: the keywords of LLM.generate (max_tokens (default 256 here), temperature, top_k, top_p, min_p,
-        repeat_penalty, repeat_last_n, seed, stop). Options are checked now; the turn runs as the iterator is
-        consumed. Closing the iterator early cancels the turn (see the module docstring).
+        sampling: the keywords of LLM.generate (max_tokens, temperature, top_k, top_p, min_p, repeat_penalty,
+        repeat_last_n, seed, stop; defaults: llm.sampling_defaults, max_tokens None being the rest of the context).
+        Options are checked now; the turn runs as the iterator is consumed. Closing the iterator early cancels the turn (see the module docstring).
         """
         if not isinstance(text, str) or not text.strip():
             raise InvalidRequestError("the message is empty; pass some text to send.")
-        return self._start(_Turn(*_parse_sampling(sampling), user=text))
+        return self._start(_Turn(SamplingParams.from_kwargs(self.llm.sampling_defaults, **sampling), user=text))
 
     def regenerate(self, **sampling) -> Iterator[Piece]:
         """Drop the last answer and stream a new one for the same user message (sampling as in send). The cache
         keeps the prompt, so only the answer is computed again."""
         if not any(m["role"] == "user" for m in self.messages):
             raise InvalidRequestError("nothing to regenerate: send a message first.")
-        return self._start(_Turn(*_parse_sampling(sampling), user=None))
+        return self._start(_Turn(SamplingParams.from_kwargs(self.llm.sampling_defaults, **sampling), user=None))
 
     def send_async(self, text: str, **sampling) -> AsyncIterator[Piece]:
         """send() as an async iterator: each generation step runs on a worker thread, so the event loop stays free.
@@ -397,10 +375,14 @@ class Chat:
         kwargs = {} if self.enable_thinking is None else {"enable_thinking": self.enable_thinking}
         return self.llm.apply_chat_template(plain, add_generation_prompt=add_generation_prompt, **kwargs)
 
-    def _fit(self, max_tokens: int) -> tuple[str, list[int], int]:
+    def _fit(self, max_tokens: int | None) -> tuple[str, list[int], int]:
         """Render the conversation for the next answer, dropping the oldest exchanges while prompt + max_tokens
-        exceed the context (policy "truncate_oldest"). Returns (text, ids, messages dropped)."""
+        (None: room for one token) exceed the context (policy "truncate_oldest"). Returns (text, ids, messages
+        dropped)."""
         n_ctx, dropped = self.llm.n_ctx, 0
+        limit = (f"with max_tokens={max_tokens} that exceeds the {n_ctx}-token context" if max_tokens
+                 else f"that leaves no room for an answer in the {n_ctx}-token context")
+        max_tokens = max_tokens or 1
         while True:
             text = self._render(self.messages, True)
             ids = self.llm.encode_chat(text)
@@ -408,7 +390,6 @@ class Chat:
                 return text, ids, dropped
             first = 1 if self.system is not None else 0
             users = [i for i, m in enumerate(self.messages) if m["role"] == "user" and i > first]
-            limit = f"with max_tokens={max_tokens} that exceeds the {n_ctx}-token context"
             larger = f"or load the model with a larger n_ctx (it supports up to {self.llm.config.max_context})."
             if not users:
                 raise ContextOverflowError(
@@ -475,9 +456,10 @@ class Chat:
             while self.messages and self.messages[-1]["role"] == "assistant":
                 self.messages.pop()
         try:
-            text, ids, dropped = self._fit(turn.max_tokens)
+            text, ids, dropped = self._fit(turn.params.max_tokens)
+            max_tokens = turn.params.max_tokens or self.llm.n_ctx - len(ids)
             if self._store is not None:
-                self._store._begin_turn(self, len(ids) + turn.max_tokens)
+                self._store._begin_turn(self, len(ids) + max_tokens)
             else:
                 self._running = True
             cache = self._ensure_cache()
@@ -495,7 +477,8 @@ class Chat:
         splitter = ThinkSplitter(reasoning=_opens_thinking(text))
         parts: dict[str, list[str]] = {"content": [], "reasoning": []}
         model = _FeedLog(self.llm.model, self._ids, turn.cancel)
-        stream = stream_text(model, self.llm.tokenizer, cache, ids, turn.params, turn.max_tokens, turn.stops, usage)
+        stream = stream_text(model, self.llm.tokenizer, cache, ids, turn.params, max_tokens, list(turn.params.stop),
+                             usage)
         finished = False
         try:
             for chunk in stream:
@@ -705,12 +688,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _sampling_from_args(args) -> dict:
-    return dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                min_p=args.min_p, repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n,
-                seed=args.seed, stop=args.stop)
-
-
 class _Repl:
     """The interactive loop over one Chat: input lines are messages or /commands."""
 
@@ -841,8 +818,7 @@ def run_cli(args) -> int:
         llm = load_from_args(args)
         print(f"{loaded_line(llm)}; /help for commands, Ctrl-D to exit", file=sys.stderr, flush=True)
         chat = Chat(llm, system=args.system, enable_thinking=getattr(args, "enable_thinking", None))
-        sampling = _sampling_from_args(args)
-        _parse_sampling(sampling)  # bad values fail now, not at the first message
+        sampling = asdict(SamplingParams.from_args(args, llm.sampling_defaults))  # bad values fail now
     except EngineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

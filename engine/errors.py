@@ -34,5 +34,10 @@ class DeviceError(EngineError):
 
 
 class InvalidRequestError(EngineError, ValueError):
-    """A caller passed an invalid argument (empty prompt, bad sampling value, ...)."""
+    """A caller passed an invalid argument (empty prompt, bad sampling value, ...). param: the argument or request
+    field at fault, when one is; code: "invalid_type" or "invalid_value" when known (the server answers both)."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.param, self.code = param, code
 

@@ -155,15 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
     """Sampling, context and thread flags shared by engine.generate and engine.chat."""
-    p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--min-p", type=float, default=None)
-    p.add_argument("--repeat-penalty", type=float, default=1.0)
-    p.add_argument("--repeat-last-n", type=int, default=64)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    SamplingParams.add_arguments(p)
     p.add_argument("--ctx-size", type=int, default=None, help="context length (default: the model's)")
     p.add_argument("--threads", type=int, default=None, help="worker threads (default: ENGINE_THREADS or all cores)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
@@ -206,9 +198,8 @@ def main(argv=None) -> int:
             ids = llm.encode_chat(llm.apply_chat_template(messages))
         else:
             ids = llm.encode_prompt(args.prompt)
-        params = SamplingParams(args.temperature, args.top_k, args.top_p, args.min_p, args.repeat_penalty,
-                                args.repeat_last_n, args.seed)
-        for piece in llm.stream(ids, llm.new_cache(), params, args.max_tokens, args.stop):
+        params = SamplingParams.from_args(args, llm.sampling_defaults)
+        for piece in llm.stream(ids, llm.new_cache(), params):
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")

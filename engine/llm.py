@@ -2,6 +2,7 @@
 import os
 import threading
 import time
+from dataclasses import replace
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -11,7 +12,7 @@ from engine.errors import ContextOverflowError, InvalidRequestError, TemplateErr
 from engine.generate import GenerationStats, finite_logits, stream_text
 from engine.kvcache import KVCache, check_memory
 from engine.loader import load_source
-from engine.sampler import SamplingParams
+from engine.sampler import SamplingParams, model_defaults
 from kernels import backend, cpu
 
 
@@ -20,7 +21,9 @@ class LLM:
 
     tokenizer: engine.tokenizer.Tokenizer; config: models.ModelConfig; template: ChatTemplate or None;
     n_ctx: context length of each sequence's KV cache (ContextOverflowError at load when its cache cannot fit in
-    memory); where: the model file or directory; last_stats: GenerationStats of the latest generate().
+    memory); where: the model file or directory; last_stats: GenerationStats of the latest generate();
+    sampling_defaults: the SamplingParams every caller starts from (the model's recommended sampling over the
+    engine defaults, read once here: see engine.sampler.model_defaults).
     """
 
     def __init__(self, loaded, source, n_ctx: int | None = None, load_s: float = 0.0):
@@ -37,6 +40,8 @@ class LLM:
         check_memory(self.config.n_layers, self.config.n_kv_heads, self.config.head_dim, self.n_ctx)
         self.where = str(source.gguf_paths[0] if source.gguf_paths else source.hf_dir)
         self.load_s = load_s
+        self.sampling_defaults = model_defaults(self.metadata if source.gguf_paths else None, source.hf_dir,
+                                                self.n_ctx, self.where)
         self.last_stats: GenerationStats | None = None
 
     def new_cache(self, max_len: int | None = None) -> KVCache:
@@ -74,18 +79,17 @@ class LLM:
             ids = [bos] + ids
         return self._in_vocabulary(ids)
 
-    def generate(self, prompt: str | Sequence[int], max_tokens: int = 64, temperature: float = 0.0,
-                 top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
-                 repeat_penalty: float = 1.0, repeat_last_n: int = 64, seed: int | None = None,
-                 stop: str | Sequence[str] | None = None) -> Iterator[str]:
+    def generate(self, prompt: str | Sequence[int], **sampling) -> Iterator[str]:
         """Stream the continuation of prompt (text or token ids) as text pieces.
 
-        Stops at an end-of-sequence token, after max_tokens tokens, at a full context, or before any stop
-        string (which is never emitted). Statistics land in self.last_stats.
+        sampling: SamplingParams fields (max_tokens, temperature, top_k, top_p, min_p, repeat_penalty,
+        repeat_last_n, seed, stop); those left out keep self.sampling_defaults. Stops at an end-of-sequence token,
+        after max_tokens tokens (default: the rest of the context), at a full context, or before any stop string
+        (which is never emitted). Statistics land in self.last_stats.
         """
-        params = SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
+        params = SamplingParams.from_kwargs(self.sampling_defaults, **sampling)
         ids = self.encode_prompt(prompt)
-        return self.stream(ids, self.new_cache(), params, max_tokens, stop)
+        return self.stream(ids, self.new_cache(), params)
 
     def chat(self, system: str | None = None, enable_thinking: bool | None = None,
              context_overflow: str = "truncate_oldest"):
@@ -93,19 +97,18 @@ class LLM:
         from engine.chat import Chat
         return Chat(self, system=system, enable_thinking=enable_thinking, context_overflow=context_overflow)
 
-    def stream(self, ids: list[int], cache: KVCache, params: SamplingParams, max_tokens: int,
+    def stream(self, ids: list[int], cache: KVCache, params: SamplingParams, max_tokens: int | None = None,
                stop: str | Sequence[str] | None = None, stats: GenerationStats | None = None) -> Iterator[str]:
-        """Generate after ids, reusing whatever prefix of ids the cache already holds. stats (default: a new one)
-        is filled in as generation runs and kept as last_stats."""
+        """Generate after ids, reusing whatever prefix of ids the cache already holds. max_tokens and stop, when
+        given, replace params' (whose max_tokens None is the rest of the cache). stats (default: a new one) is
+        filled in as generation runs and kept as last_stats."""
         if len(ids) > cache.max_len:
             raise ContextOverflowError(f"the prompt is {len(ids)} tokens but the context holds {cache.max_len}; "
                                        "shorten the prompt or load the model with a larger n_ctx "
                                        f"(the model supports up to {self.config.max_context}).")
-        if max_tokens < 1:
-            raise InvalidRequestError(f"max_tokens must be at least 1, got {max_tokens}")
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        if any(not s for s in stops):
-            raise InvalidRequestError("stop strings must be non-empty")
+        params = replace(params, **{k: v for k, v in (("max_tokens", max_tokens), ("stop", stop)) if v is not None})
+        max_tokens = params.max_tokens or max(1, cache.max_len - len(ids))
+        stops = list(params.stop)
         stats = self.last_stats = stats or GenerationStats()
         stats.prompt_tokens = len(ids)
         return stream_text(self.model, self.tokenizer, cache, ids, params, max_tokens, stops, stats, self.where)

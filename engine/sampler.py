@@ -1,4 +1,6 @@
-"""Next-token sampling: repetition penalty, temperature, top-k, top-p, min-p; greedy when temperature is 0.
+"""Next-token sampling: repetition penalty, temperature, top-k, top-p, min-p; greedy when temperature is 0. And
+SamplingParams, the one set of sampling settings that the Python API, the command lines and the server build,
+check and default in the same way.
 
 Every setting that SamplingParams accepts gives a valid distribution, however extreme: penalized logits are clamped
 to float32's finite range (a penalty of 1e-308 cannot overflow them to inf), and the temperature divides logits
@@ -7,35 +9,104 @@ make inf - inf: a tiny temperature puts all the probability on the top token (sh
 hold NaN or +inf, or no finite value, come from a broken forward and raise ModelFileError, never numpy's
 "Probabilities contain NaN". A negative seed is taken as a 64-bit value (two's complement: -1 is 2**64 - 1).
 """
+import argparse
 import math
-from dataclasses import dataclass
-from numbers import Integral
+from dataclasses import dataclass, fields, replace
+from numbers import Integral, Real
+from pathlib import Path
 
 import numpy as np
 
+from engine import jsonfile
 from engine.errors import InvalidRequestError, ModelFileError
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 SEED_MIN, SEED_END = -(1 << 63), 1 << 64  # seeds in [SEED_MIN, SEED_END), taken modulo 2**64
+MAX_API_TEMPERATURE = 2.0  # OpenAI's upper bound, kept for request bodies
+MAX_API_STOPS = 16  # stop strings one request body may carry
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """What a numeric setting accepts: a number (an integer when integer) in [lo, hi], with open ends when lo_open /
+    hi_open (None: unbounded); None itself when optional."""
+    integer: bool = False
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    optional: bool = False
+
+    def span(self, hi=None) -> str:
+        hi = self.hi if hi is None else hi
+        return (f"{'(' if self.lo_open else '['}{'-inf' if self.lo is None else self.lo}, "
+                f"{'inf' if hi is None else hi}{')' if self.hi_open else ']'}")
+
+
+RULES = {
+    "temperature": _Rule(lo=0),
+    "top_k": _Rule(integer=True, lo=1, optional=True),
+    "top_p": _Rule(lo=0, hi=1, lo_open=True, optional=True),
+    "min_p": _Rule(lo=0, hi=1, hi_open=True, optional=True),
+    "repeat_penalty": _Rule(lo=0, lo_open=True),
+    "repeat_last_n": _Rule(integer=True, lo=0),
+    "seed": _Rule(integer=True, lo=SEED_MIN, hi=SEED_END, hi_open=True, optional=True),
+    "max_tokens": _Rule(integer=True, lo=1, optional=True),
+}
 
 
 def _finite(x) -> bool:
     """x is a real number that is neither NaN nor infinite (and fits a float)."""
     try:
-        return not isinstance(x, bool) and math.isfinite(x)
+        return math.isfinite(x)
     except (TypeError, OverflowError):
         return False
 
 
-def _integer(x) -> bool:
-    return isinstance(x, Integral) and not isinstance(x, bool)
+def _shown(value) -> str:
+    return repr(value)[:40]
 
 
-@dataclass
+def check_number(name: str, value, rule: _Rule, hi=None):
+    """value if it satisfies rule (and is at most hi, when given), else InvalidRequestError naming name, with code
+    "invalid_type" (not a number / an integer) or "invalid_value" (NaN, infinite or out of range)."""
+    if value is None and rule.optional:
+        return value
+    kind = Integral if rule.integer else Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise InvalidRequestError(f"'{name}' must be {'an integer' if rule.integer else 'a number'}"
+                                  f"{' (or null)' if rule.optional else ''}, got {_shown(value)}",
+                                  param=name, code="invalid_type")
+    hi = rule.hi if hi is None else hi
+    low = rule.lo is not None and (value <= rule.lo if rule.lo_open else value < rule.lo)
+    high = hi is not None and (value >= hi if rule.hi_open else value > hi)
+    if not (rule.integer or _finite(value)) or low or high:
+        raise InvalidRequestError(f"'{name}' must be a finite number in {rule.span(hi)}, got {_shown(value)}",
+                                  param=name, code="invalid_value")
+    return value
+
+
+def check_stop(name: str, stop) -> tuple[str, ...]:
+    """stop (None, a string or a list / tuple of strings) as a tuple of non-empty strings; InvalidRequestError
+    naming name otherwise."""
+    stops = () if stop is None else (stop,) if isinstance(stop, str) else stop
+    if not isinstance(stops, (list, tuple)) or not all(isinstance(s, str) for s in stops):
+        raise InvalidRequestError(f"'{name}' must be a string or a list of strings, got {_shown(stop)}",
+                                  param=name, code="invalid_type")
+    if not all(stops):
+        raise InvalidRequestError(f"'{name}' strings must be non-empty", param=name, code="invalid_value")
+    return tuple(stops)
+
+
+@dataclass(frozen=True)
 class SamplingParams:
-    """Sampling settings. Order of application (as in transformers): repetition penalty over the last
+    """One generation's settings. Order of application (as in transformers): repetition penalty over the last
     repeat_last_n tokens, temperature, top-k, top-p, min-p, then a draw. temperature == 0 means greedy.
-    seed: any integer in [-2**63, 2**64); a negative one is taken modulo 2**64."""
+    seed: any integer in [-2**63, 2**64); a negative one is taken modulo 2**64. max_tokens: None is the rest of
+    the context. stop: strings that end the text (never emitted); a single string or a list is kept as a tuple.
+
+    Built with from_kwargs (Python), from_args (command lines) or from_openai (request bodies) over a model's
+    defaults (LLM.sampling_defaults, see model_defaults); the field values are checked here, once, for all."""
     temperature: float = 0.0
     top_k: int | None = None
     top_p: float | None = None
@@ -43,22 +114,116 @@ class SamplingParams:
     repeat_penalty: float = 1.0
     repeat_last_n: int = 64
     seed: int | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
 
     def __post_init__(self):
-        checks = [
-            (_finite(self.temperature) and self.temperature >= 0, "temperature must be a finite number >= 0"),
-            (self.top_k is None or (_integer(self.top_k) and self.top_k >= 1), "top_k must be an integer >= 1 "
-                                                                                "(or None)"),
-            (self.top_p is None or (_finite(self.top_p) and 0 < self.top_p <= 1), "top_p must be in (0, 1]"),
-            (self.min_p is None or (_finite(self.min_p) and 0 <= self.min_p < 1), "min_p must be in [0, 1)"),
-            (_finite(self.repeat_penalty) and self.repeat_penalty > 0, "repeat_penalty must be a finite number > 0"),
-            (_integer(self.repeat_last_n) and self.repeat_last_n >= 0, "repeat_last_n must be an integer >= 0"),
-            (self.seed is None or (_integer(self.seed) and SEED_MIN <= self.seed < SEED_END),
-             "seed must be an integer in [-2**63, 2**64) (or None)"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InvalidRequestError(message)
+        for name, rule in RULES.items():
+            check_number(name, getattr(self, name), rule)
+        object.__setattr__(self, "stop", check_stop("stop", self.stop))
+
+    @classmethod
+    def from_kwargs(cls, defaults: "SamplingParams", **kwargs) -> "SamplingParams":
+        """defaults with the keywords of LLM.generate / Chat.send set (None where a field allows it: e.g. top_k=None
+        turns a model's top-k off); InvalidRequestError for an unknown keyword or a bad value."""
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(kwargs) - set(names))
+        if unknown:
+            raise InvalidRequestError(f"unknown sampling option(s) {unknown}; use {sorted(names)}")
+        return replace(defaults, **kwargs)
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        """The sampling flags (--max-tokens, --temperature, ...); each left out keeps the model's default."""
+        flags = [("--max-tokens", int, "tokens to generate (default: the rest of the context)"),
+                 ("--temperature", float, "0 is greedy"), ("--top-k", int, None), ("--top-p", float, None),
+                 ("--min-p", float, None), ("--repeat-penalty", float, None), ("--repeat-last-n", int, None),
+                 ("--seed", int, None)]
+        for flag, kind, text in flags:
+            parser.add_argument(flag, type=kind, default=None,
+                                help=text or "default: the model's recommended value, else the engine's")
+        parser.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, defaults: "SamplingParams") -> "SamplingParams":
+        """defaults with the flags of add_arguments that were given."""
+        given = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+        return cls.from_kwargs(defaults, **given)
+
+    @classmethod
+    def from_openai(cls, body: dict, defaults: "SamplingParams", n_ctx: int | None = None) -> "SamplingParams":
+        """defaults with an OpenAI request body's fields: max_tokens (or max_completion_tokens, at most n_ctx),
+        stop (up to 16), temperature (at most 2), top_p, seed, and our top_k, min_p, repeat_penalty, repeat_last_n.
+        Absent or null fields keep the default; a bad one is an InvalidRequestError whose param is the field."""
+        given = {}
+        for name in ("max_completion_tokens", "max_tokens"):  # max_tokens wins when both are set
+            if body.get(name) is not None:
+                given["max_tokens"] = check_number(name, body[name], RULES["max_tokens"], n_ctx)
+        if body.get("temperature") is not None:
+            given["temperature"] = check_number("temperature", body["temperature"], RULES["temperature"],
+                                                MAX_API_TEMPERATURE)
+        for name in ("top_p", "seed", "top_k", "min_p", "repeat_penalty", "repeat_last_n"):
+            if body.get(name) is not None:
+                given[name] = check_number(name, body[name], RULES[name])
+        if body.get("stop") is not None:
+            given["stop"] = check_stop("stop", body["stop"])
+            if len(given["stop"]) > MAX_API_STOPS:
+                raise InvalidRequestError(f"'stop' takes at most {MAX_API_STOPS} strings, got {len(given['stop'])}",
+                                          param="stop", code="invalid_value")
+        return cls.from_kwargs(defaults, **given)
+
+
+# A model's recommended settings: GGUF keys (llama.cpp's gguf.Keys.General.SAMPLING_*) and generation_config.json
+# names, by field. max_new_tokens / max_length are not read: they cap a demo run (transformers' default max_length
+# is 20) rather than recommend an answer length; max_tokens defaults to the rest of the context.
+GGUF_SAMPLING_KEYS = {"temperature": "general.sampling.temp", "top_k": "general.sampling.top_k",
+                      "top_p": "general.sampling.top_p", "min_p": "general.sampling.min_p",
+                      "repeat_penalty": "general.sampling.penalty_repeat",
+                      "repeat_last_n": "general.sampling.penalty_last_n"}
+HF_SAMPLING_KEYS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p",
+                    "repeat_penalty": "repetition_penalty"}
+
+
+def _model_value(field: str, value, where: str, key: str, n_ctx: int):
+    """A recommended value in our terms (top_k 0 and penalty_last_n -1 mean off and the whole context, as in
+    llama.cpp and transformers; GGUF float32s rounded to their shortest decimal), checked; ModelFileError naming
+    where and key when the file holds something else."""
+    if isinstance(value, float) and key.startswith("general."):
+        value = float(str(np.float32(value)))
+    if field == "top_k" and value == 0:
+        return None
+    if field == "repeat_last_n" and value == -1:
+        return n_ctx
+    try:
+        return check_number(key, value, RULES[field])
+    except InvalidRequestError as e:
+        raise ModelFileError(f"{where}: {e}; the file's sampling defaults are corrupt. Fix or remove {key}.") from None
+
+
+def model_defaults(metadata: dict | None, hf_dir: Path | None, n_ctx: int, where: str) -> SamplingParams:
+    """The engine defaults (SamplingParams()) overridden by the model's recommended sampling: the GGUF
+    general.sampling.* keys of metadata (None for an HF model), else hf_dir's generation_config.json unless its
+    do_sample is false (as transformers, which samples only then). where: the model file, for errors."""
+    if metadata is not None:
+        found = {f: (metadata[k], k) for f, k in GGUF_SAMPLING_KEYS.items() if metadata.get(k) is not None}
+    else:
+        config = _generation_config(hf_dir)
+        where = str(hf_dir / "generation_config.json") if hf_dir is not None else where
+        found = {f: (config[k], k) for f, k in HF_SAMPLING_KEYS.items() if config.get(k) is not None}
+    return SamplingParams(**{f: _model_value(f, v, where, k, n_ctx) for f, (v, k) in found.items()})
+
+
+def _generation_config(hf_dir: Path | None) -> dict:
+    """generation_config.json's content when it exists and does not turn sampling off (do_sample false), else {}."""
+    path = hf_dir / "generation_config.json" if hf_dir is not None else None
+    if path is None or not path.is_file():
+        return {}
+    config = jsonfile.read(path)
+    do_sample = config.get("do_sample")
+    if do_sample is not None and not isinstance(do_sample, bool):
+        raise ModelFileError(f"{path}: do_sample must be true or false, got {_shown(do_sample)}; the file is "
+                             "corrupt. Fix or remove it.")
+    return {} if do_sample is False else config
 
 
 def _top(logits: np.ndarray) -> float:

@@ -18,7 +18,6 @@ import asyncio
 import itertools
 import json
 import logging
-import math
 import threading
 import time
 import uuid
@@ -33,7 +32,7 @@ from engine.chat import SessionStore, _common_prefix
 from engine.errors import (ContextOverflowError, EngineError, InvalidRequestError, TemplateError,
                            TokenizerError)
 from engine.generate import GenerationStats
-from engine.sampler import SEED_END, SEED_MIN, SamplingParams
+from engine.sampler import SamplingParams
 from engine.scheduler import Scheduler
 
 WEB_DIR = Path(__file__).parent / "web"
@@ -58,8 +57,10 @@ class ApiError(Exception):
 
 def engine_error(e: EngineError) -> ApiError:
     """An engine error as the API answers it: 400 when the request caused it, else a 500 server_error."""
+    if isinstance(e, ContextOverflowError):
+        return ApiError(400, str(e), code="context_length_exceeded")
     if isinstance(e, CLIENT_ERRORS):
-        return ApiError(400, str(e), code="context_length_exceeded" if isinstance(e, ContextOverflowError) else None)
+        return ApiError(400, str(e), param=getattr(e, "param", None), code=getattr(e, "code", None))
     return ApiError(500, str(e), type_="server_error")
 
 
@@ -135,48 +136,17 @@ def parse_json(raw: bytes | str, what: str = "the body") -> dict:
     return value
 
 
-def _number(body: dict, name: str, default, lo=None, hi=None, integer=False, lo_open=False, hi_open=False):
-    """body[name] checked: a finite number (an integer when integer) within [lo, hi] (open ends when lo_open /
-    hi_open; None: unbounded)."""
-    v = body.get(name)
-    if v is None:
-        return default
-    kinds = (int,) if integer else (int, float)
-    shown = json.dumps(v)[:40]
-    if isinstance(v, bool) or not isinstance(v, kinds):
-        raise ApiError(400, f"'{name}' must be {'an integer' if integer else 'a number'}, got {shown}",
-                       param=name, code="invalid_type")
-    low = lo is not None and (v <= lo if lo_open else v < lo)
-    high = hi is not None and (v >= hi if hi_open else v > hi)
-    if (isinstance(v, float) and not math.isfinite(v)) or low or high:
-        span = (f"{'(' if lo_open else '['}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}"
-                f"{')' if hi_open else ']'}")
-        raise ApiError(400, f"'{name}' must be a finite number in {span}, got {shown}", param=name,
+def _sampling(body: dict, llm) -> SamplingParams:
+    """The SamplingParams of an OpenAI request body over the model's defaults (max_tokens None: the rest of the
+    context), after the body's other generation fields (n, stream) are checked."""
+    n = body.get("n")
+    if n is not None and (type(n) is not int or n != 1):
+        raise ApiError(400, f"only n=1 is supported, got {json.dumps(body['n'])[:40]}", param="n",
                        code="invalid_value")
-    return v
-
-
-def _sampling(body: dict, n_ctx: int) -> dict:
-    """The sampling keywords of engine.chat / LLM.generate from an OpenAI request body (plus top_k, min_p,
-    repeat_penalty). max_tokens is None when the request leaves it to the context."""
-    max_tokens = _number(body, "max_completion_tokens", None, 1, n_ctx, integer=True)
-    max_tokens = _number(body, "max_tokens", max_tokens, 1, n_ctx, integer=True)
-    stop = body.get("stop")
-    if stop is not None:
-        stops = [stop] if isinstance(stop, str) else stop
-        if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > 16:
-            raise ApiError(400, "'stop' must be a non-empty string or a list of up to 16 of them", param="stop")
-    if _number(body, "n", 1, 1, 1, integer=True) != 1:
-        raise ApiError(400, "only n=1 is supported", param="n")
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise ApiError(400, "'stream' must be a boolean", param="stream", code="invalid_type")
-    return dict(max_tokens=max_tokens, stop=stop, temperature=_number(body, "temperature", 1.0, 0, 2),
-                top_p=_number(body, "top_p", None, 0, 1, lo_open=True),
-                seed=_number(body, "seed", None, SEED_MIN, SEED_END, integer=True, hi_open=True),
-                top_k=_number(body, "top_k", None, 1, integer=True),
-                min_p=_number(body, "min_p", None, 0, 1, hi_open=True),
-                repeat_penalty=_number(body, "repeat_penalty", 1.0, 0, lo_open=True))
+    return SamplingParams.from_openai(body, llm.sampling_defaults, llm.n_ctx)
 
 
 def _include_usage(body: dict) -> bool:
@@ -375,7 +345,7 @@ class Service:
         chat = self.store.get(sid, context_overflow="error")
         chat.enable_thinking = enable_thinking
         chat.messages = messages
-        return sid, chat, len(ids)
+        return sid, chat
 
     def release_api_chat(self, sid: str) -> None:
         with self._lock:
@@ -555,14 +525,15 @@ def create_app(llm, max_batch: int = 8, max_queue: int = 32, kv_budget: int = 1 
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": service.model_id, "object": "model", "created": 0,
-                                           "owned_by": "engine", "context_length": llm.n_ctx}]}
+                                           "owned_by": "engine", "context_length": llm.n_ctx,
+                                           "sampling_defaults": asdict(llm.sampling_defaults)}]}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         body = await read_json(request)
         check_model(body)
         messages = _messages(body)
-        sampling = _sampling(body, llm.n_ctx)
+        params = _sampling(body, llm)
         kwargs = body.get("chat_template_kwargs") or {}
         thinking = kwargs.get("enable_thinking") if isinstance(kwargs, dict) else None
         if not isinstance(kwargs, dict) or not (thinking is None or isinstance(thinking, bool)):
@@ -573,9 +544,9 @@ def create_app(llm, max_batch: int = 8, max_queue: int = 32, kv_budget: int = 1 
         usage = [GenerationStats()]  # the turn's Usage, once the worker thread has it
 
         def make():
-            sid, chat, n_prompt = service.api_chat(messages, thinking)
+            sid, chat = service.api_chat(messages, thinking)
             try:
-                gen = chat.regenerate(**sampling | {"max_tokens": sampling["max_tokens"] or llm.n_ctx - n_prompt})
+                gen = chat.regenerate(**asdict(params))
                 with closing(gen):
                     yield from gen
             finally:
@@ -606,11 +577,9 @@ def create_app(llm, max_batch: int = 8, max_queue: int = 32, kv_budget: int = 1 
                 isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool)
                                                             for t in prompt)):
             raise ApiError(400, "'prompt' must be a non-empty string (or one list of token ids)", param="prompt")
-        sampling = _sampling(body, llm.n_ctx)
+        params = _sampling(body, llm)
         ids = llm.encode_prompt(prompt)
-        params = SamplingParams(sampling["temperature"], sampling["top_k"], sampling["top_p"], sampling["min_p"],
-                                sampling["repeat_penalty"], 64, sampling["seed"])
-        max_tokens = sampling["max_tokens"] or max(1, llm.n_ctx - len(ids))
+        max_tokens = params.max_tokens or max(1, llm.n_ctx - len(ids))
         if len(ids) + max_tokens > llm.n_ctx:
             raise ApiError(400, f"the prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) exceed the "
                            f"{llm.n_ctx}-token context; shorten the prompt or lower max_tokens",
@@ -619,7 +588,7 @@ def create_app(llm, max_batch: int = 8, max_queue: int = 32, kv_budget: int = 1 
 
         def make():
             cache = llm.new_cache(len(ids) + max_tokens)
-            return service.served.stream(ids, cache, params, max_tokens, sampling["stop"], stats=stats)
+            return service.served.stream(ids, cache, params, max_tokens, stats=stats)
 
         def shape(pieces, delta, finish):
             return {"index": 0, "text": "".join(pieces), "logprobs": None, "finish_reason": finish}
@@ -714,7 +683,7 @@ def create_app(llm, max_batch: int = 8, max_queue: int = 32, kv_budget: int = 1 
                 options = msg.get("options") or {}
                 if not isinstance(options, dict):
                     raise ApiError(400, "'options' must be an object")
-                sampling = {k: v for k, v in _sampling(options, llm.n_ctx).items() if v is not None}
+                sampling = asdict(_sampling(options, llm))
                 if "enable_thinking" in options:
                     if not (options["enable_thinking"] is None or isinstance(options["enable_thinking"], bool)):
                         raise ApiError(400, "'enable_thinking' must be true, false or null")

@@ -4,6 +4,7 @@
 const $ = (id) => document.getElementById(id);
 const state = {sessions: [], current: null, messages: [], socket: null, streaming: false, stats: loadJson("engine.stats", {})};
 const OPTIONS = ["temperature", "top_p", "max_tokens", "seed"];
+const UNSET = {top_p: "off", max_tokens: "rest of the context", seed: "random"};  // what a null default means
 
 function loadJson(key, fallback) {
   try { return JSON.parse(localStorage.getItem(key)) ?? fallback; } catch { return fallback; }
@@ -185,6 +186,14 @@ function options() {
   return o;
 }
 
+// The model's sampling defaults (the server's, for options left empty) as the inputs' placeholders.
+function showDefaults(defaults) {
+  for (const name of OPTIONS) {
+    const d = defaults[name];
+    $(`opt-${name}`).placeholder = d === null || d === undefined ? UNSET[name] : `${d} (default)`;
+  }
+}
+
 function saveOptions() {
   const o = options();
   localStorage.setItem("engine.options", JSON.stringify(o));
@@ -249,8 +258,9 @@ async function init() {
   $("opt-system").addEventListener("change", async () => {
     if (state.current) await api("PATCH", `/api/sessions/${state.current}`, {system: $("opt-system").value || null});
   });
-  const health = await api("GET", "/health");
-  $("model-name").textContent = health.model;
+  const models = await api("GET", "/v1/models");
+  showDefaults(models.data[0].sampling_defaults);
+  $("model-name").textContent = models.data[0].id;
   await refreshSessions();
   const saved = localStorage.getItem("engine.session");
   const id = state.sessions.some((s) => s.id === saved) ? saved : (state.sessions[0] || {}).id;

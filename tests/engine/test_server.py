@@ -137,6 +137,26 @@ def test_bad_chat_requests_get_openai_errors(server, body, status, param):
     assert err["param"] == param
 
 
+@pytest.mark.parametrize("body,param,code", [
+    ({"messages": MSG, "temperature": "hot"}, "temperature", "invalid_type"),
+    ({"messages": MSG, "top_p": 0}, "top_p", "invalid_value"),
+    ({"messages": MSG, "max_completion_tokens": 0}, "max_completion_tokens", "invalid_value"),
+    ({"messages": MSG, "repeat_last_n": -1}, "repeat_last_n", "invalid_value"),
+    ({"messages": MSG, "stop": 5}, "stop", "invalid_type"),
+])
+def test_sampling_errors_carry_param_and_code(server, body, param, code):
+    r = httpx.post(server.url + "/v1/chat/completions", json=body)
+    assert r.status_code == 400 and (r.json()["error"]["param"], r.json()["error"]["code"]) == (param, code)
+
+
+def test_models_lists_the_sampling_defaults_requests_start_from(server):
+    from dataclasses import asdict
+    entry = httpx.get(server.url + "/v1/models").json()["data"][0]
+    defaults = server.service.llm.sampling_defaults
+    assert entry["sampling_defaults"] == json.loads(json.dumps(asdict(defaults)))
+    assert entry["sampling_defaults"]["temperature"] == 0 and entry["sampling_defaults"]["max_tokens"] is None
+
+
 def test_bad_completions_and_oversized_body(server, client):
     with pytest.raises(openai.BadRequestError):
         client.completions.create(model=server.service.model_id, prompt="", max_tokens=3)

@@ -59,6 +59,14 @@ def wait_for(predicate, timeout=20.0):
     raise AssertionError("timed out waiting for the page")
 
 
+def test_settings_show_the_server_sampling_defaults(server, browser):
+    from selenium.webdriver.common.by import By
+    browser.get(server.url + "/")
+    box = browser.find_element(By.ID, "opt-max_tokens")
+    assert wait_for(lambda: box.get_attribute("placeholder")) == "rest of the context"
+    assert browser.find_element(By.ID, "opt-temperature").get_attribute("placeholder") == "0 (default)"
+
+
 def test_send_stream_stop_regenerate_reload(server, browser):
     from selenium.webdriver.common.by import By
     find = browser.find_element
