@@ -135,13 +135,13 @@ class SamplingParams:
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         """The sampling flags (--max-tokens, --temperature, ...); each left out keeps the model's default."""
+        model = "default: the model's recommended value, else the engine's (README: Sampling defaults)"
         flags = [("--max-tokens", int, "tokens to generate (default: the rest of the context)"),
-                 ("--temperature", float, "0 is greedy"), ("--top-k", int, None), ("--top-p", float, None),
-                 ("--min-p", float, None), ("--repeat-penalty", float, None), ("--repeat-last-n", int, None),
-                 ("--seed", int, None)]
+                 ("--temperature", float, f"0 is greedy; {model}"), ("--top-k", int, model),
+                 ("--top-p", float, model), ("--min-p", float, model), ("--repeat-penalty", float, model),
+                 ("--repeat-last-n", int, model), ("--seed", int, "default: random")]
         for flag, kind, text in flags:
-            parser.add_argument(flag, type=kind, default=None,
-                                help=text or "default: the model's recommended value, else the engine's")
+            parser.add_argument(flag, type=kind, default=None, help=text)
         parser.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
 
     @classmethod
