@@ -1,16 +1,12 @@
-"""Typed errors. Each message names the problem and what to do about it."""
+"""Typed errors. Each message names the problem and what to do about it.
 
+Every error class is importable from here. Those raised below the engine are defined at the lowest layer that
+raises them (kernels/errors.py, models/errors.py) and re-exported: one class each, so `isinstance` checks hold."""
+from kernels.errors import DeviceError, EngineError, InvalidRequestError, UnsupportedModelError
+from models.errors import ModelFileError
 
-class EngineError(Exception):
-    """Base class of every error the engine raises on purpose."""
-
-
-class ModelFileError(EngineError):
-    """A model file is missing, truncated, corrupt or not in the expected format."""
-
-
-class UnsupportedModelError(EngineError):
-    """The file is readable but holds an architecture, quant type or setting we do not implement."""
+__all__ = ["EngineError", "ModelFileError", "UnsupportedModelError", "TokenizerError", "ModelNotFoundError",
+           "TemplateError", "ContextOverflowError", "DeviceError", "InvalidRequestError"]
 
 
 class TokenizerError(EngineError):
@@ -27,17 +23,3 @@ class TemplateError(EngineError):
 
 class ContextOverflowError(EngineError):
     """The prompt (plus what is asked to be generated) does not fit in the context window."""
-
-
-class DeviceError(EngineError):
-    """The requested compute device is unknown or not usable on this machine (e.g. --device cuda without a GPU)."""
-
-
-class InvalidRequestError(EngineError, ValueError):
-    """A caller passed an invalid argument (empty prompt, bad sampling value, ...). param: the argument or request
-    field at fault, when one is; code: "invalid_type" or "invalid_value" when known (the server answers both)."""
-
-    def __init__(self, message: str, param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.param, self.code = param, code
-

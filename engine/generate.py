@@ -1,12 +1,12 @@
-"""The streaming generate loop, and the command line: `python -m engine.generate --prompt TEXT`."""
-import argparse
+"""The streaming generate loop. The command line, `python -m engine.generate --prompt TEXT`, is
+engine/cli/generate.py."""
 import sys
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from engine.errors import EngineError, ModelFileError
+from engine.errors import ModelFileError
 from engine.sampler import Sampler, SamplingParams
 from kernels import backend
 
@@ -138,82 +138,6 @@ def stream_text(model, tokenizer, cache, ids, params, max_tokens, stops, stats, 
         yield pending
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m engine.generate", description=__doc__)
-    p.add_argument("--model", default=None, help="registry id, .gguf path, HF-style directory or HF repo id "
-                   "(default: the embedded SmolLM2-135M-Instruct Q4_1)")
-    p.add_argument("--prompt", default=None, help="the prompt (with --chat: the user message; --chat without "
-                   "--prompt starts the interactive chat of python -m engine.chat)")
-    p.add_argument("--system", default=None, help="system message (chat mode)")
-    chat = p.add_mutually_exclusive_group()
-    chat.add_argument("--chat", dest="chat", action="store_true", default=None,
-                      help="render the prompt with the model's chat template (default when it has one)")
-    chat.add_argument("--raw", dest="chat", action="store_false", help="use the prompt as it is")
-    add_run_args(p)
-    return p
-
-
-def add_run_args(p: argparse.ArgumentParser) -> None:
-    """Sampling, context and thread flags shared by engine.generate and engine.chat."""
-    SamplingParams.add_arguments(p)
-    p.add_argument("--ctx-size", type=int, default=None, help="context length (default: the model's)")
-    p.add_argument("--threads", type=int, default=None, help="worker threads (default: ENGINE_THREADS or all cores)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
-                   help="where to compute (default: ENGINE_DEVICE or auto = CUDA when a GPU is usable)")
-    p.add_argument("--activations", choices=("float32", "int8"), default=None,
-                   help="one-token mat-vec activations: float32 (default, exact) or int8 (opt-in, faster; "
-                        "default: ENGINE_ACTIVATIONS)")
-
-
-def load_from_args(args):
-    """engine.load with the model, context, thread, activation and device flags of a command line (flags a
-    command does not define keep their defaults)."""
-    import engine
-    return engine.load(args.model, n_ctx=args.ctx_size, threads=args.threads,
-                       activations=getattr(args, "activations", None), device=getattr(args, "device", None))
-
-
-def loaded_line(llm) -> str:
-    """What was loaded, how fast, and which kernels run (printed on stderr by the command lines)."""
-    from kernels import backend
-    return (f"loaded {llm.source.id} ({llm.config.arch}, {llm.weight_bytes / 1e6:.0f} MB) in {llm.load_s:.2f} s; "
-            f"{backend.describe()}")
-
-
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.prompt is None:
-        if not args.chat:
-            parser.error("--prompt is required (or pass --chat without --prompt for an interactive chat)")
-        from engine.chat import run_cli
-        return run_cli(args)
-    try:
-        llm = load_from_args(args)
-        print(loaded_line(llm), file=sys.stderr)
-        use_chat = args.chat if args.chat is not None else llm.template is not None
-        if use_chat:
-            messages = ([{"role": "system", "content": args.system}] if args.system else [])
-            messages.append({"role": "user", "content": args.prompt})
-            ids = llm.encode_chat(llm.apply_chat_template(messages))
-        else:
-            ids = llm.encode_prompt(args.prompt)
-        params = SamplingParams.from_args(args, llm.sampling_defaults)
-        for piece in llm.stream(ids, llm.new_cache(), params):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-        s = llm.last_stats
-        print(f"prompt: {s.prompt_tokens} tokens, {s.prefill_tps:.1f} tok/s | generated: {s.completion_tokens} "
-              f"tokens, {s.decode_tps:.1f} tok/s | finish: {s.finish_reason}", file=sys.stderr)
-    except EngineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # the command line lives in engine/cli/generate.py
+    from engine.cli.generate import main
     sys.exit(main())

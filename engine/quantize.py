@@ -13,7 +13,6 @@ kernels.quants (byte-identical to llama.cpp's reference quantizers). Written wit
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -26,8 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from engine import jsonfile
-from engine.errors import (EngineError, InvalidRequestError, ModelFileError, TokenizerError,
-                           UnsupportedModelError)
+from engine.errors import InvalidRequestError, ModelFileError, TokenizerError, UnsupportedModelError
 from engine.gguf import GGUFFile
 from engine.safetensors import load_hf_dir
 from kernels.qtensor import QTensor
@@ -452,27 +450,6 @@ def convert(src: str | Path, out: str | Path, file_type: str, tokenizer_pre: str
     return types
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m engine.quantize", description=__doc__.split("\n")[0])
-    ap.add_argument("src", help="HF-style model directory or .gguf file")
-    ap.add_argument("--type", required=True, choices=list(FILE_TYPES), help="tensor type mix (as llama-quantize)")
-    ap.add_argument("-o", "--output", required=True, help="the .gguf file to write")
-    ap.add_argument("--tokenizer-pre", default=None,
-                    help="llama.cpp pre-tokenizer name (tokenizer.ggml.pre) when it cannot be detected")
-    args = ap.parse_args(argv)
-    try:
-        types = convert(args.src, args.output, args.type, args.tokenizer_pre)
-    except EngineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    counts = {}
-    for t in types.values():
-        counts[t.name] = counts.get(t.name, 0) + 1
-    size = Path(args.output).stat().st_size
-    print(f"wrote {args.output}: {size / 1e6:.1f} MB, tensors " +
-          ", ".join(f"{n} {k}" for k, n in sorted(counts.items())), file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # the command line lives in engine/cli/quantize.py
+    from engine.cli.quantize import main
     sys.exit(main())

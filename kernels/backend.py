@@ -24,7 +24,7 @@ def select_device(device: str | None) -> str:
     """Choose where the engine computes, once, before a model loads: "cpu", "cuda", or "auto" (CUDA when CuPy sees
     a GPU). None reads ENGINE_DEVICE (default "auto"). Sets the array module; returns "cpu" or "cuda"."""
     import os
-    from engine.errors import DeviceError
+    from kernels.errors import DeviceError
     from kernels import cuda
     device = (device or os.environ.get("ENGINE_DEVICE") or "auto").lower()
     if device not in ("auto", "cpu", "cuda"):
@@ -64,7 +64,7 @@ def set_activations(kind: str | None) -> str:
     from kernels import cpu
     kind = kind or cpu.activations
     if kind not in cpu.ACTIVATION_KINDS:
-        from engine.errors import InvalidRequestError
+        from kernels.errors import InvalidRequestError
         raise InvalidRequestError(f"activations {kind!r} is not one of {', '.join(cpu.ACTIVATION_KINDS)} "
                                   "(--activations / ENGINE_ACTIVATIONS).")
     cpu.activations = kind

@@ -16,7 +16,7 @@ import enum
 
 import numpy as np
 
-from engine.errors import UnsupportedModelError
+from kernels.errors import UnsupportedModelError
 
 QK = 32  # elements per block of the legacy formats (Q4_0 ... Q8_1)
 QK_K = 256  # elements per super-block of the K-quants

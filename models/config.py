@@ -2,7 +2,8 @@
 import math
 from dataclasses import dataclass
 
-from engine.errors import ModelFileError, UnsupportedModelError
+from kernels.errors import UnsupportedModelError
+from models.errors import ModelFileError
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma3")
 HF_ARCHITECTURES = {

@@ -12,8 +12,8 @@ from kernels import backend
 from kernels.cuda import graph as cuda_graph
 from kernels.ops import (DecodeBatch, attention, decode_attention_batch, embedding, geglu, matmul_transb,
                          matmul_transb_many, rms_norm, rope, rope_cos_sin, rope_inv_freq, swiglu)
-from engine.errors import ModelFileError
 from models.config import ModelConfig
+from models.errors import ModelFileError
 
 _GLU = {"silu": swiglu, "gelu_tanh": geglu}  # ModelConfig.ffn_act (FFN_ACTS) → gated feed-forward activation
 

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.errors import UnsupportedModelError
-from kernels import backend
+from kernels.errors import UnsupportedModelError
 from kernels.qtensor import QTensor
 from kernels.quants import GGMLType
 
@@ -38,8 +37,9 @@ def available() -> bool:
 
 
 def takes(*arrays) -> bool:
-    """Whether every array is a CuPy array (the GPU path applies; never while the backend is NumPy)."""
-    return backend.name == "cupy" and all(type(a).__module__.startswith("cupy") for a in arrays)
+    """Whether every array is a CuPy array (the GPU path applies). Only the CuPy backend makes them, so this module
+    needs no import of kernels.backend, which imports it to select the device."""
+    return all(type(a).__module__.startswith("cupy") for a in arrays)
 
 
 def include_dirs() -> list[str]:

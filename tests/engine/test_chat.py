@@ -331,7 +331,7 @@ def test_enable_thinking_reaches_the_template_and_an_open_think_block_starts_as_
 
 def test_repl_prints_reasoning_dimmed_on_a_terminal_tagged_otherwise_or_not_at_all():
     import io
-    from engine.chat import _Repl
+    from engine.cli.chat import _Repl
     llm = tiny()
     tok = llm.tokenizer
     script = tok.encode("<think>", parse_special=True) + tok.encode("\nLet me see.\n", add_special=False) + \

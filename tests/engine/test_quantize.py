@@ -15,7 +15,8 @@ from tokenizers import Tokenizer as HFTokenizer
 import engine
 from engine.errors import InvalidRequestError, ModelFileError, TokenizerError, UnsupportedModelError
 from engine.gguf import read_metadata
-from engine.quantize import _llama3_rope_freqs, convert, main
+from engine.cli.quantize import main
+from engine.quantize import _llama3_rope_freqs, convert
 from engine.tokenizer import Tokenizer
 from gguf_copy import copy_gguf
 from reference import gguf_logits

@@ -10,7 +10,7 @@ import gguf
 import pytest
 
 import engine
-from engine import chat, generate
+from engine.cli import chat, generate
 from engine.errors import InvalidRequestError, ModelFileError
 from engine.sampler import SamplingParams
 from gguf_copy import copy_gguf

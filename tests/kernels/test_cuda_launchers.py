@@ -391,7 +391,7 @@ def test_device_selection(monkeypatch):
 
 
 def test_cli_device_cuda_without_gpu(monkeypatch, capsys):
-    from engine.generate import main
+    from engine.cli.generate import main
     monkeypatch.setattr(cuda, "available", lambda: False)
     assert main(["--prompt", "hi", "--raw", "--device", "cuda"]) != 0
     assert "no CUDA GPU" in capsys.readouterr().err
