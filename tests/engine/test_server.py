@@ -361,8 +361,10 @@ def test_negative_seed_is_its_64_bit_value(server, client):
 def test_tiny_temperature_and_penalty_give_a_valid_answer(server, client, extreme):
     kw = dict(model=server.service.model_id, messages=[{"role": "user", "content": "Tell me something."}],
               max_tokens=8)
-    r = client.chat.completions.create(**kw, **extreme)
-    assert r.choices[0].finish_reason in ("length", "stop") and r.usage.completion_tokens >= 1
+    r = client.chat.completions.create(**kw, **extreme)  # an error answer would raise here
+    # with the tiny penalty every seen token with a positive logit ties at float32's maximum, the end-of-turn token
+    # among them (it is in the prompt): an empty answer that stops is a valid draw
+    assert (r.choices[0].finish_reason, r.usage.completion_tokens) in [("stop", n) for n in range(8)] + [("length", 8)]
     if "extra_body" not in extreme:  # a vanishing temperature is greedy (the tiny penalty makes ties: shared)
         greedy = client.chat.completions.create(**kw, temperature=0)
         assert r.choices[0].message.content == greedy.choices[0].message.content
