@@ -150,10 +150,9 @@ def _registry_error(path: Path | None, msg: str) -> ModelFileError:
 
 def parse_registry(data: dict, path: Path | None = None) -> Registry:
     """Build a Registry from parsed models.toml data (see the comment at the top of that file)."""
-    specs: dict[str, ModelSpec] = {}
     defaults: dict[str, str] = {}
     default_model = None
-    raw_entries: list[tuple[str, str, dict]] = []
+    entries: list[tuple[str, str, dict]] = []  # (arch, variant, entry with the arch's keys merged in)
     for arch, table in data.items():
         if not isinstance(table, dict):
             if arch == "default_model":
@@ -163,88 +162,113 @@ def parse_registry(data: dict, path: Path | None = None) -> Registry:
         arch_l = arch.strip().lower()
         if not arch_l or arch_l in defaults:
             raise _registry_error(path, f"empty or repeated arch name {arch!r}")
-        arch_defaults = {}
-        variants = {}
-        for key, value in table.items():
-            if isinstance(value, dict):
-                variants[key.strip().lower()] = value
-            elif key in _ARCH_KEYS:
-                arch_defaults[key] = value
-            else:
-                raise _registry_error(path, f"[{arch}] has unknown key {key!r} (allowed: {sorted(_ARCH_KEYS)})")
-        if not variants:
-            raise _registry_error(path, f"[{arch}] has no variants")
-        defaults[arch_l] = ""  # placeholder, filled below
-        for variant, entry in variants.items():
-            bad = set(entry) - _VARIANT_KEYS
-            if bad:
-                raise _registry_error(
-                    path, f"[{arch}.{variant}] has unknown keys {sorted(bad)} (allowed: {sorted(_VARIANT_KEYS)})"
-                )
-            merged = {k: v for k, v in arch_defaults.items() if k != "default_variant"}
-            merged.update(entry)
-            raw_entries.append((arch_l, variant, merged))
-        chosen = [v for v, e in variants.items() if e.get("default") is True]
-        if arch_defaults.get("default_variant") is not None:
-            chosen.append(str(arch_defaults["default_variant"]).strip().lower())
-        chosen = list(dict.fromkeys(chosen))
-        if len(chosen) > 1:
-            raise _registry_error(path, f"[{arch}] has several default variants: {chosen}")
-        if not chosen:
-            if len(variants) != 1:
-                raise _registry_error(path, f"[{arch}] has several variants and none has default = true")
-            chosen = list(variants)
-        if chosen[0] not in variants:
-            raise _registry_error(path, f"[{arch}] default_variant {chosen[0]!r} is not one of its variants")
-        defaults[arch_l] = f"{arch_l}.{chosen[0]}"
+        variants, default_variant = _arch_variants(arch, table, path)
+        defaults[arch_l] = f"{arch_l}.{default_variant}"
+        entries += [(arch_l, variant, entry) for variant, entry in variants.items()]
 
+    reg = Registry(specs=_model_specs(entries, defaults, path), defaults=defaults, default_model=default_model,
+                   path=path)
+    if default_model is not None and default_model not in reg:
+        raise _registry_error(path, f"default_model {default_model!r} is not a known id")
+    return reg
+
+
+def _arch_variants(arch: str, table: dict, path: Path | None) -> tuple[dict[str, dict], str]:
+    """({variant: its keys over the arch's shared keys}, the default variant) of one [arch] table."""
+    shared = {}
+    variants = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            variants[key.strip().lower()] = value
+        elif key in _ARCH_KEYS:
+            shared[key] = value
+        else:
+            raise _registry_error(path, f"[{arch}] has unknown key {key!r} (allowed: {sorted(_ARCH_KEYS)})")
+    if not variants:
+        raise _registry_error(path, f"[{arch}] has no variants")
+    for variant, entry in variants.items():
+        bad = set(entry) - _VARIANT_KEYS
+        if bad:
+            raise _registry_error(
+                path, f"[{arch}.{variant}] has unknown keys {sorted(bad)} (allowed: {sorted(_VARIANT_KEYS)})"
+            )
+    default_variant = shared.pop("default_variant", None)
+    merged = {variant: {**shared, **entry} for variant, entry in variants.items()}
+    return merged, _default_variant(arch, variants, default_variant, path)
+
+
+def _default_variant(arch: str, variants: dict[str, dict], default_variant, path: Path | None) -> str:
+    """The variant marked ``default = true`` or named by the arch's ``default_variant``; an only variant is the
+    default without either."""
+    chosen = [v for v, e in variants.items() if e.get("default") is True]
+    if default_variant is not None:
+        chosen.append(str(default_variant).strip().lower())
+    chosen = list(dict.fromkeys(chosen))
+    if len(chosen) > 1:
+        raise _registry_error(path, f"[{arch}] has several default variants: {chosen}")
+    if not chosen:
+        if len(variants) != 1:
+            raise _registry_error(path, f"[{arch}] has several variants and none has default = true")
+        chosen = list(variants)
+    if chosen[0] not in variants:
+        raise _registry_error(path, f"[{arch}] default_variant {chosen[0]!r} is not one of its variants")
+    return chosen[0]
+
+
+def _model_specs(entries: list[tuple[str, str, dict]], defaults: dict[str, str],
+                 path: Path | None) -> dict[str, ModelSpec]:
+    """{canonical id: ModelSpec} of every (arch, variant, entry), ids checked to read one way only."""
     # Base repo per (arch, size) for the tokenizer_repo convention.
     base_repo: dict[tuple[str, str], str] = {}
-    for arch, variant, entry in raw_entries:
+    for arch, variant, entry in entries:
         size, _, kind = variant.rpartition("_")
         if kind == "base" and entry.get("model_repo"):
             base_repo[(arch, size)] = entry["model_repo"]
 
-    for arch, variant, entry in raw_entries:
+    specs: dict[str, ModelSpec] = {}
+    for arch, variant, entry in entries:
         model_id = f"{arch}.{variant}"
         # Every id must read one way only: "qwen2.5.1.5b_q4" must not also be arch "qwen2" + "5.1.5b_q4".
         if model_id in specs or model_id in defaults:
             other = specs[model_id].arch if model_id in specs else model_id
             raise _registry_error(path, f"id {model_id!r} is ambiguous (arch {arch!r} and arch {other!r})")
-        repo = entry.get("model_repo")
-        source = entry.get("source")
-        if not repo and not source:
-            raise _registry_error(path, f"[{model_id}] needs model_repo (or source)")
-        if source and not str(source).startswith("pypi:"):
-            raise _registry_error(path, f"[{model_id}] source {source!r}: only 'pypi:NAME==VERSION' is supported")
-        repo_is_gguf = bool(repo) and "gguf" in repo.lower()
-        model_file = entry.get("model_file")
-        if model_file is None:
-            if repo_is_gguf or source:
-                raise _registry_error(path, f"[{model_id}] is a GGUF entry and needs model_file")
-            model_file = _DEFAULT_MODEL_FILE
-        is_gguf = repo_is_gguf or model_file.lower().endswith(".gguf")
-        size, _, kind = variant.rpartition("_")
-        tokenizer_repo = entry.get("tokenizer_repo")
-        if tokenizer_repo is None:
-            tokenizer_repo = repo if kind == "base" else base_repo.get((arch, size))
-        specs[model_id] = ModelSpec(
-            id=model_id,
-            arch=arch,
-            variant=variant,
-            model_repo=repo,
-            model_file=model_file,
-            tokenizer_repo=tokenizer_repo,
-            is_gguf=is_gguf,
-            source=source,
-            default=defaults[arch] == model_id,
-            description=entry.get("description"),
-        )
+        specs[model_id] = _model_spec(arch, variant, entry, base_repo, defaults[arch] == model_id, path)
+    return specs
 
-    reg = Registry(specs=specs, defaults=defaults, default_model=default_model, path=path)
-    if default_model is not None and default_model not in reg:
-        raise _registry_error(path, f"default_model {default_model!r} is not a known id")
-    return reg
+
+def _model_spec(arch: str, variant: str, entry: dict, base_repo: dict[tuple[str, str], str], default: bool,
+                path: Path | None) -> ModelSpec:
+    """One entry with the conventions applied: model_file defaults to model.safetensors (GGUF entries must name
+    theirs), and a variant's tokenizer_repo defaults to the model_repo of its size's ``_base`` variant."""
+    model_id = f"{arch}.{variant}"
+    repo = entry.get("model_repo")
+    source = entry.get("source")
+    if not repo and not source:
+        raise _registry_error(path, f"[{model_id}] needs model_repo (or source)")
+    if source and not str(source).startswith("pypi:"):
+        raise _registry_error(path, f"[{model_id}] source {source!r}: only 'pypi:NAME==VERSION' is supported")
+    repo_is_gguf = bool(repo) and "gguf" in repo.lower()
+    model_file = entry.get("model_file")
+    if model_file is None:
+        if repo_is_gguf or source:
+            raise _registry_error(path, f"[{model_id}] is a GGUF entry and needs model_file")
+        model_file = _DEFAULT_MODEL_FILE
+    size, _, kind = variant.rpartition("_")
+    tokenizer_repo = entry.get("tokenizer_repo")
+    if tokenizer_repo is None:
+        tokenizer_repo = repo if kind == "base" else base_repo.get((arch, size))
+    return ModelSpec(
+        id=model_id,
+        arch=arch,
+        variant=variant,
+        model_repo=repo,
+        model_file=model_file,
+        tokenizer_repo=tokenizer_repo,
+        is_gguf=repo_is_gguf or model_file.lower().endswith(".gguf"),
+        source=source,
+        default=default,
+        description=entry.get("description"),
+    )
 
 
 def load_registry(path: str | os.PathLike | None = None) -> Registry:

@@ -31,7 +31,8 @@ import codecs
 import json
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -169,184 +170,22 @@ class Tokenizer:
     @classmethod
     def from_gguf(cls, metadata: dict[str, Any]) -> "Tokenizer":
         """Build the tokenizer a GGUF file describes (its `tokenizer.ggml.*` metadata)."""
-        tokens = _gguf_value(metadata, "tokenizer.ggml.tokens", list, str)
-        model = _gguf_value(metadata, "tokenizer.ggml.model", str)
-        if not tokens or model in (None, "none", "no_vocab"):
-            raise TokenizerError(
-                "the GGUF file has no tokenizer (no 'tokenizer.ggml.tokens' / 'tokenizer.ggml.model' metadata); "
-                "pass a tokenizer.json (from the model's Hugging Face repository) instead.")
-        if model not in ("gpt2", "llama"):
-            raise TokenizerError(
-                f"unsupported GGUF tokenizer model {model!r:.40} (tokenizer.ggml.model); supported: 'gpt2' "
-                "(byte-level BPE) and 'llama' (SentencePiece). Pass a tokenizer.json for this model instead.")
-        n = len(tokens)
-        tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]  # as llama.cpp
-        types = _gguf_value(metadata, "tokenizer.ggml.token_type", list, int)
-        if types is None:
-            types = [_NORMAL] * n
-        if len(types) < n:
-            raise TokenizerError(f"GGUF metadata: tokenizer.ggml.token_type has {len(types)} entries for {n} tokens.")
-        types = list(types[:n])
-        if len(set(tokens)) != n:
-            raise TokenizerError("GGUF metadata: tokenizer.ggml.tokens holds duplicate tokens; the file is corrupt.")
+        model, pre, tokens, types = _gguf_vocabulary(metadata)
         vocab = {t: i for i, t in enumerate(tokens)}
-        pre = _gguf_value(metadata, "tokenizer.ggml.pre", str)
-
-        if model == "gpt2":
-            pre_name = pre or "default"  # llama.cpp: a missing pre-tokenizer type means 'default'
-            if pre_name not in _PRE_TOKENIZERS:
-                raise TokenizerError(
-                    f"unsupported GGUF pre-tokenizer {pre_name!r} (tokenizer.ggml.pre); supported: "
-                    f"{', '.join(SUPPORTED_PRE_TOKENIZERS)}. Pass a tokenizer.json for this model instead.")
-            regexes, ignore_merges, default_add_bos = _PRE_TOKENIZERS[pre_name]
-            merges_raw = _gguf_value(metadata, "tokenizer.ggml.merges", list, str)
-            if not merges_raw:
-                raise TokenizerError("GGUF metadata: a 'gpt2' (BPE) tokenizer without 'tokenizer.ggml.merges'; "
-                                     "pass a tokenizer.json instead.")
-            merges = []
-            for m in merges_raw:
-                k = m.find(" ", 1)
-                if k < 0:
-                    continue
-                a, b = m[:k], m[k + 1:]
-                if a in vocab and b in vocab and a + b in vocab:
-                    merges.append((a, b))
-            bpe = models.BPE(vocab=vocab, merges=merges, ignore_merges=ignore_merges)
-            hf = HFTokenizer(bpe)
-            hf.pre_tokenizer = pre_tokenizers.Sequence(
-                [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
-                + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-            hf.decoder = decoders.ByteLevel()
-            add_space_prefix = bool(metadata.get("tokenizer.ggml.add_space_prefix", False))
-            default_bos = default_eos = None
-            default_add_eos = False
-            kind = f"gguf-bpe:{pre_name}"
-
-            def piece(i: int) -> bytes:
-                t, ty = tokens[i], types[i]
-                if ty in (_CONTROL, _UNKNOWN, _USER_DEFINED):  # stored as plain text, not byte-level encoded
-                    return t.encode("utf-8")
-                if ty == _BYTE and _BYTE_TOKEN.match(t):
-                    return _spm_bytes(t)
-                return _byte_level_bytes(t)
-        else:  # "llama": SentencePiece
-            scores = _gguf_value(metadata, "tokenizer.ggml.scores", list, (int, float))
-            if scores is None:
-                scores = [0.0] * n
-            if len(scores) < n:
-                raise TokenizerError(f"GGUF metadata: tokenizer.ggml.scores has {len(scores)} entries for {n} tokens.")
-            ranked = []
-            for i, t in enumerate(tokens):
-                for k in range(1, len(t)):
-                    a, b = t[:k], t[k:]
-                    if a in vocab and b in vocab:
-                        ranked.append((-float(scores[i]), i, k, a, b))
-            ranked.sort()
-            merges = [(a, b) for _, _, _, a, b in ranked]
-            unk_id = metadata.get("tokenizer.ggml.unknown_token_id", 0)
-            unk = tokens[unk_id] if isinstance(unk_id, int) and 0 <= unk_id < n else None
-            bpe = models.BPE(vocab=vocab, merges=merges, unk_token=unk, byte_fallback=True, fuse_unk=False)
-            hf = HFTokenizer(bpe)
-            add_space_prefix = bool(metadata.get("tokenizer.ggml.add_space_prefix", True))
-            steps = [normalizers.Prepend("\u2581")] if add_space_prefix else []
-            hf.normalizer = normalizers.Sequence(steps + [normalizers.Replace(" ", "\u2581")])
-            hf.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
-                                           + ([decoders.Strip(" ", 1, 0)] if add_space_prefix else []))
-            default_bos, default_eos = 1, 2
-            default_add_bos, default_add_eos = True, False
-            kind = "gguf-spm"
-
-            def piece(i: int) -> bytes:
-                t, ty = tokens[i], types[i]
-                if ty == _BYTE:
-                    return _spm_bytes(t)
-                if ty in (_CONTROL, _UNKNOWN, _USER_DEFINED):
-                    return t.encode("utf-8")
-                return t.replace("\u2581", " ").encode("utf-8")
-
-        # special tokens
-        def tid(key: str, default: int | None) -> int | None:
-            v = metadata.get(key)
-            if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n:
-                return v
-            return default if default is not None and 0 <= default < n else None
-
-        bos_id = tid("tokenizer.ggml.bos_token_id", default_bos)
-        eos_id = tid("tokenizer.ggml.eos_token_id", default_eos)
-        eot_id = tid("tokenizer.ggml.eot_token_id", None)
-        eom_id = tid("tokenizer.ggml.eom_token_id", None)
-        add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", default_add_bos))
-        add_eos = bool(metadata.get("tokenizer.ggml.add_eos_token", default_add_eos))
-
-        # llama.cpp's end-of-generation set; tokens it recognises by their text are made CONTROL
-        def detect(key_ids: Sequence[str], names: Sequence[str]) -> int | None:
-            for key in key_ids:
-                v = tid(key, None)
-                if v is not None:
-                    return v
-            for name in names:
-                if name in vocab:
-                    i = vocab[name]
-                    if types[i] != _CONTROL:
-                        types[i] = _CONTROL
-                    return i
-            return None
-
-        fim = {kind: detect([f"tokenizer.ggml.fim_{kind}_token_id"] + extra, names)
-               for kind, extra, names in _FIM_KINDS}
-        if eot_id is None:
-            eot_id = detect([], _EOT_TEXTS)
-        if eom_id is None:
-            eom_id = detect([], ("<|eom_id|>",))
-        eog = {fim[k] for k in ("pad", "rep", "sep") if fim[k] is not None}
-        for name in _EOG_TEXTS:
-            if name in vocab:
-                i = vocab[name]
-                eog.add(i)
-                if types[i] != _CONTROL:
-                    types[i] = _CONTROL
-        eog.update(i for i in (eos_id, eot_id, eom_id) if i is not None)
-        texts = {tokens[i] for i in eog}
-        if "<|end|>" in texts and (("<|return|>" in texts and "<|call|>" in texts)
-                                   or {"<|calls|>", "<|flush|>"} <= texts):
-            eog.discard(vocab["<|end|>"])
-            types[vocab["<|end|>"]] = _USER_DEFINED
-        if "</s>" in texts and {"<|tool_response>", "<|plamo:eos|>"} & texts:
-            eog.discard(vocab["</s>"])
-            types[vocab["</s>"]] = _NORMAL
-        for name in ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"):  # gpt-oss: always rendered
-            if name in vocab:
-                types[vocab[name]] = _USER_DEFINED
-
-        # Phi-3: llama.cpp strips whitespace after its special tokens (by model name)
-        model_name = str(metadata.get("general.name", "")).lower()
-        rstrip_ids: set[int] = set()
-        if "phi-3" in model_name or "phi3" in model_name:
-            rstrip_ids = {i for i, ty in enumerate(types) if ty in (_CONTROL, _USER_DEFINED, _UNKNOWN)}
-            if "</s>" in vocab:
-                rstrip_ids.add(vocab["</s>"])
-            rstrip_ids -= {vocab[t] for t in ("<unk>", "<s>", "<|endoftext|>") if t in vocab}
-
-        added = [AddedToken(tokens[i], special=(ty in (_CONTROL, _UNKNOWN)), normalized=False,
-                            rstrip=False, lstrip=False, single_word=False)
-                 for i, ty in enumerate(types) if ty in (_CONTROL, _UNKNOWN, _USER_DEFINED)]
-        if added:
-            hf.add_tokens(added)
-        # llama.cpp strips ASCII whitespace (isspace) after these tokens; the tokenizers rstrip option would also
-        # strip Unicode spaces (U+00A0, U+3000...), so we do it on the text: {parse_special: pattern}
-        rstrip = {}
-        for parse in (True, False):
-            names = sorted((tokens[i] for i in rstrip_ids if parse or types[i] == _USER_DEFINED), key=len, reverse=True)
-            if names:
-                rstrip[parse] = re.compile("(" + "|".join(map(re.escape, names)) + ")[ \t\n\v\f\r]+")
-        pieces = []
-        for i, ty in enumerate(types):
-            pieces.append(b"" if ty in (_UNUSED,) or (ty not in (_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _BYTE))
-                          else piece(i))
+        base = _gguf_bpe(metadata, pre, vocab) if model == "gpt2" else _gguf_spm(metadata, tokens, vocab)
+        n = len(tokens)
+        bos_id = _gguf_id(metadata, "tokenizer.ggml.bos_token_id", n, base.bos_id)
+        eos_id = _gguf_id(metadata, "tokenizer.ggml.eos_token_id", n, base.eos_id)
+        add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", base.add_bos))
+        add_eos = bool(metadata.get("tokenizer.ggml.add_eos_token", base.add_eos))
+        eog = _gguf_end_of_generation(metadata, tokens, types, vocab, eos_id)
+        rstrip = _rstrip_patterns(tokens, types, _phi3_rstrip_ids(metadata, types, vocab))
+        _add_special_tokens(base.hf, tokens, types)
+        pieces = [base.piece(t, ty) if ty in _TEXT_TYPES else b"" for t, ty in zip(tokens, types)]
         special_ids = {i for i, ty in enumerate(types) if ty in (_CONTROL, _UNKNOWN)}
-        return cls(hf=hf, tokens=tokens, pieces=pieces, special_ids=special_ids,
+        return cls(hf=base.hf, tokens=tokens, pieces=pieces, special_ids=special_ids,
                    bos_id=bos_id, eos_id=eos_id, eos_ids=eog, add_bos=add_bos, add_eos=add_eos,
-                   strip_first_space=add_space_prefix, kind=kind, rstrip_patterns=rstrip)
+                   strip_first_space=base.add_space_prefix, kind=base.kind, rstrip_patterns=rstrip)
 
     @classmethod
     def from_file(cls, tokenizer_json: str | Path, config_dir: Path | None = None) -> "Tokenizer":
@@ -382,82 +221,20 @@ class Tokenizer:
         id_to_tok = {i: t for t, i in full_vocab.items()}
         tokens = [id_to_tok.get(i, f"[MISSING_{i}]") for i in range(n)]
         added = hf.get_added_tokens_decoder()
-
-        def token_id(key: str) -> int | None:
-            v = tok_cfg.get(key)
-            text = v.get("content") if isinstance(v, dict) else v
-            if not isinstance(text, (str, type(None))):
-                raise TokenizerError(f"tokenizer_config.json {key} is {type(v).__name__} {v!r:.40}, expected a "
-                                     "token string; the file is corrupt.")
-            return hf.token_to_id(text) if text is not None else None
-
-        def ids_of(cfg: dict, name: str, key: str) -> list[int]:
-            v = cfg.get(key)
-            ids = [] if v is None else v if isinstance(v, list) else [v]
-            if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-                raise TokenizerError(f"{name} {key} is {v!r:.60}, expected a token id or a list of them; the file "
-                                     "is corrupt.")
-            return ids
-
-        def in_vocab(i: int | None, what: str) -> int | None:
-            if i is not None and not 0 <= i < n:
-                raise TokenizerError(f"{path}: the {what} token id {i} is outside the vocabulary ({n} ids); the "
-                                     "tokenizer and config files do not belong together.")
-            return i
-
-        gen_bos = ids_of(gen_cfg, "generation_config.json", "bos_token_id")
-        model_bos = ids_of(model_cfg, "config.json", "bos_token_id")
-        eos_list = (ids_of(gen_cfg, "generation_config.json", "eos_token_id")
-                    + ids_of(model_cfg, "config.json", "eos_token_id"))
-        bos_id = token_id("bos_token")
-        if bos_id is None:
-            bos_id = next(iter(gen_bos + model_bos), None)
-        eos_id = token_id("eos_token")
-        if eos_id is None:
-            eos_id = next(iter(eos_list), None)
-        bos_id, eos_id = in_vocab(bos_id, "BOS"), in_vocab(eos_id, "EOS")
-        eos_ids = {i for i in [eos_id, *eos_list] if i is not None and 0 <= i < n}
-
+        bos_id, eos_id, eos_ids = _hf_special_ids(hf, path, n, tok_cfg, gen_cfg, model_cfg)
         # add_bos/add_eos: tokenizer_config.json's flags if given, else whatever the post-processor does (and the
         # token it puts first / last is the BOS / EOS if the configs name none).
         use_post = "add_bos_token" not in tok_cfg and "add_eos_token" not in tok_cfg
         if use_post:
-            with_sp = hf.encode("a", add_special_tokens=True).ids
-            without = hf.encode("a", add_special_tokens=False).ids
-            k = next((j for j in range(len(with_sp) - len(without) + 1)
-                      if with_sp[j:j + len(without)] == without), 0)
-            add_bos, add_eos = k > 0, len(with_sp) > k + len(without)
-            for i in with_sp:
-                in_vocab(i, "post-processor's special")
+            add_bos, add_eos, ids = _post_processor_rule(hf, path, n)
             if add_bos and bos_id is None:
-                bos_id = with_sp[0]
+                bos_id = ids[0]
             if add_eos and eos_id is None:
-                eos_id = with_sp[-1]
+                eos_id = ids[-1]
                 eos_ids.add(eos_id)
         else:
             add_bos, add_eos = (_flag(tok_cfg, key) for key in ("add_bos_token", "add_eos_token"))
-
-        # decoding table, from the decoder's kind
-        dec = json.loads(hf.decoder.__getstate__()) if hf.decoder is not None else {}
-        dec_types = _decoder_types(dec)
-        strip_first = "Strip" in dec_types or ("Metaspace" in dec_types and _metaspace_prepends(dec))
-        if "ByteLevel" in dec_types:
-            def piece(i: int) -> bytes:
-                return _byte_level_bytes(tokens[i])
-        elif dec_types & {"Replace", "ByteFallback", "Metaspace"}:
-            def piece(i: int) -> bytes:
-                return _spm_bytes(tokens[i])
-        else:
-            def piece(i: int) -> bytes:
-                return hf.decode([i], skip_special_tokens=False).encode("utf-8")
-        pieces = []
-        for i in range(n):
-            if i in added:
-                pieces.append(added[i].content.encode("utf-8"))
-            elif i in id_to_tok:
-                pieces.append(piece(i))
-            else:
-                pieces.append(b"")
+        pieces, strip_first = _hf_pieces(hf, tokens, id_to_tok, added)
         special_ids = {i for i, t in added.items() if t.special}
         return cls(hf=hf, tokens=tokens, pieces=pieces, special_ids=special_ids,
                    bos_id=bos_id, eos_id=eos_id, eos_ids=eos_ids, add_bos=add_bos, add_eos=add_eos,
@@ -553,6 +330,311 @@ class Tokenizer:
     def __repr__(self) -> str:
         return (f"Tokenizer({self.kind}, vocab_size={self.vocab_size}, bos={self.bos_token!r}, "
                 f"eos={self.eos_token!r}, add_bos={self.add_bos})")
+
+
+# -- GGUF construction (llama.cpp's llama_vocab::impl::load) ------------------------------------------------------
+
+# Token types whose bytes are decoded; UNUSED and unknown types decode to nothing.
+_TEXT_TYPES = (_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _BYTE)
+
+
+@dataclass(frozen=True)
+class _GgufModel:
+    """What the vocabulary kind decides: the encoder, how a token's text becomes bytes, llama.cpp's defaults."""
+    hf: HFTokenizer
+    kind: str
+    piece: Callable[[str, int], bytes]  # (token text, token type) -> bytes
+    add_space_prefix: bool
+    bos_id: int | None
+    eos_id: int | None
+    add_bos: bool
+    add_eos: bool
+
+
+def _gguf_vocabulary(metadata: dict) -> tuple[str, str | None, list[str], list[int]]:
+    """(tokenizer.ggml.model, .pre, tokens, token types), checked: a supported model, one type per token and no
+    duplicate tokens. Empty tokens get a placeholder name, as in llama.cpp."""
+    tokens = _gguf_value(metadata, "tokenizer.ggml.tokens", list, str)
+    model = _gguf_value(metadata, "tokenizer.ggml.model", str)
+    if not tokens or model in (None, "none", "no_vocab"):
+        raise TokenizerError(
+            "the GGUF file has no tokenizer (no 'tokenizer.ggml.tokens' / 'tokenizer.ggml.model' metadata); "
+            "pass a tokenizer.json (from the model's Hugging Face repository) instead.")
+    if model not in ("gpt2", "llama"):
+        raise TokenizerError(
+            f"unsupported GGUF tokenizer model {model!r:.40} (tokenizer.ggml.model); supported: 'gpt2' "
+            "(byte-level BPE) and 'llama' (SentencePiece). Pass a tokenizer.json for this model instead.")
+    n = len(tokens)
+    tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+    types = _gguf_value(metadata, "tokenizer.ggml.token_type", list, int)
+    if types is None:
+        types = [_NORMAL] * n
+    if len(types) < n:
+        raise TokenizerError(f"GGUF metadata: tokenizer.ggml.token_type has {len(types)} entries for {n} tokens.")
+    if len(set(tokens)) != n:
+        raise TokenizerError("GGUF metadata: tokenizer.ggml.tokens holds duplicate tokens; the file is corrupt.")
+    return model, _gguf_value(metadata, "tokenizer.ggml.pre", str), tokens, list(types[:n])
+
+
+def _gguf_bpe(metadata: dict, pre: str | None, vocab: dict[str, int]) -> _GgufModel:
+    """Byte-level BPE ('gpt2'): the GGUF merges, the pre-tokenizer regexes llama.cpp uses for `pre`."""
+    pre_name = pre or "default"  # llama.cpp: a missing pre-tokenizer type means 'default'
+    if pre_name not in _PRE_TOKENIZERS:
+        raise TokenizerError(
+            f"unsupported GGUF pre-tokenizer {pre_name!r} (tokenizer.ggml.pre); supported: "
+            f"{', '.join(SUPPORTED_PRE_TOKENIZERS)}. Pass a tokenizer.json for this model instead.")
+    regexes, ignore_merges, add_bos = _PRE_TOKENIZERS[pre_name]
+    merges = _gguf_value(metadata, "tokenizer.ggml.merges", list, str)
+    if not merges:
+        raise TokenizerError("GGUF metadata: a 'gpt2' (BPE) tokenizer without 'tokenizer.ggml.merges'; "
+                             "pass a tokenizer.json instead.")
+    hf = HFTokenizer(models.BPE(vocab=vocab, merges=_bpe_merges(merges, vocab), ignore_merges=ignore_merges))
+    hf.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
+        + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    hf.decoder = decoders.ByteLevel()
+    return _GgufModel(hf=hf, kind=f"gguf-bpe:{pre_name}", piece=_bpe_piece,
+                      add_space_prefix=bool(metadata.get("tokenizer.ggml.add_space_prefix", False)),
+                      bos_id=None, eos_id=None, add_bos=add_bos, add_eos=False)
+
+
+def _bpe_merges(merges: list[str], vocab: dict[str, int]) -> list[tuple[str, str]]:
+    """The "left right" merge lines whose halves and result are all in the vocabulary, as (left, right)."""
+    out = []
+    for m in merges:
+        k = m.find(" ", 1)
+        if k < 0:
+            continue
+        a, b = m[:k], m[k + 1:]
+        if a in vocab and b in vocab and a + b in vocab:
+            out.append((a, b))
+    return out
+
+
+def _bpe_piece(token: str, token_type: int) -> bytes:
+    if token_type in (_CONTROL, _UNKNOWN, _USER_DEFINED):  # stored as plain text, not byte-level encoded
+        return token.encode("utf-8")
+    if token_type == _BYTE and _BYTE_TOKEN.match(token):
+        return _spm_bytes(token)
+    return _byte_level_bytes(token)
+
+
+def _gguf_spm(metadata: dict, tokens: list[str], vocab: dict[str, int]) -> _GgufModel:
+    """SentencePiece ('llama') as BPE: merges ranked by score, byte fallback, "▁" for spaces (and in front)."""
+    n = len(tokens)
+    scores = _gguf_value(metadata, "tokenizer.ggml.scores", list, (int, float))
+    if scores is None:
+        scores = [0.0] * n
+    if len(scores) < n:
+        raise TokenizerError(f"GGUF metadata: tokenizer.ggml.scores has {len(scores)} entries for {n} tokens.")
+    unk_id = metadata.get("tokenizer.ggml.unknown_token_id", 0)
+    unk = tokens[unk_id] if isinstance(unk_id, int) and 0 <= unk_id < n else None
+    hf = HFTokenizer(models.BPE(vocab=vocab, merges=_spm_merges(tokens, scores, vocab), unk_token=unk,
+                                byte_fallback=True, fuse_unk=False))
+    add_space_prefix = bool(metadata.get("tokenizer.ggml.add_space_prefix", True))
+    steps = [normalizers.Prepend("\u2581")] if add_space_prefix else []
+    hf.normalizer = normalizers.Sequence(steps + [normalizers.Replace(" ", "\u2581")])
+    hf.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+                                   + ([decoders.Strip(" ", 1, 0)] if add_space_prefix else []))
+    return _GgufModel(hf=hf, kind="gguf-spm", piece=_spm_piece, add_space_prefix=add_space_prefix,
+                      bos_id=1, eos_id=2, add_bos=True, add_eos=False)
+
+
+def _spm_merges(tokens: list[str], scores: Sequence[float], vocab: dict[str, int]) -> list[tuple[str, str]]:
+    """Every (left, right) split of every token whose halves are tokens, best-scored token first: BPE on these
+    merges is llama.cpp's SentencePiece rule (merge the adjacent pair forming the highest-scored token)."""
+    ranked = []
+    for i, t in enumerate(tokens):
+        for k in range(1, len(t)):
+            a, b = t[:k], t[k:]
+            if a in vocab and b in vocab:
+                ranked.append((-float(scores[i]), i, k, a, b))
+    ranked.sort()
+    return [(a, b) for _, _, _, a, b in ranked]
+
+
+def _spm_piece(token: str, token_type: int) -> bytes:
+    if token_type == _BYTE:
+        return _spm_bytes(token)
+    if token_type in (_CONTROL, _UNKNOWN, _USER_DEFINED):
+        return token.encode("utf-8")
+    return token.replace("\u2581", " ").encode("utf-8")
+
+
+def _gguf_id(metadata: dict, key: str, n: int, default: int | None = None) -> int | None:
+    """The token id metadata[key] if it is one of the n ids, else `default` if it is, else None."""
+    v = metadata.get(key)
+    if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n:
+        return v
+    return default if default is not None and 0 <= default < n else None
+
+
+def _gguf_end_of_generation(metadata: dict, tokens: list[str], types: list[int], vocab: dict[str, int],
+                            eos_id: int | None) -> set[int]:
+    """llama.cpp's end-of-generation ids: EOS, EOT, EOM, the FIM pad / repo / file-separator tokens and the
+    tokens of _EOG_TEXTS. Like llama.cpp it re-types in `types`: tokens recognised by their text become CONTROL,
+    and a few model-family exceptions apply (_retype_exceptions)."""
+    n = len(tokens)
+    eot_id = _gguf_id(metadata, "tokenizer.ggml.eot_token_id", n)
+    eom_id = _gguf_id(metadata, "tokenizer.ggml.eom_token_id", n)
+    fim = {kind: _find_token(metadata, [f"tokenizer.ggml.fim_{kind}_token_id", *extra], names, vocab, types)
+           for kind, extra, names in _FIM_KINDS}
+    if eot_id is None:
+        eot_id = _find_token(metadata, [], _EOT_TEXTS, vocab, types)
+    if eom_id is None:
+        eom_id = _find_token(metadata, [], ("<|eom_id|>",), vocab, types)
+    eog = {fim[k] for k in ("pad", "rep", "sep") if fim[k] is not None}
+    for name in _EOG_TEXTS:
+        if name in vocab:
+            eog.add(vocab[name])
+            types[vocab[name]] = _CONTROL
+    eog.update(i for i in (eos_id, eot_id, eom_id) if i is not None)
+    _retype_exceptions(tokens, types, vocab, eog)
+    return eog
+
+
+def _find_token(metadata: dict, keys: Sequence[str], names: Sequence[str], vocab: dict[str, int],
+                types: list[int]) -> int | None:
+    """The first valid id under one of `keys`, else the first of `names` in the vocabulary (made CONTROL)."""
+    for key in keys:
+        i = _gguf_id(metadata, key, len(types))
+        if i is not None:
+            return i
+    for name in names:
+        if name in vocab:
+            types[vocab[name]] = _CONTROL
+            return vocab[name]
+    return None
+
+
+def _retype_exceptions(tokens: list[str], types: list[int], vocab: dict[str, int], eog: set[int]) -> None:
+    """llama.cpp's per-vocabulary exceptions: <|end|> beside gpt-oss's <|return|> and <|call|> (or <|calls|> and
+    <|flush|>) and </s> beside <|tool_response> or <|plamo:eos|> do not end generation; gpt-oss's channel tokens
+    are always rendered (user-defined)."""
+    texts = {tokens[i] for i in eog}
+    if "<|end|>" in texts and (("<|return|>" in texts and "<|call|>" in texts)
+                               or {"<|calls|>", "<|flush|>"} <= texts):
+        eog.discard(vocab["<|end|>"])
+        types[vocab["<|end|>"]] = _USER_DEFINED
+    if "</s>" in texts and {"<|tool_response>", "<|plamo:eos|>"} & texts:
+        eog.discard(vocab["</s>"])
+        types[vocab["</s>"]] = _NORMAL
+    for name in ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"):
+        if name in vocab:
+            types[vocab[name]] = _USER_DEFINED
+
+
+def _phi3_rstrip_ids(metadata: dict, types: list[int], vocab: dict[str, int]) -> set[int]:
+    """Tokens after which llama.cpp strips whitespace: Phi-3's special tokens (recognised by the model name)."""
+    model_name = str(metadata.get("general.name", "")).lower()
+    if "phi-3" not in model_name and "phi3" not in model_name:
+        return set()
+    ids = {i for i, ty in enumerate(types) if ty in (_CONTROL, _USER_DEFINED, _UNKNOWN)}
+    if "</s>" in vocab:
+        ids.add(vocab["</s>"])
+    ids -= {vocab[t] for t in ("<unk>", "<s>", "<|endoftext|>") if t in vocab}
+    return ids
+
+
+def _rstrip_patterns(tokens: list[str], types: list[int], rstrip_ids: set[int]) -> dict[bool, re.Pattern]:
+    """{parse_special: regex} matching a strip token and the ASCII whitespace after it (llama.cpp strips isspace;
+    the tokenizers rstrip option would also strip Unicode spaces such as U+00A0, U+3000). Without parse_special
+    only user-defined tokens are tokens."""
+    patterns = {}
+    for parse in (True, False):
+        names = sorted((tokens[i] for i in rstrip_ids if parse or types[i] == _USER_DEFINED), key=len, reverse=True)
+        if names:
+            patterns[parse] = re.compile("(" + "|".join(map(re.escape, names)) + ")[ \t\n\v\f\r]+")
+    return patterns
+
+
+def _add_special_tokens(hf: HFTokenizer, tokens: list[str], types: list[int]) -> None:
+    """Register control / unknown (special) and user-defined (always matched) tokens with the encoder."""
+    added = [AddedToken(tokens[i], special=(ty in (_CONTROL, _UNKNOWN)), normalized=False,
+                        rstrip=False, lstrip=False, single_word=False)
+             for i, ty in enumerate(types) if ty in (_CONTROL, _UNKNOWN, _USER_DEFINED)]
+    if added:
+        hf.add_tokens(added)
+
+
+# -- tokenizer.json construction -------------------------------------------------------------------------------
+
+def _hf_special_ids(hf: HFTokenizer, path: Path, n: int, tok_cfg: dict, gen_cfg: dict,
+                    model_cfg: dict) -> tuple[int | None, int | None, set[int]]:
+    """(BOS, EOS, end-of-generation ids): tokenizer_config.json's bos_token / eos_token, else the first id of
+    generation_config.json's then config.json's bos_token_id / eos_token_id; the EOG set adds every listed EOS."""
+    gen_bos = _config_ids(gen_cfg, "generation_config.json", "bos_token_id")
+    model_bos = _config_ids(model_cfg, "config.json", "bos_token_id")
+    eos_list = (_config_ids(gen_cfg, "generation_config.json", "eos_token_id")
+                + _config_ids(model_cfg, "config.json", "eos_token_id"))
+    bos_id = _config_token_id(hf, tok_cfg, "bos_token")
+    if bos_id is None:
+        bos_id = next(iter(gen_bos + model_bos), None)
+    eos_id = _config_token_id(hf, tok_cfg, "eos_token")
+    if eos_id is None:
+        eos_id = next(iter(eos_list), None)
+    bos_id, eos_id = _in_vocab(path, n, bos_id, "BOS"), _in_vocab(path, n, eos_id, "EOS")
+    return bos_id, eos_id, {i for i in [eos_id, *eos_list] if i is not None and 0 <= i < n}
+
+
+def _config_token_id(hf: HFTokenizer, tok_cfg: dict, key: str) -> int | None:
+    """Id of tokenizer_config.json's `key` token (a string or {"content": string}), None when absent."""
+    v = tok_cfg.get(key)
+    text = v.get("content") if isinstance(v, dict) else v
+    if not isinstance(text, (str, type(None))):
+        raise TokenizerError(f"tokenizer_config.json {key} is {type(v).__name__} {v!r:.40}, expected a "
+                             "token string; the file is corrupt.")
+    return hf.token_to_id(text) if text is not None else None
+
+
+def _config_ids(cfg: dict, name: str, key: str) -> list[int]:
+    """cfg[key] as a list of token ids (it may be one id, a list or absent)."""
+    v = cfg.get(key)
+    ids = [] if v is None else v if isinstance(v, list) else [v]
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise TokenizerError(f"{name} {key} is {v!r:.60}, expected a token id or a list of them; the file "
+                             "is corrupt.")
+    return ids
+
+
+def _in_vocab(path: Path, n: int, i: int | None, what: str) -> int | None:
+    """i, unless it is an id outside the n-token vocabulary (TokenizerError)."""
+    if i is not None and not 0 <= i < n:
+        raise TokenizerError(f"{path}: the {what} token id {i} is outside the vocabulary ({n} ids); the "
+                             "tokenizer and config files do not belong together.")
+    return i
+
+
+def _post_processor_rule(hf: HFTokenizer, path: Path, n: int) -> tuple[bool, bool, list[int]]:
+    """(adds a token in front, adds one at the end, the ids of "a" with them): what the post-processor does."""
+    with_sp = hf.encode("a", add_special_tokens=True).ids
+    without = hf.encode("a", add_special_tokens=False).ids
+    k = next((j for j in range(len(with_sp) - len(without) + 1) if with_sp[j:j + len(without)] == without), 0)
+    for i in with_sp:
+        _in_vocab(path, n, i, "post-processor's special")
+    return k > 0, len(with_sp) > k + len(without), with_sp
+
+
+def _hf_pieces(hf: HFTokenizer, tokens: list[str], id_to_tok: dict[int, str],
+               added: dict[int, AddedToken]) -> tuple[list[bytes], bool]:
+    """(bytes of every id, whether decoding drops the first token's leading space), read off the decoder's kind:
+    added tokens give their text, ids missing from the vocabulary nothing."""
+    dec = json.loads(hf.decoder.__getstate__()) if hf.decoder is not None else {}
+    dec_types = _decoder_types(dec)
+    strip_first = "Strip" in dec_types or ("Metaspace" in dec_types and _metaspace_prepends(dec))
+    piece = _hf_piece_rule(hf, dec_types)
+    pieces = [added[i].content.encode("utf-8") if i in added else piece(i, t) if i in id_to_tok else b""
+              for i, t in enumerate(tokens)]
+    return pieces, strip_first
+
+
+def _hf_piece_rule(hf: HFTokenizer, dec_types: set[str]) -> Callable[[int, str], bytes]:
+    """(id, token) -> bytes for a decoder of these types: byte-level, SentencePiece-like, or the decoder itself."""
+    if "ByteLevel" in dec_types:
+        return lambda i, token: _byte_level_bytes(token)
+    if dec_types & {"Replace", "ByteFallback", "Metaspace"}:
+        return lambda i, token: _spm_bytes(token)
+    return lambda i, token: hf.decode([i], skip_special_tokens=False).encode("utf-8")
 
 
 def _gguf_value(metadata: dict, key: str, kind: type, item: type | tuple | None = None):
