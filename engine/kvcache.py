@@ -10,10 +10,10 @@ from engine.errors import ContextOverflowError
 
 
 def lazy_zeros(shape: tuple, dtype) -> np.ndarray:
-    """A zeroed NumPy array whose memory the operating system commits page by page as it is written: anonymous
-    memory with transparent huge pages turned off (with them, the first write into each head's [T_max, Dh] slab
-    commits 2 MB at once, and a new cache's first store committed the whole cache: 0.7 s and 360 MB for SmolLM2's
-    8192 positions)."""
+    """A zeroed NumPy array of `shape` and `dtype` in anonymous memory, which the operating system commits page by
+    page as it is written. Transparent huge pages are turned off for it: with them, the first write into each
+    head's [T_max, Dh] slab would commit a 2 MB huge page at once, so a new cache's first store would commit
+    (and zero) nearly the whole cache."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape)) * dtype.itemsize
     if nbytes == 0:

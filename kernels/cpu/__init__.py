@@ -1,12 +1,15 @@
-"""Fast CPU kernels for quantized weights (numba), with kernels/ops.py's NumPy code as their reference.
+"""Fast CPU kernels for quantized weights (numba); kernels/ops.py's NumPy code is their reference and fallback.
 
-`matmul_transb(x, w)` is the entry point: one token → the fused dequantize-and-dot mat-vec; up to fused_max_t
-tokens (a decode batch, a short prompt) → the fused kernel unpacking each block once for a tile of 8 (or 4) tokens
-and multiplying it into all of them; more (a long prompt) →
-rows dequantized a tile at a time (on all threads) into a reused float32 buffer, then BLAS (single-threaded, see
-below). `available` says whether numba could be imported; ENGINE_KERNELS=numpy forces the NumPy reference path.
-`activations` is "float32" (default) or "int8" (opt-in, ENGINE_ACTIVATIONS=int8: the one-token mat-vec quantizes
-x per 32 values and dots in integers, kernels/cpu/int8_kernels.py; faster, slightly less exact).
+`matmul_transb(x, w)`: x [T, K] float32 times a QTensor w [N, K] transposed → [T, N] float32, w staying quantized.
+Up to `fused_max_t(w)` tokens (decode, a decode batch, a short prompt) the fused dequantize-and-dot kernels read
+each weight byte once; more tokens (a long prompt) amortize unpacking, so rows are dequantized a tile at a time
+into reused float32 buffers and multiplied with BLAS. The small per-layer operators (RMSNorm, RoPE, SwiGLU,
+decode attention) have compiled twins here, since NumPy's per-call overhead is large next to a small model's
+token.
+
+`available`: numba imported and ENGINE_KERNELS is not "numpy". `activations`: "float32" (default) or "int8"
+(ENGINE_ACTIVATIONS=int8: the one-token mat-vec quantizes x per 32 values and dots in integers,
+kernels/cpu/int8_kernels.py; faster, slightly less exact).
 """
 import os
 import threading
@@ -17,8 +20,8 @@ import numpy as np
 
 from kernels.quants import GGMLType
 
-# OpenMP workers spin a bounded while after each kernel (about 0.1 ms), then sleep. Sleeping at once costs a
-# wake-up per launch (decode ran 1.6x slower); spinning forever starves the main thread on 2 cores (8 ms/launch).
+# OpenMP workers spin a bounded while after each kernel, then sleep: sleeping at once costs a wake-up per launch,
+# spinning forever starves the main thread on machines with few cores (README, "Notes on the CPU kernels").
 # libgomp cuts the spin short once more of its threads exist than CPUs, and each thread that launches kernels
 # keeps its own pool while it lives: one thread should do the launching (see engine.llm._warm_up).
 os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
@@ -32,7 +35,7 @@ except ImportError:  # numba missing or broken: the NumPy path runs
 available = quant_kernels is not None and os.environ.get("ENGINE_KERNELS", "numba") != "numpy"
 if available:
     # BLAS runs single-threaded beside the kernels' own threads: OpenBLAS workers spin after each call and, with
-    # as many threads as cores, starve the kernels' threads (prefill ran 12x slower).
+    # as many threads as cores, starve the kernels' threads.
     from threadpoolctl import threadpool_limits
     threadpool_limits(1, user_api="blas")
 ACTIVATION_KINDS = ("float32", "int8")
@@ -180,7 +183,7 @@ _addresses: dict[int, tuple[weakref.ref, int]] = {}
 
 
 def _address(a: np.ndarray) -> int:
-    """a's data address, remembered while a lives (reading it through ctypes costs ~2.5 µs a time)."""
+    """a's data address, remembered while a lives (reading it through ctypes each decode step is slow)."""
     entry = _addresses.get(id(a))
     if entry is None or entry[0]() is not a:
         key = id(a)
