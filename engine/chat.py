@@ -29,16 +29,12 @@ import sys
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from engine.errors import ContextOverflowError, EngineError, InvalidRequestError, TemplateError
-from engine.generate import DeferredForward, GenerationStats, stream_text
+from engine.generate import Cancelled, GenerationStats, common_prefix, stream_text
 from engine.sampler import SamplingParams
 
 __all__ = ["Chat", "Piece", "Usage", "SessionStore", "ThinkSplitter"]
@@ -46,14 +42,6 @@ __all__ = ["Chat", "Piece", "Usage", "SessionStore", "ThinkSplitter"]
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 OVERFLOW_POLICIES = ("truncate_oldest", "error")
 SAVE_FORMAT = "engine-chat"
-
-# The kernels share process-wide scratch buffers and thread pools: one forward at a time in the whole process.
-# Chats (and SessionStore sessions on several threads) take this lock around every forward, so concurrent turns
-# interleave token by token.
-_COMPUTE_LOCK = threading.Lock()
-# send_async runs generation steps here: one worker thread, off the event loop.
-_WORKER: ThreadPoolExecutor | None = None
-_WORKER_LOCK = threading.Lock()
 
 
 # ---- pieces and the reasoning split -----------------------------------------------------------------------------
@@ -146,46 +134,6 @@ class _Turn:
     user: str | None  # the new user message; None to (re)answer the last one
     cancel: threading.Event = field(default_factory=threading.Event)
     gen: weakref.ref | None = None  # the turn's generator, weakly: dropping the iterator closes (cancels) the turn
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common prefix of two token id lists."""
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
-    return int(diff[0]) if diff.size else n
-
-
-class _Cancelled(Exception):
-    """Raised inside the generate loop (before a forward) when the turn was cancelled."""
-
-
-class _FeedLog:
-    """The model, seen by the generate loop: keeps `fed` equal to the token ids at cache positions 0.., checks
-    for cancellation before each forward, and holds the process-wide compute lock while running."""
-
-    def __init__(self, model, fed: list[int], cancel: threading.Event):
-        self.model, self.fed, self.cancel = model, fed, cancel
-
-    def forward(self, tokens, positions, cache, last_only: bool = False):
-        self._log(tokens, cache)
-        # engine.scheduler.Scheduler runs forwards on its own thread, under the lock: calling it must not hold it.
-        with nullcontext() if getattr(self.model, "serializes_forwards", False) else _COMPUTE_LOCK:
-            return self.model.forward(tokens, positions, cache, last_only=last_only)
-
-    def submit(self, tokens, positions, cache, last_only: bool = False):
-        """engine.generate.queue_forward through this log: queued on a scheduler, else deferred to result()."""
-        if not hasattr(self.model, "submit"):
-            return DeferredForward(lambda: self.forward(tokens, positions, cache, last_only))
-        self._log(tokens, cache)
-        return self.model.submit(tokens, positions, cache, last_only=last_only)
-
-    def _log(self, tokens, cache) -> None:
-        if self.cancel.is_set():
-            raise _Cancelled
-        del self.fed[cache.length:]
-        self.fed.extend(int(t) for t in tokens)  # trimmed back to cache.length if the forward does not finish
 
 
 # ---- Chat ---------------------------------------------------------------------------------------------------------
@@ -440,7 +388,7 @@ class Chat:
         keep = 0
         if self.messages:
             try:
-                keep = _common_prefix(self._ids, self.llm.encode_chat(self._render(self.messages, False)))
+                keep = common_prefix(self._ids, self.llm.encode_chat(self._render(self.messages, False)))
             except EngineError:
                 keep = 0
         self._cache.truncate(keep)
@@ -469,15 +417,15 @@ class Chat:
                 self._turn = None
             raise
 
-        keep = _common_prefix(self._ids, ids)
+        keep = common_prefix(self._ids, ids)
         cache.truncate(keep)
         del self._ids[keep:]
         usage = Usage(prompt_tokens=len(ids), dropped_messages=dropped)
         splitter = ThinkSplitter(reasoning=_opens_thinking(text))
         parts: dict[str, list[str]] = {"content": [], "reasoning": []}
-        model = _FeedLog(self.llm.model, self._ids, turn.cancel)
-        stream = stream_text(model, self.llm.tokenizer, cache, ids, turn.params, max_tokens, list(turn.params.stop),
-                             usage)
+        # the loop fills self._ids with the prompt and the sampled tokens; the cache holds its first cache.length
+        stream = stream_text(self.llm.runner, self.llm.tokenizer, cache, ids, turn.params, max_tokens,
+                             list(turn.params.stop), usage, cancel=turn.cancel, history=self._ids)
         finished = False
         try:
             for chunk in stream:
@@ -488,7 +436,7 @@ class Chat:
                 parts[piece.kind].append(piece.text)
                 yield piece
             finished = True
-        except _Cancelled:
+        except Cancelled:
             usage.finish_reason = "cancelled"
         except (GeneratorExit, KeyboardInterrupt):
             usage.finish_reason = "cancelled"
@@ -517,18 +465,13 @@ class Chat:
                 self._store._end_turn(self)
 
     async def _iterate_async(self, gen: Iterator[Piece]) -> AsyncIterator[Piece]:
-        """Drive a turn iterator one step at a time on the worker thread."""
-        set_threads = _kernel_threads_setter()
+        """Drive a turn iterator one step at a time on the runner's worker thread (Runner.run_async)."""
         done = object()
-
-        def step():
-            set_threads()
-            return next(gen, done)
 
         running = None  # concurrent.futures.Future of the step in flight
         try:
             while True:
-                running = _worker().submit(step)
+                running = self.llm.runner.run_async(lambda: next(gen, done))
                 piece = await asyncio.wrap_future(running)
                 running = None
                 if piece is done:
@@ -545,27 +488,6 @@ class Chat:
                     except BaseException:
                         break
             gen.close()  # no step runs now; finishes the turn (as cancelled) if it did not end
-
-
-def _worker() -> ThreadPoolExecutor:
-    global _WORKER
-    with _WORKER_LOCK:
-        if _WORKER is None:
-            _WORKER = ThreadPoolExecutor(1, thread_name_prefix="engine-chat")
-        return _WORKER
-
-
-def _kernel_threads_setter():
-    """A function that gives the calling thread the current thread's kernel thread count (numba's is per thread)."""
-    try:
-        from kernels import cpu
-        if cpu.available:
-            import numba
-            n = numba.get_num_threads()
-            return lambda: numba.set_num_threads(n)
-    except ImportError:
-        pass
-    return lambda: None
 
 
 # ---- many sessions ------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 engine/cli/generate.py."""
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,24 +32,35 @@ class GenerationStats:
         return (self.completion_tokens - 1) / self.decode_s if self.decode_s and self.completion_tokens > 1 else 0.0
 
 
-def generate_tokens(model, cache, ids: list[int], params: SamplingParams, max_tokens: int, eos_ids,
-                    stats: GenerationStats, where: str = "the model"):
-    """Yield sampled token ids after ids. The cache may already hold a prefix of ids; only the rest is run.
-    Non-finite logits end generation with ModelFileError naming `where` (the model file).
+class Cancelled(Exception):
+    """Raised by the generate loop, before a forward, once its cancel event is set."""
 
-    Prefill time ends when the first token is sampled; decode time covers the tokens after it. A model that can
-    queue a forward and return at once (`submit`, as engine.scheduler.Scheduler) gets the next token's forward
-    before the token is yielded, so the caller's work on it (detokenizing, streaming) overlaps that forward; if
-    the caller then stops, that forward is still waited for (it writes the cache, which then holds the token).
+
+def generate_tokens(runner, cache, ids: list[int], params: SamplingParams, max_tokens: int, eos_ids,
+                    stats: GenerationStats, where: str = "the model", *, cancel=None, history: list[int] | None = None):
+    """Yield sampled token ids after ids, running forwards on runner (an engine.runner.Runner). The cache may
+    already hold a prefix of ids; only the rest is run. Non-finite logits end generation with ModelFileError
+    naming `where` (the model file).
+
+    cancel (a threading.Event): when set, Cancelled is raised before the next forward is run or waited for.
+    history: a list made to hold ids followed by every sampled token; whatever way the loop ends, the cache holds
+    its first cache.length entries (Chat keeps its log of cached ids so).
+
+    Prefill time ends when the first token is sampled; decode time covers the tokens after it. The next token's
+    forward is submitted before the token is yielded: a runner that queues it (engine.scheduler.BatchingRunner)
+    runs it while the caller works on the token (detokenizing, streaming); if the caller then stops, that forward
+    is still waited for (it writes the cache, which then holds the token).
     """
     sampler = Sampler(params)
     keep = min(cache.length, len(ids) - 1)  # at least one token must run to get logits
     cache.truncate(keep)
     stats.cached_tokens = keep
-    history = list(ids)
+    history = [] if history is None else history
+    history[:] = ids
     t0 = time.perf_counter()
     new = np.asarray(history[keep:])
-    logits = model.forward(new, np.arange(keep, keep + len(new)), cache, last_only=True)
+    _check(cancel)
+    logits = runner.forward(new, np.arange(keep, keep + len(new)), cache, last_only=True)
     stats.finish_reason = "length"
     for n in range(max_tokens):
         token = sampler(finite_logits(backend.to_host(logits[-1]), where), history)
@@ -65,13 +77,28 @@ def generate_tokens(model, cache, ids: list[int], params: SamplingParams, max_to
         if n + 1 == max_tokens or cache.length >= cache.max_len:
             yield token
             return
-        ahead = queue_forward(model, np.asarray([token]), np.asarray([cache.length]), cache, last_only=True)
+        ahead = runner.submit(np.asarray([token]), np.asarray([cache.length]), cache, last_only=True)
         try:
             yield token
-        except GeneratorExit:
+            _check(cancel)
+        except BaseException:
             ahead.settle()
             raise
         logits = ahead.result()
+
+
+def _check(cancel) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token id lists: how much of a cache holding a can serve b."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if diff.size else n
 
 
 def finite_logits(logits: np.ndarray, where: str) -> np.ndarray:
@@ -83,41 +110,21 @@ def finite_logits(logits: np.ndarray, where: str) -> np.ndarray:
     return logits
 
 
-class DeferredForward:
-    """A forward run when its result is asked for: queue_forward's handle for models that cannot queue one."""
-
-    def __init__(self, run):
-        self._run = run
-
-    def result(self):
-        return self._run()
-
-    def settle(self) -> None:
-        """Nothing ran, nothing to wait for."""
-
-
-def queue_forward(model, tokens, positions, cache, last_only: bool = False):
-    """model.forward(...) as a handle: result() gives the logits, settle() waits for a queued forward without
-    its result. Queued at once where the model has `submit`, else deferred until result()."""
-    submit = getattr(model, "submit", None)
-    if submit is not None:
-        return submit(tokens, positions, cache, last_only=last_only)
-    return DeferredForward(lambda: model.forward(tokens, positions, cache, last_only=last_only))
-
-
 def _held_back(text: str, stops: list[str]) -> int:
     """Length of the longest tail of text that is the start of some stop string (it may still become one)."""
     return max((k for s in stops for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])),
                default=0)
 
 
-def stream_text(model, tokenizer, cache, ids, params, max_tokens, stops, stats, where: str = "the model"):
-    """Text pieces of the generated tokens: UTF-8 safe, and cut before the first stop string. where: the model
-    file, for the error on non-finite logits."""
+def stream_text(runner, tokenizer, cache, ids, params, max_tokens, stops, stats, where: str = "the model", *,
+                cancel=None, history: list[int] | None = None):
+    """Text pieces of generate_tokens' tokens (same arguments): UTF-8 safe, and cut before the first stop
+    string."""
     from engine.tokenizer import StreamDecoder
     decoder = StreamDecoder(tokenizer, continuation=True)
     pending = ""
-    for token in generate_tokens(model, cache, ids, params, max_tokens, tokenizer.eos_ids, stats, where):
+    for token in generate_tokens(runner, cache, ids, params, max_tokens, tokenizer.eos_ids, stats, where,
+                                 cancel=cancel, history=history):
         pending += decoder.push(token)
         hits = [i for i in (pending.find(s) for s in stops) if i >= 0]
         if hits:

@@ -12,6 +12,7 @@ from engine.errors import ContextOverflowError, InvalidRequestError, TemplateErr
 from engine.generate import GenerationStats, finite_logits, stream_text
 from engine.kvcache import KVCache, check_memory
 from engine.loader import load_source
+from engine.runner import DirectRunner, Runner
 from engine.sampler import SamplingParams, model_defaults
 from kernels import backend, cpu
 
@@ -19,15 +20,19 @@ from kernels import backend, cpu
 class LLM:
     """A loaded model ready to run.
 
-    tokenizer: engine.tokenizer.Tokenizer; config: models.ModelConfig; template: ChatTemplate or None;
+    model: the weights (models.Llama); runner: the engine.runner.Runner every forward goes through (a DirectRunner
+    unless given; see with_runner). tokenizer: engine.tokenizer.Tokenizer; config: models.ModelConfig; template:
+    ChatTemplate or None;
     n_ctx: context length of each sequence's KV cache (ContextOverflowError at load when its cache cannot fit in
     memory); where: the model file or directory; last_stats: GenerationStats of the latest generate();
     sampling_defaults: the SamplingParams every caller starts from (the model's recommended sampling over the
     engine defaults, read once here: see engine.sampler.model_defaults).
     """
 
-    def __init__(self, loaded, source, n_ctx: int | None = None, load_s: float = 0.0):
+    def __init__(self, loaded, source, n_ctx: int | None = None, load_s: float = 0.0, runner: Runner | None = None):
+        self._loaded = loaded
         self.model = loaded.model
+        self.runner = DirectRunner(self.model) if runner is None else runner
         self.config = loaded.config
         self.tokenizer = loaded.tokenizer
         self.template = loaded.template
@@ -44,6 +49,11 @@ class LLM:
                                                 self.n_ctx, self.where)
         self.last_stats: GenerationStats | None = None
 
+    def with_runner(self, runner: Runner) -> "LLM":
+        """A new LLM over the same loaded model (weights, tokenizer, template, n_ctx) whose forwards run on runner,
+        e.g. the server's engine.scheduler.BatchingRunner; its last_stats are its own."""
+        return LLM(self._loaded, self.source, self.n_ctx, self.load_s, runner=runner)
+
     def new_cache(self, max_len: int | None = None) -> KVCache:
         """An empty KV cache for one sequence of up to max_len (default n_ctx) positions."""
         c = self.config
@@ -53,7 +63,7 @@ class LLM:
         """Logits [len(ids), vocab] float32 of one forward over ids on a fresh cache."""
         ids = self._check_ids(ids)
         cache = self.new_cache(len(ids))
-        return finite_logits(backend.to_host(self.model.forward(np.asarray(ids), np.arange(len(ids)), cache)),
+        return finite_logits(backend.to_host(self.runner.forward(np.asarray(ids), np.arange(len(ids)), cache)),
                              self.where)
 
     def encode_prompt(self, prompt: str | Sequence[int]) -> list[int]:
@@ -111,7 +121,7 @@ class LLM:
         stops = list(params.stop)
         stats = self.last_stats = stats or GenerationStats()
         stats.prompt_tokens = len(ids)
-        return stream_text(self.model, self.tokenizer, cache, ids, params, max_tokens, stops, stats, self.where)
+        return stream_text(self.runner, self.tokenizer, cache, ids, params, max_tokens, stops, stats, self.where)
 
     def _check_ids(self, ids) -> list[int]:
         ids = [int(i) for i in ids]

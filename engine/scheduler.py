@@ -1,19 +1,18 @@
-"""Continuous batching: one thread owns the model and runs every sequence's next forward in one packed forward.
+"""Continuous batching: `BatchingRunner`, an engine.runner.Runner whose one thread runs every sequence's next
+forward in one packed forward.
 
-    scheduler = Scheduler(llm.model)
-    served = scheduler.serving(llm)          # an LLM whose model is the scheduler: llm.stream / Chat work unchanged
-    # on each request thread: run served.stream(...) or a Chat turn as usual, then scheduler.leave()
+    runner = BatchingRunner(llm.model)
+    served = llm.with_runner(runner)         # served.stream / Chat(served) on any thread share the batch
+    # on each request thread: run served.stream(...) or a Chat turn as usual, then runner.leave()
 
-Request threads call `scheduler.forward(tokens, positions, cache, last_only)` exactly as they would call
-`model.forward` (the generate loop and Chat do), and block until it has run; or `submit(...)`, which queues the
-forward and returns a job whose result() waits (the generate loop queues a token's forward before streaming the
-token, so that work overlaps the step). The scheduler thread waits for a
+Request threads call `runner.forward(tokens, positions, cache, last_only)` and block until it has run; or
+`submit(...)`, which queues the forward and returns a job whose result() waits (the generate loop queues a
+token's forward before streaming the token, so that work overlaps the step). The scheduler thread waits for a
 token boundary — every sequence in the batch has queued its next forward, or `gather_s` passed — then packs all
 queued work into one `model.forward_packed`: each decoding sequence is one row; a new prompt joins in chunks of
 at most `prefill_chunk` rows per step, so a long prompt never stalls the others for long. Each sequence keeps its
 own KVCache. A thread's sequence joins the batch with its first forward and leaves it with `leave()`.
 """
-import copy
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,10 +20,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.errors import ContextOverflowError
+from engine.runner import DirectRunner, Handle, Runner, kernel_threads_setter
 
 
 @dataclass(eq=False)
-class _Job:
+class _Job(Handle):
     """One forward asked for by a request thread; done is set when result (or error) is ready."""
     tokens: np.ndarray
     positions: np.ndarray
@@ -49,35 +49,23 @@ class _Job:
         self.done.wait()
 
 
-class Scheduler:
-    """Runs model.forward_packed on its own thread for all request threads. model: models.Llama (or any model
-    with forward_packed). prefill_chunk: most prompt rows per step. gather_s: longest wait for stragglers at a
-    token boundary. Counters: steps (packed forwards run), rows (tokens run), max_rows_per_step."""
-
-    serializes_forwards = True  # engine.chat calls it without the process-wide compute lock
+class BatchingRunner(Runner):
+    """Runs model.forward_packed on its own thread for all request threads, under DirectRunner.compute_lock (the
+    kernels' scratch buffers are process-wide). model: models.Llama (or any model with forward_packed).
+    prefill_chunk: most prompt rows per step. gather_s: longest wait for stragglers at a token boundary.
+    Counters: steps (packed forwards run), rows (tokens run), max_rows_per_step."""
 
     def __init__(self, model, prefill_chunk: int = 256, gather_s: float = 0.02):
-        from engine.chat import _COMPUTE_LOCK, _kernel_threads_setter
+        super().__init__()
         self.model, self.prefill_chunk, self.gather_s = model, prefill_chunk, gather_s
         self.steps = self.rows = self.max_rows_per_step = 0
-        self._compute_lock = _COMPUTE_LOCK  # the kernels' scratch buffers are process-wide
         self._cond = threading.Condition()
         self._pending: list[_Job] = []
         self._joined: set[int] = set()
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, args=(_kernel_threads_setter(),), daemon=True,
+        self._thread = threading.Thread(target=self._loop, args=(kernel_threads_setter(),), daemon=True,
                                         name="engine-scheduler")
         self._thread.start()
-
-    def serving(self, llm):
-        """A shallow copy of llm whose model is this scheduler (tokenizer, template, caches shared)."""
-        served = copy.copy(llm)
-        served.model = self
-        return served
-
-    @property
-    def config(self):
-        return self.model.config
 
     @property
     def batch_size(self) -> int:
@@ -86,13 +74,13 @@ class Scheduler:
             return len(self._joined)
 
     def forward(self, tokens, positions, cache, last_only: bool = False):
-        """model.forward, run by the scheduler thread together with the other sequences' work; blocks.
-        tokens, positions: [T] int; cache: the sequence's KVCache. Returns logits as model.forward does."""
+        """Runner.forward, run by the scheduler thread together with the other sequences' work; blocks."""
         return self.submit(tokens, positions, cache, last_only).result()
 
     def submit(self, tokens, positions, cache, last_only: bool = False) -> _Job:
         """forward, queued for the next step without waiting: the returned job's result() blocks until it has run
-        (engine.generate queues a token's forward before handing the token to its caller)."""
+        (the generate loop queues a token's forward before handing the token to its caller). The calling thread's
+        sequence joins the batch (until leave())."""
         job = _Job(np.asarray(tokens), np.asarray(positions), cache, last_only, threading.get_ident())
         if not len(job.tokens):
             raise ValueError("forward needs at least one token")
@@ -113,10 +101,12 @@ class Scheduler:
             self._cond.notify_all()
 
     def close(self) -> None:
+        """Stop: queued forwards fail with RuntimeError; one running finishes first."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
         self._thread.join(timeout=5)
+        super().close()
 
     # -- the scheduler thread --
 
@@ -170,7 +160,7 @@ class Scheduler:
         positions = np.concatenate([j.positions[j.fed:j.fed + n] for j, n in batch])
         all_rows = any(not j.last_only for j, _ in batch)
         try:
-            with self._compute_lock:
+            with DirectRunner.compute_lock:
                 logits = self.model.forward_packed(tokens, positions, [j.cache for j, _ in batch],
                                                    [n for _, n in batch], last_only=not all_rows)
         except BaseException as e:  # noqa: BLE001 — handed to every waiting thread

@@ -3,10 +3,11 @@
     app = create_app(llm, max_batch=8, max_queue=32, kv_budget=1 << 30)   # a FastAPI app; run it with uvicorn
 
 Every request runs on a worker thread (at most max_batch at once, up to max_queue more wait; beyond that: 429
-with Retry-After) whose generation loop calls the engine.scheduler.Scheduler in place of the model, so all
-running requests share one batched forward per token. Chat completions reuse the KV cache of an earlier request
-whose prompt shares the longest prefix (a follow-up of a conversation costs only its new tokens). UI sessions
-are engine.chat Chats in one SessionStore (the KV byte budget, LRU eviction) with the API's caches.
+with Retry-After) whose generation loop runs on an engine.scheduler.BatchingRunner (Service serves
+llm.with_runner(it)), so all running requests share one batched forward per token. Chat completions reuse the KV
+cache of an earlier request whose prompt shares the longest prefix (a follow-up of a conversation costs only its
+new tokens). UI sessions are engine.chat Chats in one SessionStore (the KV byte budget, LRU eviction) with the
+API's caches.
 
 Every request gets an answer: bad input (malformed or too deeply nested JSON, lone surrogates, wrong types,
 non-finite or out-of-range numbers) is a 400 in OpenAI's error shape, an unexpected exception a 500 of that shape
@@ -28,12 +29,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from engine import jsonfile
-from engine.chat import SessionStore, _common_prefix
+from engine.chat import SessionStore
 from engine.errors import (ContextOverflowError, EngineError, InvalidRequestError, TemplateError,
                            TokenizerError)
-from engine.generate import GenerationStats
+from engine.generate import GenerationStats, common_prefix
 from engine.sampler import SamplingParams
-from engine.scheduler import Scheduler
+from engine.scheduler import BatchingRunner
 
 WEB_DIR = Path(__file__).parent / "web"
 MAX_BODY_BYTES = 1 << 20
@@ -193,7 +194,7 @@ def _finish(stats: GenerationStats) -> str:
     return "length" if stats.finish_reason == "length" else "stop"
 
 
-# ---- the service: admission, worker threads, scheduler ------------------------------------------------------------
+# ---- the service: admission, worker threads, batching ------------------------------------------------------------
 
 
 class Run:
@@ -234,7 +235,8 @@ class SessionInfo:
 
 
 class Service:
-    """Runs requests on worker threads against the scheduler; counts what runs (active) and waits (queued)."""
+    """Runs requests on worker threads against the batching runner (scheduler); counts what runs (active) and
+    waits (queued)."""
 
     def __init__(self, llm, max_batch: int = 8, max_queue: int = 32, kv_budget: int = 1 << 30,
                  model_id: str | None = None):
@@ -242,8 +244,8 @@ class Service:
             raise InvalidRequestError("max_batch must be >= 1 and max_queue >= 0")
         self.llm, self.max_batch, self.max_queue = llm, max_batch, max_queue
         self.model_id = model_id or llm.source.id
-        self.scheduler = Scheduler(llm.model)
-        self.served = self.scheduler.serving(llm)
+        self.scheduler = BatchingRunner(llm.model)
+        self.served = llm.with_runner(self.scheduler)
         self.store = SessionStore(self.served, max_bytes=kv_budget)
         self.sessions: dict[str, SessionInfo] = {}
         self.active = self.queued = 0
@@ -335,7 +337,7 @@ class Service:
         ids = self.llm.encode_chat(self.llm.apply_chat_template(
             messages, **({} if enable_thinking is None else {"enable_thinking": enable_thinking})))
         with self._lock:
-            scored = [(_common_prefix(self.store.get(sid).cached_ids, ids), sid) for sid in self._api_idle]
+            scored = [(common_prefix(self.store.get(sid).cached_ids, ids), sid) for sid in self._api_idle]
             best = max(scored, default=(0, None))
             sid = best[1]
             if sid is None or (best[0] == 0 and len(self._api_idle) < 2 * self.max_batch):

@@ -16,6 +16,7 @@ import pytest
 import engine
 from engine.chat import Chat, Piece, SessionStore, ThinkSplitter
 from engine.errors import ContextOverflowError, InvalidRequestError, TemplateError
+from engine.runner import DirectRunner
 from engine.sampler import SamplingParams
 from engine.template import ChatTemplate
 
@@ -29,6 +30,11 @@ KW = dict(max_tokens=10, temperature=0.0, repeat_penalty=1.3)
 def tiny(n_ctx: int = 256):
     """A fresh tiny Qwen3 LLM (loading takes milliseconds), so tests can wrap its model freely."""
     return engine.load(str(QWEN3), n_ctx=n_ctx)
+
+
+def use_model(llm, model) -> None:
+    """Make llm run model (a wrapper of its own) on a DirectRunner of its own."""
+    llm.model, llm.runner = model, DirectRunner(model)
 
 
 def text_of(pieces) -> str:
@@ -99,7 +105,7 @@ def assert_cache_consistent(chat: Chat):
 
 def test_second_turn_reuses_the_cache_and_matches_a_fresh_recompute():
     llm = tiny()
-    llm.model = Spy(llm.model)
+    use_model(llm, Spy(llm.model))
     chat = llm.chat(system="Be brief.")
     first = text_of(chat.send("hello there", **KW))
     turn1 = chat.last_usage
@@ -151,7 +157,7 @@ def test_undo_and_regenerate_truncate_and_equal_fresh_runs():
 
 def test_closing_the_iterator_early_keeps_the_partial_answer_and_a_consistent_cache():
     llm = tiny()
-    llm.model = Spy(llm.model)
+    use_model(llm, Spy(llm.model))
     chat = llm.chat()
     pieces = []
     for piece in chat.send("hello there", **{**KW, "max_tokens": 20}):
@@ -283,7 +289,7 @@ def test_thinking_is_streamed_as_reasoning_and_left_out_of_the_history():
     assert len(think) == len(end_think) == 1
     eos = min(tok.eos_ids)
     script = think + enc("\nLet me see.\n") + end_think + enc("\n\nHello there") + [eos]
-    llm.model = Scripted(llm.model, script)
+    use_model(llm, Scripted(llm.model, script))
     chat = llm.chat(system="S")
     pieces = list(chat.send("hi", max_tokens=40))
     reasoning = "".join(p.text for p in pieces if p.kind == "reasoning")
@@ -316,7 +322,7 @@ def test_enable_thinking_reaches_the_template_and_an_open_think_block_starts_as_
     tok = llm.tokenizer
     script = tok.encode("hmm", add_special=False) + tok.encode("</think>", parse_special=True) + \
         tok.encode("ok", add_special=False) + [min(tok.eos_ids)]
-    llm.model = Scripted(llm.model, script)
+    use_model(llm, Scripted(llm.model, script))
     chat = Chat(llm, enable_thinking=True)
     pieces = list(chat.send("q", max_tokens=20))
     runs = []  # consecutive pieces of one kind joined
@@ -337,7 +343,7 @@ def test_repl_prints_reasoning_dimmed_on_a_terminal_tagged_otherwise_or_not_at_a
     script = tok.encode("<think>", parse_special=True) + tok.encode("\nLet me see.\n", add_special=False) + \
         tok.encode("</think>", parse_special=True) + tok.encode("\n\nHello there", add_special=False) + \
         [min(tok.eos_ids)]
-    llm.model = Scripted(llm.model, script)
+    use_model(llm, Scripted(llm.model, script))
     chat = llm.chat()
     shown = {}
     for tty in (False, True):
@@ -362,7 +368,7 @@ def test_async_generation_leaves_the_loop_free_and_cancellation_leaves_a_consist
     llm = tiny()
     spy = Spy(llm.model)
     slow = Scripted(spy, list(range(100, 160)), delay_s=0.03)  # 60 forced tokens, 30 ms each
-    llm.model = slow
+    use_model(llm, slow)
     chat = llm.chat(system="S")
 
     async def scenario():
@@ -402,7 +408,7 @@ def test_async_generation_leaves_the_loop_free_and_cancellation_leaves_a_consist
     assert chat.cached_ids == spy.fed(chat.cache.length)  # exactly what was fed
     n_cached = chat.cache.length
 
-    llm.model = spy  # a new send works and matches a fresh recompute of the same conversation
+    use_model(llm, spy)  # a new send works and matches a fresh recompute of the same conversation
     answer = text_of(chat.send("again", **KW))
     assert chat.last_usage.cached_tokens > 0 and chat.last_usage.cached_tokens <= n_cached
     assert answer == fresh_answer(chat, chat.messages[:-1])

@@ -1,5 +1,5 @@
-"""engine.scheduler with the generate loop: a token's next forward is queued before the token reaches the caller,
-runs while the caller holds the token, and is waited for when the caller stops there."""
+"""engine.scheduler's BatchingRunner with the generate loop: a token's next forward is queued before the token
+reaches the caller, runs while the caller holds the token, and is waited for when the caller stops there."""
 import threading
 import time
 from pathlib import Path
@@ -11,7 +11,7 @@ import engine
 from engine.chat import Chat
 from engine.generate import GenerationStats, generate_tokens
 from engine.sampler import SamplingParams
-from engine.scheduler import Scheduler
+from engine.scheduler import BatchingRunner
 
 TINY = Path(__file__).parent.parent / "fixtures" / "tiny" / "qwen2" / "model-Q8_0.gguf"
 
@@ -23,7 +23,7 @@ def tiny():
 
 @pytest.fixture
 def scheduler(tiny):
-    s = Scheduler(tiny.model)
+    s = BatchingRunner(tiny.model)
     yield s
     s.close()
 
@@ -37,7 +37,7 @@ def wait_for(condition, timeout=10.0):
 
 def test_next_forward_runs_while_the_caller_holds_the_token(tiny, scheduler):
     prompt = tiny.tokenizer.encode("the cat sat")
-    expected = list(generate_tokens(tiny.model, tiny.new_cache(), prompt, SamplingParams(), 6, frozenset(),
+    expected = list(generate_tokens(tiny.runner, tiny.new_cache(), prompt, SamplingParams(), 6, frozenset(),
                                     GenerationStats()))
     cache = tiny.new_cache()
     tokens = generate_tokens(scheduler, cache, prompt, SamplingParams(), 6, frozenset(), GenerationStats())
@@ -63,7 +63,7 @@ def test_a_caller_that_stops_waits_for_the_queued_forward(tiny, scheduler):
 def test_chat_on_the_scheduler_keeps_its_log_equal_to_the_cache(tiny, scheduler):
     """A turn cut short by a stop string leaves the queued token in the cache; the log of fed ids says so, and the
     next turn still matches the same conversation run without the scheduler."""
-    served = scheduler.serving(tiny)
+    served = tiny.with_runner(scheduler)
     chat, alone = Chat(served), Chat(tiny)
     first = "".join(p.text for p in chat.send("Say something.", max_tokens=8, stop=[" "]))
     assert first == "".join(p.text for p in alone.send("Say something.", max_tokens=8, stop=[" "]))
@@ -75,7 +75,7 @@ def test_chat_on_the_scheduler_keeps_its_log_equal_to_the_cache(tiny, scheduler)
 
 def test_parallel_callers_get_their_own_greedy_tokens(tiny, scheduler):
     prompts = [tiny.tokenizer.encode(t) for t in ("the cat", "a dog ran", "one two three four")]
-    expected = [list(generate_tokens(tiny.model, tiny.new_cache(), p, SamplingParams(), 8, frozenset(),
+    expected = [list(generate_tokens(tiny.runner, tiny.new_cache(), p, SamplingParams(), 8, frozenset(),
                                      GenerationStats())) for p in prompts]
     got = [None] * len(prompts)
 

@@ -14,11 +14,12 @@ import pytest
 from websockets.sync.client import connect
 
 import engine
-from engine.chat import _COMPUTE_LOCK
+from engine.runner import DirectRunner
 from live_server import LiveServer
 
 TINY = Path(__file__).parent.parent / "fixtures" / "tiny" / "qwen3" / "model-Q8_0.gguf"
 GREEDY = dict(temperature=0, extra_body={"repeat_penalty": 1.3})
+COMPUTE_LOCK = DirectRunner.compute_lock  # held by every forward in the process, the batching runner's too
 
 
 @pytest.fixture(scope="module")
@@ -174,12 +175,12 @@ def test_disconnect_mid_stream_frees_the_slot(server):
     with httpx.stream("POST", server.url + "/v1/chat/completions", json=body) as r:
         lines = r.iter_lines()
         assert next(lines).startswith("data: ")
-        _COMPUTE_LOCK.acquire()  # the scheduler cannot run the next step until the client has gone
+        COMPUTE_LOCK.acquire()  # the scheduler cannot run the next step until the client has gone
     try:
         assert server.service.active == 1
         time.sleep(0.3)
     finally:
-        _COMPUTE_LOCK.release()
+        COMPUTE_LOCK.release()
     wait_idle(server)
     assert server.service.scheduler.steps - before < 20  # it stopped at once, not after 200 tokens
 
@@ -189,7 +190,7 @@ def test_overload_is_429_with_retry_after():
     try:
         first = threading.Thread(target=httpx.post, args=(srv.url + "/v1/chat/completions",),
                                  kwargs=dict(json={"messages": MSG, "max_tokens": 2}, timeout=30))
-        with _COMPUTE_LOCK:  # the first request's forward waits, so it holds the only place
+        with COMPUTE_LOCK:  # the first request's forward waits, so it holds the only place
             first.start()
             deadline = time.monotonic() + 10
             while srv.service.active < 1 and time.monotonic() < deadline:
@@ -475,7 +476,7 @@ def wait_for(predicate, timeout=10.0) -> None:
 def test_non_streaming_client_that_disconnects_frees_its_slot(server):
     body = {"messages": [{"role": "user", "content": "Talk for a long time."}], "max_tokens": 200, "temperature": 0}
     before = server.service.scheduler.steps
-    with _COMPUTE_LOCK:  # the scheduler cannot run a step until the client has gone
+    with COMPUTE_LOCK:  # the scheduler cannot run a step until the client has gone
         s = open_request(server.url + "/v1/chat/completions", body)
         wait_for(lambda: server.service.active == 1)
         s.close()
@@ -490,7 +491,7 @@ def test_queued_client_that_disconnects_leaves_the_queue_at_once(stream):
     try:
         first = threading.Thread(target=httpx.post, args=(srv.url + "/v1/chat/completions",),
                                  kwargs=dict(json={"messages": MSG, "max_tokens": 2}, timeout=30))
-        with _COMPUTE_LOCK:  # the first request holds the only slot until the lock is released
+        with COMPUTE_LOCK:  # the first request holds the only slot until the lock is released
             first.start()
             wait_for(lambda: srv.service.active == 1)
             s = open_request(srv.url + "/v1/chat/completions", {"messages": MSG, "max_tokens": 50, "stream": stream})
@@ -511,7 +512,7 @@ def test_queued_websocket_turn_whose_client_leaves_gives_its_queue_place_back():
         sid = httpx.post(srv.url + "/api/sessions", json={}).json()["id"]
         first = threading.Thread(target=httpx.post, args=(srv.url + "/v1/chat/completions",),
                                  kwargs=dict(json={"messages": MSG, "max_tokens": 2}, timeout=30))
-        with _COMPUTE_LOCK:
+        with COMPUTE_LOCK:
             first.start()
             wait_for(lambda: srv.service.active == 1)
             with connect(srv.url.replace("http", "ws") + f"/api/sessions/{sid}/ws") as ws:

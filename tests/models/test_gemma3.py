@@ -15,6 +15,7 @@ import pytest
 
 from engine.errors import UnsupportedModelError
 from engine.generate import GenerationStats, generate_tokens
+from engine.runner import DirectRunner
 from engine.sampler import SamplingParams
 from models import ModelConfig
 from reference import hf_greedy, hf_logits
@@ -69,8 +70,8 @@ def test_32_greedy_tokens_identical(fmt):
     path = FIXTURE / fmt
     loaded = load(path)
     prompt = IDS[:6]
-    ours = list(generate_tokens(loaded.model, fresh_cache(loaded), prompt, SamplingParams(), 32, frozenset(),
-                                GenerationStats()))
+    ours = list(generate_tokens(DirectRunner(loaded.model), fresh_cache(loaded), prompt, SamplingParams(), 32,
+                                frozenset(), GenerationStats()))
     ref = hf_greedy(path, prompt, 32)
     assert len(set(ref)) >= 3  # the reference is not stuck on one token
     assert ours == ref

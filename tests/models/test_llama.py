@@ -14,6 +14,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from engine.generate import GenerationStats, generate_tokens
+from engine.runner import DirectRunner
 from engine.sampler import SamplingParams
 from gguf_copy import copy_gguf
 from reference import hf_greedy, hf_logits
@@ -72,8 +73,8 @@ def test_32_greedy_tokens_identical(arch, fmt):
     path = TINY / arch / fmt
     loaded = load(path)
     prompt = IDS[:5]
-    ours = list(generate_tokens(loaded.model, fresh_cache(loaded), prompt, SamplingParams(), 32, frozenset(),
-                                GenerationStats()))
+    ours = list(generate_tokens(DirectRunner(loaded.model), fresh_cache(loaded), prompt, SamplingParams(), 32,
+                                frozenset(), GenerationStats()))
     assert ours == hf_greedy(path, prompt, 32)
 
 

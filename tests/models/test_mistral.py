@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from engine.generate import GenerationStats, generate_tokens
+from engine.runner import DirectRunner
 from engine.sampler import SamplingParams
 from reference import gguf_logits, hf_greedy
 from tiny_models import TINY, fresh_cache, load, reference
@@ -57,6 +58,6 @@ def test_32_greedy_tokens_identical(fmt):
     path = FIXTURE / fmt
     loaded = load(path)
     prompt = IDS[:5]
-    ours = list(generate_tokens(loaded.model, fresh_cache(loaded), prompt, SamplingParams(), 32, frozenset(),
-                                GenerationStats()))
+    ours = list(generate_tokens(DirectRunner(loaded.model), fresh_cache(loaded), prompt, SamplingParams(), 32,
+                                frozenset(), GenerationStats()))
     assert ours == hf_greedy(path, prompt, 32)

@@ -1,0 +1,105 @@
+"""How forwards run: the `Runner` interface that the generate loop, Chat and the server call, and `DirectRunner`,
+which runs each forward on the calling thread. The batching runner is engine.scheduler.BatchingRunner.
+
+    runner = DirectRunner(llm.model)             # llm.runner is one already
+    logits = runner.forward(tokens, positions, cache, last_only=True)
+    handle = runner.submit(tokens, positions, cache, last_only=True)   # handle.result() → logits; handle.settle()
+
+tokens, positions: [T] int64 arrays (a sequence's next tokens and their cache positions); cache: that sequence's
+engine.kvcache.KVCache, which the forward extends by T positions. Logits are [T, vocab] float32 ([1, vocab] with
+last_only), as a host or device array (kernels.backend.to_host makes it a host one).
+"""
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+
+class Handle(ABC):
+    """A forward asked for with Runner.submit."""
+
+    @abstractmethod
+    def result(self):
+        """The forward's logits, once it has run (its error is raised instead)."""
+
+    @abstractmethod
+    def settle(self) -> None:
+        """Wait until a forward already under way has run, without its result (nothing when none is)."""
+
+
+class Runner(ABC):
+    """Runs a model's forwards over KV caches. Subclasses call Runner.__init__ (it makes the worker thread of
+    run_async)."""
+
+    def __init__(self):
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="engine-runner")
+
+    @abstractmethod
+    def forward(self, tokens, positions, cache, last_only: bool = False):
+        """Run the model over tokens at positions, writing cache; blocks; returns the logits."""
+
+    @abstractmethod
+    def submit(self, tokens, positions, cache, last_only: bool = False) -> Handle:
+        """forward as a Handle. A runner that computes elsewhere queues it and returns at once, so the caller's own
+        work (detokenizing, streaming a token) overlaps it; one that cannot may run it when result() is called."""
+
+    def run_async(self, fn: Callable) -> Future:
+        """fn() on this runner's worker thread, as a concurrent.futures.Future: Chat.send_async runs each step of a
+        turn there, off the event loop. One thread per runner: libgomp keeps a thread pool for every thread that
+        launches kernels, so steps must not wander over threads. It gets the caller's kernel thread count."""
+        set_threads = kernel_threads_setter()
+        return self._worker.submit(lambda: (set_threads(), fn())[1])
+
+    def close(self) -> None:
+        """Stop the worker thread (a step in flight finishes)."""
+        self._worker.shutdown(wait=False)
+
+
+class Deferred(Handle):
+    """A forward run on the caller's thread when result() is asked for (settle runs nothing)."""
+
+    def __init__(self, run: Callable):
+        self._run = run
+
+    def result(self):
+        return self._run()
+
+    def settle(self) -> None:
+        """Nothing ran, nothing to wait for."""
+
+
+class DirectRunner(Runner):
+    """Runs model.forward (models.Llama) on the calling thread, one forward at a time in the whole process.
+
+    compute_lock is per process, not per runner: the kernels' scratch buffers and thread pools are process-wide,
+    so two forwards must never overlap, whichever runner or LLM they come from (several Chats or SessionStore
+    sessions on their threads, two loaded models, a BatchingRunner's thread, which takes this lock too).
+    Concurrent turns therefore interleave token by token. submit defers the forward to result(): nothing runs
+    while the caller holds its token."""
+
+    compute_lock = threading.Lock()
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens, positions, cache, last_only: bool = False):
+        with self.compute_lock:
+            return self.model.forward(tokens, positions, cache, last_only=last_only)
+
+    def submit(self, tokens, positions, cache, last_only: bool = False) -> Deferred:
+        return Deferred(lambda: self.forward(tokens, positions, cache, last_only))
+
+
+def kernel_threads_setter() -> Callable[[], None]:
+    """A function that gives the thread calling it the current thread's kernel thread count (numba's is per
+    thread; a runner's own threads start with the default)."""
+    try:
+        from kernels import cpu
+        if cpu.available:
+            import numba
+            n = numba.get_num_threads()
+            return lambda: numba.set_num_threads(n)
+    except ImportError:
+        pass
+    return lambda: None
