@@ -1,4 +1,4 @@
-"""`python -m engine.serve`: the OpenAI-compatible server and web UI (engine/server.py) under uvicorn. The command
+"""`python -m engine.serve`: the OpenAI-compatible server and web UI (engine/server/) under uvicorn. The command
 line is engine/cli/serve.py."""
 import sys
 

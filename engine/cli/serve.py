@@ -1,4 +1,4 @@
-"""`python -m engine.serve`: the OpenAI-compatible server and web UI (engine/server.py) under uvicorn."""
+"""`python -m engine.serve`: the OpenAI-compatible server and web UI (engine/server/) under uvicorn."""
 import argparse
 import sys
 

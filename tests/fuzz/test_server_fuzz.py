@@ -1,4 +1,4 @@
-"""Request fuzzing of the server (engine/server.py): a seeded generator of bad requests (and valid ones at the
+"""Request fuzzing of the server (engine/server/): a seeded generator of bad requests (and valid ones at the
 edges) sent, one after another on one keep-alive connection, to a live 127.0.0.1 server serving the tiny Qwen3
 fixture; WebSocket cases send junk frames to a session's socket.
 

@@ -1,0 +1,189 @@
+"""The OpenAI-compatible routes: /v1/models, /v1/chat/completions and /v1/completions (a JSON body, or server-sent
+events in OpenAI's chunk format) and /health. A client that goes away cancels its request."""
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import aclosing, closing
+from dataclasses import asdict
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from engine.generate import GenerationStats
+from engine.server.errors import ApiError, ClientGone, failure
+from engine.server.service import Run, service_of
+from engine.server.validation import (chat_messages, check_model, completion_prompt, enable_thinking,
+                                      include_usage, read_json, sampling_params)
+
+router = APIRouter()
+
+
+def usage(stats: GenerationStats) -> dict:
+    """OpenAI's usage object of a generation."""
+    return {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
+            "total_tokens": stats.prompt_tokens + stats.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": stats.cached_tokens}}
+
+
+def _finish(stats: GenerationStats) -> str:
+    return "length" if stats.finish_reason == "length" else "stop"
+
+
+def sse(payload) -> str:
+    """One server-sent event: payload (JSON, or a string such as [DONE]) as its data."""
+    return f"data: {payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+async def _collect(items) -> list:
+    return [x async for x in items]
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has closed the connection (call it after the request body has been read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def while_connected(request: Request, awaitable):
+    """awaitable's result; raises ClientGone, after cancelling it (and waiting for that), if the client
+    disconnects first."""
+    work, gone = asyncio.ensure_future(awaitable), asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        left = not work.done()
+        if left:
+            work.cancel()
+            await asyncio.wait((work,))
+    if left:
+        raise ClientGone
+    return work.result()
+
+
+async def answer(request: Request, body: dict, kind: str, make, stats: Callable[[], GenerationStats], shape):
+    """Run make() (pieces) and answer as OpenAI does: a JSON body, or SSE chunks ending with [DONE].
+    stats() gives the generation's statistics once it has ended; shape(pieces, delta, finish) a choice.
+    A client that disconnects before its answer is complete (or starts streaming) cancels it."""
+    service = service_of(request)
+    rid, created = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}", int(time.time())
+    head = {"id": rid, "object": "chat.completion" if kind == "chat" else "text_completion", "created": created,
+            "model": service.model_id}
+    with_usage = include_usage(body)
+    pieces = service.run(make, threading.Event())
+    if not body.get("stream"):
+        async with aclosing(pieces):
+            parts = await while_connected(request, _collect(pieces))
+        return JSONResponse(head | {"choices": [shape(parts, None, _finish(stats()))], "usage": usage(stats())})
+    head["object"] += ".chunk" if kind == "chat" else ""
+    try:  # fail before the stream starts when the request itself is bad
+        first = await while_connected(request, anext(pieces, None))
+    except BaseException:
+        await pieces.aclose()
+        raise
+    events = _events(request, head, kind == "chat", first, pieces, stats, shape, with_usage)
+    return StreamingResponse(events, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _events(request: Request, head: dict, chat: bool, first, pieces: Run, stats, shape, with_usage: bool):
+    """A streamed answer's events: (chat: the assistant role,) first and the other pieces, the finish reason,
+    (with_usage: the usage,) [DONE]; an error once the stream has started is an event of its own."""
+    try:
+        if chat:
+            yield sse(head | {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                           "logprobs": None, "finish_reason": None}]})
+        if first is not None:
+            yield sse(head | {"choices": [shape([first], True, None)]})
+            async for piece in pieces:
+                yield sse(head | {"choices": [shape([piece], True, None)]})
+        yield sse(head | {"choices": [shape([], True, _finish(stats()))]})
+        if with_usage:
+            yield sse(head | {"choices": [], "usage": usage(stats())})
+    except Exception as e:  # noqa: BLE001 — the stream has started: the error goes in it
+        yield sse(failure(e, request.state.request_id).body())
+    finally:
+        await pieces.aclose()
+    yield sse("[DONE]")
+
+
+def _chat_choice(pieces, delta, finish) -> dict:
+    """A chat choice of pieces: a delta (streamed) or the whole message, reasoning apart from content."""
+    content = "".join(p.text for p in pieces if p.kind == "content")
+    reasoning = "".join(p.text for p in pieces if p.kind == "reasoning")
+    if delta:
+        d = ({"content": content} if content else {}) | ({"reasoning_content": reasoning} if reasoning else {})
+        return {"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}
+    msg = {"role": "assistant", "content": content}
+    if reasoning:
+        msg["reasoning_content"] = reasoning.strip("\n")
+    return {"index": 0, "message": msg, "logprobs": None, "finish_reason": finish}
+
+
+def _text_choice(pieces, delta, finish) -> dict:
+    return {"index": 0, "text": "".join(pieces), "logprobs": None, "finish_reason": finish}
+
+
+@router.get("/health")
+async def health(request: Request):
+    return service_of(request).health()
+
+
+@router.get("/v1/models")
+async def models(request: Request):
+    service = service_of(request)
+    return {"object": "list", "data": [{"id": service.model_id, "object": "model", "created": 0,
+                                       "owned_by": "engine", "context_length": service.llm.n_ctx,
+                                       "sampling_defaults": asdict(service.llm.sampling_defaults)}]}
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request):
+    service = service_of(request)
+    llm = service.llm
+    body = await read_json(request)
+    check_model(body, service.model_id)
+    messages = chat_messages(body)
+    params = sampling_params(body, llm)
+    thinking = enable_thinking(body)
+    if llm.template is None:
+        raise ApiError(400, "this model has no chat template; use /v1/completions with a raw prompt")
+    stats = [GenerationStats()]  # the turn's usage, once the worker thread has it
+
+    def make():
+        sid, chat = service.api_chat(messages, thinking)
+        try:
+            gen = chat.regenerate(**asdict(params))
+            with closing(gen):
+                yield from gen
+        finally:
+            stats[0] = chat.last_usage or stats[0]
+            service.release_api_chat(sid)
+
+    return await answer(request, body, "chat", make, lambda: stats[0], _chat_choice)
+
+
+@router.post("/v1/completions")
+async def completions(request: Request):
+    service = service_of(request)
+    llm = service.llm
+    body = await read_json(request)
+    check_model(body, service.model_id)
+    prompt = completion_prompt(body)
+    params = sampling_params(body, llm)
+    ids = llm.encode_prompt(prompt)
+    max_tokens = params.max_tokens or max(1, llm.n_ctx - len(ids))
+    if len(ids) + max_tokens > llm.n_ctx:
+        raise ApiError(400, f"the prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) exceed the "
+                       f"{llm.n_ctx}-token context; shorten the prompt or lower max_tokens",
+                       param="max_tokens", code="context_length_exceeded")
+    stats = GenerationStats()
+
+    def make():
+        cache = llm.new_cache(len(ids) + max_tokens)
+        return service.served.stream(ids, cache, params, max_tokens, stats=stats)
+
+    return await answer(request, body, "text", make, lambda: stats, _text_choice)
