@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 
 from engine.chat import Chat, Piece
-from engine.cli.common import add_model_arg, add_run_args, load_from_args, loaded_line
+from engine.cli.common import add_model_arg, add_run_args, exit_status, load_from_args, loaded_line
 from engine.errors import EngineError
 from engine.sampler import SamplingParams
 
@@ -161,18 +161,16 @@ class _Repl:
 
 def run_cli(args) -> int:
     """Load the model and run the REPL. args: the namespace of build_parser() (engine.generate's works too)."""
-    try:
-        llm = load_from_args(args)
-        print(f"{loaded_line(llm)}; /help for commands, Ctrl-D to exit", file=sys.stderr, flush=True)
-        chat = Chat(llm, system=args.system, enable_thinking=getattr(args, "enable_thinking", None))
-        sampling = asdict(SamplingParams.from_args(args, llm.sampling_defaults))  # bad values fail now
-    except EngineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    return _Repl(chat, sampling, getattr(args, "hide_thinking", False)).run()
+    return exit_status(lambda: _repl(args).run())
+
+
+def _repl(args) -> _Repl:
+    """The REPL over a Chat with the model and sampling flags of args (bad values fail here, before the prompt)."""
+    llm = load_from_args(args)
+    print(f"{loaded_line(llm)}; /help for commands, Ctrl-D to exit", file=sys.stderr, flush=True)
+    chat = Chat(llm, system=args.system, enable_thinking=getattr(args, "enable_thinking", None))
+    sampling = asdict(SamplingParams.from_args(args, llm.sampling_defaults))
+    return _Repl(chat, sampling, getattr(args, "hide_thinking", False))
 
 
 def main(argv=None) -> int:

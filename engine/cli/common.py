@@ -1,7 +1,10 @@
-"""What the command lines share: the model flag, the run flags and loading a model from them."""
+"""What the command lines share: the model flag, the run flags, loading a model from them and their exit status."""
 import argparse
+import sys
+from collections.abc import Callable
 
 import engine
+from engine.errors import EngineError
 from engine.sampler import SamplingParams
 from kernels import backend
 
@@ -35,3 +38,16 @@ def loaded_line(llm) -> str:
     """What was loaded, how fast, and which kernels run (printed on stderr by the command lines)."""
     return (f"loaded {llm.source.id} ({llm.config.arch}, {llm.weight_bytes / 1e6:.0f} MB) in {llm.load_s:.2f} s; "
             f"{backend.describe()}")
+
+
+def exit_status(run: Callable[[], int | None]) -> int:
+    """run()'s exit status (0 when it returns None). An engine error becomes one "error: ..." line on stderr and
+    status 1, Ctrl-C "interrupted" and 130: a command line shows no traceback for either."""
+    try:
+        return run() or 0
+    except EngineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130

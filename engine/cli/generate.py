@@ -4,8 +4,7 @@ import argparse
 import sys
 
 from engine.cli.chat import run_cli
-from engine.cli.common import add_model_arg, add_run_args, load_from_args, loaded_line
-from engine.errors import EngineError
+from engine.cli.common import add_model_arg, add_run_args, exit_status, load_from_args, loaded_line
 from engine.sampler import SamplingParams
 
 
@@ -30,29 +29,25 @@ def main(argv=None) -> int:
         if not args.chat:
             parser.error("--prompt is required (or pass --chat without --prompt for an interactive chat)")
         return run_cli(args)
-    try:
-        llm = load_from_args(args)
-        print(loaded_line(llm), file=sys.stderr)
-        use_chat = args.chat if args.chat is not None else llm.template is not None
-        if use_chat:
-            messages = ([{"role": "system", "content": args.system}] if args.system else [])
-            messages.append({"role": "user", "content": args.prompt})
-            ids = llm.encode_chat(llm.apply_chat_template(messages))
-        else:
-            ids = llm.encode_prompt(args.prompt)
-        params = SamplingParams.from_args(args, llm.sampling_defaults)
-        for piece in llm.stream(ids, llm.new_cache(), params):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-        s = llm.last_stats
-        print(f"prompt: {s.prompt_tokens} tokens, {s.prefill_tps:.1f} tok/s | generated: {s.completion_tokens} "
-              f"tokens, {s.decode_tps:.1f} tok/s | finish: {s.finish_reason}", file=sys.stderr)
-    except EngineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    return 0
+    return exit_status(lambda: _generate(args))
 
+
+def _generate(args) -> None:
+    """Load the model, stream the answer to stdout and the statistics to stderr."""
+    llm = load_from_args(args)
+    print(loaded_line(llm), file=sys.stderr)
+    use_chat = args.chat if args.chat is not None else llm.template is not None
+    if use_chat:
+        messages = ([{"role": "system", "content": args.system}] if args.system else [])
+        messages.append({"role": "user", "content": args.prompt})
+        ids = llm.encode_chat(llm.apply_chat_template(messages))
+    else:
+        ids = llm.encode_prompt(args.prompt)
+    params = SamplingParams.from_args(args, llm.sampling_defaults)
+    for piece in llm.stream(ids, llm.new_cache(), params):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    s = llm.last_stats
+    print(f"prompt: {s.prompt_tokens} tokens, {s.prefill_tps:.1f} tok/s | generated: {s.completion_tokens} "
+          f"tokens, {s.decode_tps:.1f} tok/s | finish: {s.finish_reason}", file=sys.stderr)
