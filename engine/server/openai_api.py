@@ -140,14 +140,20 @@ async def models(request: Request):
                                        "sampling_defaults": asdict(service.llm.sampling_defaults)}]}
 
 
-@router.post("/v1/chat/completions")
-async def chat_completions(request: Request):
+async def _generation_request(request: Request):
+    """(Service, body, SamplingParams) of a completion request: the JSON body read, its model and sampling fields
+    checked (400 otherwise)."""
     service = service_of(request)
-    llm = service.llm
     body = await read_json(request)
     check_model(body, service.model_id)
+    return service, body, sampling_params(body, service.llm)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request):
+    service, body, params = await _generation_request(request)
+    llm = service.llm
     messages = chat_messages(body)
-    params = sampling_params(body, llm)
     thinking = enable_thinking(body)
     if llm.template is None:
         raise ApiError(400, "this model has no chat template; use /v1/completions with a raw prompt")
@@ -168,12 +174,9 @@ async def chat_completions(request: Request):
 
 @router.post("/v1/completions")
 async def completions(request: Request):
-    service = service_of(request)
+    service, body, params = await _generation_request(request)
     llm = service.llm
-    body = await read_json(request)
-    check_model(body, service.model_id)
     prompt = completion_prompt(body)
-    params = sampling_params(body, llm)
     ids = llm.encode_prompt(prompt)
     max_tokens = params.max_tokens or max(1, llm.n_ctx - len(ids))
     if len(ids) + max_tokens > llm.n_ctx:
