@@ -103,14 +103,22 @@ def upload(model) -> None:
 
 # ------------------------------------------------------------------------------------------------ operators
 
-def matmul_transb(x, w: QTensor, out=None):
-    """x @ wᵀ on the GPU. x: [T, K] float32 cupy; w: [N, K] QTensor on the device → [T, N] float32 (into out, a
-    contiguous [T, N] float32 cupy array, when given)."""
+def matmul_transb(x, w, out=None):
+    """x @ wᵀ on the GPU. x: [T, K] float32 cupy; w: [N, K] QTensor on the device, or a float32 cupy array
+    → [T, N] float32 (into out, a contiguous [T, N] float32 cupy array, when given)."""
     import cupy
     x = cupy.ascontiguousarray(x, dtype=cupy.float32)
     t, k = x.shape
     n = w.shape[0]
     out = cupy.empty((t, n), dtype=cupy.float32) if out is None else out
+    if not isinstance(w, QTensor):
+        if t > MATVEC_MAX_T or w.dtype != cupy.float32:
+            cupy.matmul(x, w.T.astype(cupy.float32, copy=False), out=out)
+            return out
+        kernel("quant_matvec.cu", "matvec_f32")(
+            (_blocks(n, MATVEC_WARPS), t), (32 * MATVEC_WARPS,),
+            (cupy.ascontiguousarray(w), x, out, np.int32(n), np.int32(k)))
+        return out
     if t <= MATVEC_MAX_T:
         kernel("quant_matvec.cu", f"matvec_{w.type_name.lower()}")(
             (_blocks(n, MATVEC_WARPS), t), (32 * MATVEC_WARPS,), (w.raw, x, out, np.int32(n), np.int32(k)))
@@ -142,11 +150,19 @@ def dequantize(w: QTensor, rows, out=None):
 
 
 def embedding(ids, table):
-    """Rows of the embedding table on the GPU. ids: [T] int; table: QTensor on the device or cupy array."""
+    """Rows of the embedding table on the GPU. ids: [T] int (host or device; read as a device int32 array);
+    table: QTensor on the device or cupy array → [T, D] float32."""
     import cupy
+    ids = cupy.asarray(ids, dtype=cupy.int32)
     if isinstance(table, QTensor):
-        return dequantize(table, np.asarray(ids))
-    return table[cupy.asarray(ids)].astype(cupy.float32)
+        return dequantize(table, ids)
+    if table.dtype != cupy.float32 or ids.ndim != 1:
+        return table[ids].astype(cupy.float32)
+    n, d = ids.shape[0], table.shape[1]
+    out = cupy.empty((n, d), dtype=cupy.float32)
+    kernel("gather.cu", "gather_rows_f32")((_blocks(n * d, 256),), (256,),
+                                           (cupy.ascontiguousarray(table), ids, out, np.int32(n), np.int32(d)))
+    return out
 
 
 def rms_norm(x, weight, eps: float, out=None):
@@ -198,6 +214,59 @@ def softmax(x):
     return y
 
 
+def geglu(gate, up, out=None):
+    """gelu_tanh(gate) * up, elementwise, float32 cupy (into out when given; out may be gate or up)."""
+    import cupy
+    gate = cupy.ascontiguousarray(gate, dtype=cupy.float32)
+    out = cupy.empty_like(gate) if out is None else out
+    kernel("swiglu.cu", "geglu_f32")((_blocks(gate.size, 256),), (256,),
+                                     (gate, cupy.ascontiguousarray(up, dtype=cupy.float32), out, np.int32(gate.size)))
+    return out
+
+
+def add(x, y, out=None):
+    """out = x + y, float32 contiguous cupy arrays: y of x's size (a residual) or of a size dividing it (a bias [N]
+    over the rows of [T, N]). Into out when given (out may be x or y); returns out."""
+    import cupy
+    x = cupy.ascontiguousarray(x, dtype=cupy.float32)
+    y = cupy.ascontiguousarray(y, dtype=cupy.float32)
+    if y.size == 0 or x.size % y.size:
+        raise ValueError(f"add: y of {y.size} elements does not broadcast over x of {x.size}")
+    out = cupy.empty_like(x) if out is None else out
+    kernel("add.cu", "add_f32")((_blocks(x.size, 256),), (256,), (x, y, out, np.int32(x.size), np.int32(y.size)))
+    return out
+
+
+def scale(x, s: float, out=None):
+    """x * s (s rounded to float32), float32 cupy (into out when given; out may be x)."""
+    import cupy
+    x = cupy.ascontiguousarray(x, dtype=cupy.float32)
+    out = cupy.empty_like(x) if out is None else out
+    kernel("scale.cu", "scale_f32")((_blocks(x.size, 256),), (256,), (x, out, np.int32(x.size), np.float32(s)))
+    return out
+
+
+def softcap(x, cap: float, out=None):
+    """cap * tanh(x / cap) (cap rounded to float32), float32 cupy (into out when given; out may be x)."""
+    import cupy
+    x = cupy.ascontiguousarray(x, dtype=cupy.float32)
+    out = cupy.empty_like(x) if out is None else out
+    kernel("scale.cu", "softcap_f32")((_blocks(x.size, 256),), (256,), (x, out, np.int32(x.size), np.float32(cap)))
+    return out
+
+
+def rope_cos_sin(positions, inv_freq):
+    """ops.rope_cos_sin on the GPU: positions [T] int (host or device, read as a device int32 array), inv_freq
+    [Dh/2] (float64 on the device) → new (cos, sin), each [T, Dh/2] float32; angles in float64."""
+    import cupy
+    positions = cupy.asarray(positions, dtype=cupy.int32)
+    half = inv_freq.shape[0]
+    cos = cupy.empty((positions.size, half), dtype=cupy.float32)
+    sin = cupy.empty((positions.size, half), dtype=cupy.float32)
+    rope_table(inv_freq, positions, cos, sin)
+    return cos, sin
+
+
 def _attention_fits(q, k, v) -> bool:
     """Whether the attention kernels cover q [T, H, Dh] against cache layers k, v [H_kv, S, Dh]: Dh a multiple of
     32 up to 256, H a multiple of H_kv, rows of a head contiguous and the same strides for k and v."""
@@ -237,10 +306,15 @@ def attention_decode(q, k, v, pos, window: int | None, scale: float, out) -> Non
          np.int32(window or 0), np.float32(scale)), shared_mem=ATTENTION_WARPS * (dh + 2) * 4)
 
 
-def rope_table(inv_freq, pos, cos, sin) -> None:
-    """cos, sin [1, Dh/2] float32 of the position pos (a device int32 [1]); inv_freq: [Dh/2] float64."""
-    half = inv_freq.shape[0]
-    kernel("rope.cu", "rope_table_f32")((_blocks(half, 128),), (128,), (inv_freq, pos, cos, sin, np.int32(half)))
+def rope_table(inv_freq, pos, cos, sin):
+    """cos, sin [T, Dh/2] float32 of the positions pos (a device int32 [T]; T = 1 for a decode step);
+    inv_freq: [Dh/2] float64 on the device (converted when not). Returns (cos, sin)."""
+    import cupy
+    half, t = inv_freq.shape[0], pos.size
+    kernel("rope.cu", "rope_table_f32")((_blocks(half, 128), min(max(t, 1), 65535)), (128,),
+                                        (cupy.asarray(inv_freq, dtype=cupy.float64), pos, cos, sin, np.int32(half),
+                                         np.int32(t)))
+    return cos, sin
 
 
 def kv_store(k, v, k_layer, v_layer, pos) -> None:
@@ -250,8 +324,3 @@ def kv_store(k, v, k_layer, v_layer, pos) -> None:
     kernel("kv_store.cu", "kv_store_f32")((_blocks(h_kv * dh, 256),), (256,),
                                           (k, v, k_layer, v_layer, pos, np.int32(h_kv), np.int32(dh),
                                            np.int32(k_layer.strides[0] // 4)))
-
-
-def add(x, y, out) -> None:
-    """out = x + y, float32 contiguous arrays of one size (out may be x or y)."""
-    kernel("add.cu", "add_f32")((_blocks(x.size, 256),), (256,), (x, y, out, np.int32(x.size)))

@@ -7,6 +7,10 @@
 //   shared memory: none.
 //   args: w const u8* [n, k / QK * BYTES] (rows contiguous), x const float* [T, k], y float* [T, n], int n, int k
 //         (k a multiple of the type's QK: 32, 256 for K-quants, 8 for F16/BF16).
+//
+// Launch contract (matvec_f32), a float32 weight matrix (no blocks): as above, with
+//   args: w const float* [n, k] (rows contiguous), x const float* [T, k], y float* [T, n], int n, int k (any k >= 1);
+//   the lanes of a warp stride over the row's elements (coalesced loads), then a shuffle sum.
 #include "quant_blocks.cuh"
 
 template <class B>
@@ -39,3 +43,17 @@ extern "C" __global__ void matvec_q5_1(const u8* w, const float* x, float* y, in
 extern "C" __global__ void matvec_q4_k(const u8* w, const float* x, float* y, int n, int k) { matvec<BlockQ4_K>(w, x, y, n, k); }
 extern "C" __global__ void matvec_q5_k(const u8* w, const float* x, float* y, int n, int k) { matvec<BlockQ5_K>(w, x, y, n, k); }
 extern "C" __global__ void matvec_q6_k(const u8* w, const float* x, float* y, int n, int k) { matvec<BlockQ6_K>(w, x, y, n, k); }
+
+extern "C" __global__ void matvec_f32(const float* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,
+                                      int n, int k) {
+    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    x += (long long)blockIdx.y * k;
+    y += (long long)blockIdx.y * n;
+    for (int row = blockIdx.x * warps + (threadIdx.x >> 5); row < n; row += gridDim.x * warps) {
+        const float* r = w + (long long)row * k;
+        float acc = 0.0f;
+        for (int i = lane; i < k; i += 32) acc += r[i] * x[i];
+        acc = warp_sum(acc);
+        if (lane == 0) y[row] = acc;
+    }
+}

@@ -8,20 +8,25 @@
 //   args: x const float* [t, h, dh], cos const float* [t, dh/2], sin const float* [t, dh/2], y float* [t, h, dh],
 //         int t, int h, int dh (even), int interleaved.
 //
-// Launch contract (rope_table_f32), the cos/sin of one position read from device memory (a captured decode step):
-//   block (B, 1, 1), any B from 1 to 1024; grid (G, 1, 1), any G >= 1: threads stride over the half frequencies.
+// Launch contract (rope_table_f32), the cos/sin of t positions read from device memory (a captured decode step
+// reads the position written there before each replay; prefill passes all its positions):
+//   block (B, 1, 1), any B from 1 to 1024; grid (G, Y, 1), any G, Y >= 1: threads of a block row stride over the
+//   half frequencies, block rows (blockIdx.y) over the t positions.
 //   shared memory: none.
-//   args: inv_freq const double* [half], pos const int* (one int), cos float* [half], sin float* [half], int half.
-//   Angles are taken in double, as kernels/ops.py rope_cos_sin does.
+//   args: inv_freq const double* [half], pos const int* [t], cos float* [t, half], sin float* [t, half], int half,
+//         int t.
+//   Angles are taken in double, then cos and sin rounded to float, as kernels/ops.py rope_cos_sin does.
 #include "common.cuh"
 
 extern "C" __global__ void rope_table_f32(const double* inv_freq, const int* pos, float* cos_out, float* sin_out,
-                                          int half) {
-    const double p = (double)*pos;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < half; i += gridDim.x * blockDim.x) {
-        const double angle = p * inv_freq[i];
-        cos_out[i] = (float)cos(angle);
-        sin_out[i] = (float)sin(angle);
+                                          int half, int t) {
+    for (int j = blockIdx.y; j < t; j += gridDim.y) {
+        const double p = (double)pos[j];
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < half; i += gridDim.x * blockDim.x) {
+            const double angle = p * inv_freq[i];
+            cos_out[(long long)j * half + i] = (float)cos(angle);
+            sin_out[(long long)j * half + i] = (float)sin(angle);
+        }
     }
 }
 

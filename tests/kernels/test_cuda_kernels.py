@@ -226,15 +226,20 @@ def test_attention(case):
 # ------------------------------------------------------------------ decode-step kernels (position in device memory)
 
 @needs_gpp
-@pytest.mark.parametrize("half,pos,grid,block", [(1, 0, 1, 32), (32, 7, 1, 1024), (64, 131071, 3, 5)])
+@pytest.mark.parametrize("half,pos,grid,block", [(1, [0], (1, 1), 32), (32, [7], (1, 1), 1024),
+                                                  (64, [131071], (3, 1), 5), (48, [0, 5, 9, 131071, 2], (2, 2), 96),
+                                                  (16, list(range(40)), (1, 40), 32)])
 def test_rope_table(half, pos, grid, block):
+    """The cos/sin of the positions read from device memory: grid rows stride over them (fewer rows than positions,
+    one each). Bit-identical to PyTorch's float64 cos/sin rounded to float32 (as kernels/ops.py rope_cos_sin)."""
     inv_freq = 10000.0 ** (-np.arange(half, dtype=np.float64) / half)
-    cos, sin = np.empty((2, 1, half), np.float32)
-    launch_all_orders(mod("rope.cu"), "rope_table_f32", grid, block, [inv_freq, np.array([pos], np.int32), cos, sin,
-                                                                       half], [cos, sin])
-    angles = torch.tensor(pos, dtype=torch.float64) * torch.from_numpy(inv_freq)
-    np.testing.assert_array_equal(cos[0], torch.cos(angles).float().numpy())
-    np.testing.assert_array_equal(sin[0], torch.sin(angles).float().numpy())
+    t = len(pos)
+    cos, sin = np.empty((2, t, half), np.float32)
+    launch_all_orders(mod("rope.cu"), "rope_table_f32", grid, block, [inv_freq, np.array(pos, np.int32), cos, sin,
+                                                                       half, t], [cos, sin])
+    angles = torch.tensor(pos, dtype=torch.float64)[:, None] * torch.from_numpy(inv_freq)[None, :]
+    np.testing.assert_array_equal(cos, torch.cos(angles).float().numpy())
+    np.testing.assert_array_equal(sin, torch.sin(angles).float().numpy())
 
 
 @needs_gpp
@@ -253,14 +258,127 @@ def test_kv_store(h_kv, dh, rows, pos, grid, block):
 
 
 @needs_gpp
-@pytest.mark.parametrize("n,grid,block", [(1, 1, 32), (1000, 3, 100), (5000, 2, 1024)])
-def test_add(n, grid, block):
-    x, y = np.random.default_rng(n).standard_normal((2, n)).astype(np.float32)
+@pytest.mark.parametrize("n,ny,grid,block", [(1, 1, 1, 32), (1000, 1000, 3, 100), (5000, 5000, 2, 1024),
+                                             (1000, 1, 2, 64), (3 * 700, 700, 3, 100), (8 * 96, 96, 1, 1024)])
+def test_add(n, ny, grid, block):
+    """Same size (a residual) and a bias [ny] broadcast over the rows of [n / ny, ny]."""
+    rng = np.random.default_rng(n + ny)
+    x, y = rng.standard_normal(n).astype(np.float32), rng.standard_normal(ny).astype(np.float32)
     out = np.empty(n, np.float32)
-    launch_all_orders(mod("add.cu"), "add_f32", grid, block, [x, y, out, n], [out])
-    np.testing.assert_array_equal(out, (torch.from_numpy(x) + torch.from_numpy(y)).numpy())
-    mod("add.cu").launch("add_f32", grid, block, [x, y, x, n])  # in place
+    launch_all_orders(mod("add.cu"), "add_f32", grid, block, [x, y, out, n, ny], [out])
+    ref = (torch.from_numpy(x).reshape(-1, ny) + torch.from_numpy(y)).reshape(-1).numpy()
+    np.testing.assert_array_equal(out, ref)
+    mod("add.cu").launch("add_f32", grid, block, [x, y, x, n, ny])  # in place
     np.testing.assert_array_equal(x, out)
+
+
+ELEMENTWISE = [(1, 1, 32), (1000, 3, 100), (5000, 2, 1024)]  # (n, grid, block)
+
+
+def awkward(n, seed):
+    """float32 values over many magnitudes, with zeros, signed zeros, subnormals and infinities among them."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(n) * 10.0 ** rng.uniform(-6, 3, n)).astype(np.float32)
+    special = np.array([0.0, -0.0, 1e-42, -1e-40, np.inf, -np.inf, 60.0, -60.0], np.float32)
+    x[:min(n, len(special))] = special[:n]
+    return x
+
+
+@needs_gpp
+@pytest.mark.parametrize("s", [3.0, 0.1, -1.7e-3, 45.254833995939045])
+@pytest.mark.parametrize("n,grid,block", ELEMENTWISE)
+def test_scale(n, grid, block, s):
+    """One rounded float32 product: bit-identical to NumPy's x * np.float32(s)."""
+    x = awkward(n, n)
+    out = np.empty(n, np.float32)
+    launch_all_orders(mod("scale.cu"), "scale_f32", grid, block, [x, out, n, s], [out])
+    np.testing.assert_array_equal(out.view(np.uint32), (x * np.float32(s)).view(np.uint32))
+    mod("scale.cu").launch("scale_f32", grid, block, [x, x, n, s])  # in place
+    np.testing.assert_array_equal(x.view(np.uint32), out.view(np.uint32))
+
+
+TANH_ULPS = 4  # |tanhf - NumPy's float32 tanh| in ulps of the tanh value: CUDA's tanhf is within 2 ulp of tanh
+# (CUDA C Programming Guide, Mathematical Functions), NumPy's within 1.4 (measured on 2M samples; glibc's tanhf, which
+# cudasim runs, within 2.1), so the two differ by under 4 ulp.
+
+
+def softcap_bound(x, cap):
+    """cap * tanh(x / cap): x / cap is one correctly rounded division on both sides, the tanh values differ by
+    TANH_ULPS ulp of tanh, scaled by cap, and the product's rounding adds one ulp of the result."""
+    t = np.tanh(x / np.float32(cap))
+    return cap * TANH_ULPS * np.spacing(np.abs(t)).astype(np.float64) + np.spacing(np.abs(cap * t))
+
+
+@needs_gpp
+@pytest.mark.parametrize("cap", [30.0, 50.0, 0.5])
+@pytest.mark.parametrize("n,grid,block", ELEMENTWISE)
+def test_softcap(n, grid, block, cap):
+    x = awkward(n, n) * np.float32(3)
+    out = np.empty(n, np.float32)
+    launch_all_orders(mod("scale.cu"), "softcap_f32", grid, block, [x, out, n, cap], [out])
+    ref = np.float32(cap) * np.tanh(x / np.float32(cap))
+    assert ref.dtype == np.float32
+    assert (np.abs(out.astype(np.float64) - ref) <= softcap_bound(x, cap)).all()  # measured: <= 0.73 of the bound
+    exact = cap * torch.tanh(torch.from_numpy(x).double() / cap).numpy()  # atol: x / cap subnormal keeps fewer bits
+    np.testing.assert_allclose(out, exact, rtol=1e-6, atol=cap * 2.0 ** -149)
+    mod("scale.cu").launch("softcap_f32", grid, block, [x, x, n, cap])  # in place
+    np.testing.assert_array_equal(x, out)
+
+
+def gelu_tanh_f32(x):
+    """The float32 formula of the spec: 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³))), each step rounded to float32."""
+    c = np.float32(np.sqrt(2.0 / np.pi))
+    return np.float32(0.5) * x * (np.float32(1.0) + np.tanh(c * (x + np.float32(0.044715) * x * x * x)))
+
+
+@needs_gpp
+@pytest.mark.parametrize("n,grid,block", ELEMENTWISE)
+def test_geglu(n, grid, block):
+    """Against the float32 formula in NumPy: all steps but tanh are the same rounded operations, so the results
+    differ through tanhf vs NumPy's tanh (TANH_ULPS ulp of a value in (-1, 1), <= 2^-24 each) and the rounding of
+    1 + t that follows (<= 1 ulp of a sum below 2, 2^-23); near gate << 0 that sum cancels, so the bound is absolute
+    in that term: 0.5 |gate| |up| (4 * 2^-24 + 2^-23), plus 2 ulp of the result for the two products after it
+    (measured: <= 0.63 of the bound). Also close to PyTorch's gelu(approximate="tanh") in float64."""
+    rng = np.random.default_rng(n)
+    gate, up = (rng.standard_normal((2, n)) * 4).astype(np.float32)
+    gate[:min(n, 4)] = np.array([0.0, -0.0, 12.0, -12.0], np.float32)[:n]
+    out = np.empty(n, np.float32)
+    launch_all_orders(mod("swiglu.cu"), "geglu_f32", grid, block, [gate, up, out, n], [out])
+    ref = gelu_tanh_f32(gate) * up
+    assert ref.dtype == np.float32
+    err = np.abs(out.astype(np.float64) - ref)
+    bound = (0.5 * np.abs(gate.astype(np.float64) * up) * (TANH_ULPS * 2.0 ** -24 + 2.0 ** -23)
+             + 2 * np.spacing(np.abs(ref)))
+    assert (err <= bound).all(), (err - bound).max()
+    g64 = torch.nn.functional.gelu(torch.from_numpy(gate).double(), approximate="tanh")
+    np.testing.assert_allclose(out, (g64 * torch.from_numpy(up).double()).numpy(), rtol=1e-5, atol=1e-6)
+    mod("swiglu.cu").launch("geglu_f32", grid, block, [gate, up, up, n])  # in place (into up)
+    np.testing.assert_array_equal(up, out)
+
+
+@needs_gpp
+@pytest.mark.parametrize("n,d,rows,grid,block", [(1, 1, [0], 1, 32), (4, 64, [29, 0, 7, 7], 3, 100),
+                                                 (6, 2049, [5, 1, 0, 2, 3, 4], 2, 1024)])
+def test_gather_rows(n, d, rows, grid, block):
+    table = np.random.default_rng(d).standard_normal((max(rows) + 1, d)).astype(np.float32)
+    idx = np.array(rows, np.int32)
+    out = np.empty((n, d), np.float32)
+    launch_all_orders(mod("gather.cu"), "gather_rows_f32", grid, block, [table, idx, out, n, d], [out])
+    np.testing.assert_array_equal(out, table[idx])
+
+
+@needs_gpp
+@pytest.mark.parametrize("n,k,tokens,grid,block", [(1, 1, 1, 1, 32), (7, 100, 2, 64, 96), (37, 1000, 1, 3, 1024),
+                                                   (5, 33, 4, 2, 64)])
+def test_matvec_f32(n, k, tokens, grid, block):
+    rng = np.random.default_rng(n + k)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    x = rng.standard_normal((tokens, k)).astype(np.float32)
+    y = np.empty((tokens, n), np.float32)
+    launch_all_orders(mod("quant_matvec.cu"), "matvec_f32", (grid, tokens), block, [w, x, y, n, k], [y])
+    ref = (torch.from_numpy(x).double() @ torch.from_numpy(w).double().T).numpy()
+    bound = np.abs(x).astype(np.float64) @ np.abs(w).T.astype(np.float64)
+    assert (np.abs(y - ref) <= 1e-5 * bound + 1e-30).all()
 
 
 @needs_gpp

@@ -81,6 +81,99 @@ def test_operators(device):
                                atol=1e-6)
 
 
+@pytest.mark.parametrize("tokens", [1, 4, 9])
+def test_matmul_transb_float32_weights(device, tokens):
+    """A float32 weight matrix: the matvec_f32 kernel up to MATVEC_MAX_T vectors, cupy.matmul above."""
+    rng = np.random.default_rng(tokens)
+    w = rng.standard_normal((13, 70)).astype(np.float32)
+    x = rng.standard_normal((tokens, 70)).astype(np.float32)
+    y = cuda.matmul_transb(on_device(x), on_device(w))
+    ref = (torch.from_numpy(x).double() @ torch.from_numpy(w).double().T).numpy()
+    bound = np.abs(x).astype(np.float64) @ np.abs(w).T.astype(np.float64)
+    assert isinstance(y, DeviceArray) and y.shape == (tokens, 13) and (np.abs(y - ref) <= 1e-5 * bound).all()
+    out = on_device(np.full((tokens, 13), np.nan, np.float32))
+    assert cuda.matmul_transb(on_device(x), on_device(w), out=out) is out
+    np.testing.assert_array_equal(out, y)
+
+
+def test_embedding_device_ids(device):
+    """Token ids already on the device (any int dtype): the QTensor dequantize gather and the float32 row gather."""
+    w, ref_w = quantized(GGMLType.Q8_0, 30, 64)
+    table = np.random.default_rng(1).standard_normal((30, 40)).astype(np.float32)
+    for dtype in (np.int32, np.int64):
+        ids = np.array([3, 29, 0, 3], dtype)
+        np.testing.assert_array_equal(cuda.embedding(on_device(ids), w), ref_w[ids].astype(np.float32))
+        got = cuda.embedding(on_device(ids), on_device(table))
+        assert isinstance(got, DeviceArray) and got.dtype == np.float32
+        np.testing.assert_array_equal(got, table[ids])
+
+
+def test_add_scale_softcap_geglu(device):
+    """The elementwise launchers: new outputs, out= (aliasing an input), and add's bias broadcast. References:
+    PyTorch (add), NumPy's float32 formulas (scale: bit-identical; softcap, geglu: tanhf vs NumPy's tanh, see
+    test_cuda_kernels.softcap_bound and
+    test_geglu for the bounds, softcap's loosened to its largest values)."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((2, 3, 40)).astype(np.float32) * 20
+    bias = rng.standard_normal(40).astype(np.float32)
+    sum_ = cuda.add(on_device(x), on_device(y))
+    assert isinstance(sum_, DeviceArray) and sum_.shape == (3, 40)
+    np.testing.assert_array_equal(sum_, (torch.from_numpy(x) + torch.from_numpy(y)).numpy())
+    np.testing.assert_array_equal(cuda.add(on_device(x), on_device(bias)),
+                                  (torch.from_numpy(x) + torch.from_numpy(bias)).numpy())
+    a, b, out = on_device(x.copy()), on_device(y), on_device(np.zeros_like(x))  # on_device(x) would share x
+    assert cuda.add(a, b, out) is out  # the positional call of the decode graph, now returning out
+    np.testing.assert_array_equal(out, sum_)
+    assert cuda.add(a, on_device(bias), out=a) is a  # in place
+    np.testing.assert_array_equal(a, x + bias)
+    with pytest.raises(ValueError):
+        cuda.add(on_device(x), on_device(bias[:7]))
+
+    s = 45.254833995939045  # sqrt(2048), a Gemma embedding scale
+    scaled = cuda.scale(on_device(x), s)
+    np.testing.assert_array_equal(scaled.view(np.uint32), (x * np.float32(s)).view(np.uint32))
+    a = on_device(x.copy())
+    assert cuda.scale(a, 0.5, out=a) is a
+    np.testing.assert_array_equal(a, x * np.float32(0.5))
+
+    for cap in (30.0, 50.0):
+        capped = cuda.softcap(on_device(x), cap)
+        ref = np.float32(cap) * np.tanh(x / np.float32(cap))
+        bound = cap * 4 * 2.0 ** -24 + np.spacing(np.float32(cap))  # 4 ulp of a tanh value, 1 of the result
+        assert isinstance(capped, DeviceArray) and np.abs(capped - ref).max() <= bound
+    a = on_device(x.copy())
+    assert cuda.softcap(a, 30.0, out=a) is a and np.abs(a).max() < 30
+
+    gate, up = x / 5, y / 5
+    c = np.float32(np.sqrt(2.0 / np.pi))
+    ref = np.float32(0.5) * gate * (np.float32(1) + np.tanh(c * (gate + np.float32(0.044715) * gate * gate * gate))) * up
+    got = cuda.geglu(on_device(gate), on_device(up))
+    assert isinstance(got, DeviceArray) and got.shape == gate.shape
+    bound = 0.5 * np.abs(gate.astype(np.float64) * up) * (4 * 2.0 ** -24 + 2.0 ** -23) + 2 * np.spacing(np.abs(ref))
+    assert (np.abs(got.astype(np.float64) - ref) <= bound).all()
+    u = on_device(up.copy())
+    assert cuda.geglu(on_device(gate), u, out=u) is u
+    np.testing.assert_array_equal(u, got)
+
+
+def test_rope_cos_sin_and_table(device):
+    """rope_cos_sin from host or device positions of any int dtype; rope_table into given [T, Dh/2] arrays, the
+    one-position decode call included. Reference: PyTorch float64 cos/sin rounded to float32."""
+    inv_freq = 10000.0 ** (-np.arange(32, dtype=np.float64) / 32)
+    positions = np.array([0, 1, 7, 4095, 131071])
+    angles = torch.from_numpy(positions).double()[:, None] * torch.from_numpy(inv_freq)[None, :]
+    ref_cos, ref_sin = torch.cos(angles).float().numpy(), torch.sin(angles).float().numpy()
+    for pos in (positions, on_device(positions), on_device(positions.astype(np.int32))):
+        cos, sin = cuda.rope_cos_sin(pos, on_device(inv_freq))
+        assert isinstance(cos, DeviceArray) and cos.shape == sin.shape == (5, 32) and cos.dtype == np.float32
+        np.testing.assert_array_equal(cos, ref_cos)
+        np.testing.assert_array_equal(sin, ref_sin)
+    cos, sin = on_device(np.zeros((1, 32), np.float32)), on_device(np.zeros((1, 32), np.float32))
+    assert cuda.rope_table(on_device(inv_freq), on_device(np.array([7], np.int32)), cos, sin) == (cos, sin)
+    np.testing.assert_array_equal(cos, ref_cos[2:3])
+    np.testing.assert_array_equal(sin, ref_sin[2:3])
+
+
 @pytest.mark.parametrize("t,start,window", [(1, 9, None), (4, 0, None), (3, 5, 4)])
 def test_attention_on_cache_layers(device, t, start, window):
     """q against whole [H_kv, S_max, Dh] cache layers (positions past start + t hold garbage and are ignored)."""
