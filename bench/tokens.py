@@ -263,7 +263,7 @@ def main(argv=None) -> None:
     if not a.model:
         ap.error("--model is required")
 
-    from engine import hub
+    from engine.formats import hub
     source = hub.resolve(a.model)
     model_path = str(source.gguf_paths[0] if source.is_gguf else source.hf_dir)
     paths = {"ours": model_path, "llama.cpp": model_path, "transformers": a.hf_dir or model_path}

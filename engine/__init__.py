@@ -4,8 +4,8 @@ __all__ = ["LLM", "load"]
 
 
 def __getattr__(name):
-    # Imported on first use so that `engine.errors`, `engine.gguf`, ... load without the whole runtime.
+    # Imported on first use so that `engine.errors`, `engine.formats.gguf`, ... load without the whole runtime.
     if name in __all__:
-        from engine import llm
+        from engine.runtime import llm
         return getattr(llm, name)
     raise AttributeError(f"module 'engine' has no attribute {name!r}")

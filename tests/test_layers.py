@@ -1,5 +1,7 @@
 """The import graph of kernels/, models/, engine/ and bench/ (read with `ast`, nothing imported): no arrow from a
-lower layer to a higher one in the order kernels → models → engine → bench, and no cycle among modules.
+lower layer to a higher one in the order kernels → models → engine → bench, none inside engine/ from a lower
+sub-package to a higher one (formats, text and errors → runtime → chat → server → cli), and no cycle among
+modules. Also: no function longer than MAX_FUNCTION_LINES.
 
 Every import counts, at module level or inside a function, relative ones resolved, except those under
 `if __name__ == "__main__":`: that code runs only when the file is the program, a module of its own (the thin
@@ -96,7 +98,7 @@ def test_the_graph_is_read():
     edges, _ = graph()
     assert "kernels.quants" in edges["kernels.qtensor"]
     assert "kernels.cpu.quant_kernels" in edges["kernels.cpu.int8_kernels"]
-    assert "engine.llm" in edges["engine"]  # inside a function
+    assert "engine.runtime.llm" in edges["engine"]  # inside a function
     assert "kernels.cuda" in edges["kernels.cuda.graph"]  # `from kernels import cuda`: the package
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
@@ -122,3 +124,97 @@ def test_only_entry_points_import_the_command_lines():
 def test_no_import_cycle():
     cycle = find_cycle(graph()[0])
     assert cycle is None, "import cycle: " + " → ".join(cycle)
+
+
+# --- inside engine/: sub-packages by concern, each importing only its own floor or lower ones ----------------------
+
+ENGINE_FLOORS = {"errors": 0, "formats": 0, "text": 0, "runtime": 1, "chat": 2, "server": 3, "cli": 4}
+# engine/__init__ (lazy load/LLM), __main__ and the `python -m engine.X` entry modules sit above every floor: they may
+# import anything. As an import target, the package `engine` is what it re-exports (the runtime's load and LLM).
+ENGINE_ENTRY_POINTS = {"engine": 1, "engine.__main__": 5, "engine.generate": 5, "engine.serve": 5,
+                       "engine.quantize": 5}
+# (importer, imported sub-package) pairs allowed to point up, inside a function only, and why.
+ENGINE_UPWARD_ALLOWED = {("engine.runtime.llm", "engine.chat"): "LLM.chat(), the README's llm.chat(), builds a Chat"}
+
+
+def engine_floor(module: str) -> int:
+    """The floor of an engine module (ENGINE_FLOORS by its sub-package), or of an entry module as a target."""
+    if module in ENGINE_ENTRY_POINTS:
+        return ENGINE_ENTRY_POINTS[module]
+    sub = module.split(".")[1]
+    assert sub in ENGINE_FLOORS, f"{module} is in no engine sub-package of ENGINE_FLOORS: place it in one"
+    return ENGINE_FLOORS[sub]
+
+
+def _module_level_import_names(path: Path) -> set[str]:
+    """Modules named by the file's imports outside functions (at module level, in classes or if-blocks)."""
+    names, todo = set(), [ast.parse(path.read_text(), str(path))]
+    while todo:
+        for child in ast.iter_child_nodes(todo.pop()):
+            if isinstance(child, ast.Import):
+                names |= {alias.name for alias in child.names}
+            elif isinstance(child, ast.ImportFrom) and child.module:
+                names.add(child.module)
+            elif not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                todo.append(child)
+    return names
+
+
+def upward_engine_imports(edges: dict[str, set[str]], modules: dict[str, Path]) -> list[str]:
+    """"a imports b" for each import from an engine module to a module on a higher floor, except
+    ENGINE_UPWARD_ALLOWED pairs imported inside a function only."""
+    upward = []
+    for a, targets in edges.items():
+        if not a.startswith("engine") or a in ENGINE_ENTRY_POINTS:
+            continue
+        for b in targets:
+            if b.split(".")[0] != "engine" or engine_floor(b) <= engine_floor(a):
+                continue
+            sub = ".".join(b.split(".")[:2])
+            if (a, sub) in ENGINE_UPWARD_ALLOWED and not any(
+                    n == sub or n.startswith(sub + ".") for n in _module_level_import_names(modules[a])):
+                continue
+            upward.append(f"{a} imports {b}")
+    return sorted(upward)
+
+
+def test_engine_sub_packages_import_only_their_floor_or_lower():
+    edges, _ = graph()
+    upward = upward_engine_imports(edges, module_files())
+    assert not upward, ("imports up engine's floors (formats, text, errors → runtime → chat → server → cli):\n"
+                        + "\n".join(upward))
+
+
+def test_the_engine_floors_are_read():
+    edges, _ = graph()
+    modules = module_files()
+    assert "engine.chat.conversation" in edges["engine.chat.store"]
+    assert engine_floor("engine.formats.gguf") < engine_floor("engine.runtime.llm") < engine_floor("engine.chat")
+    assert engine_floor("engine.chat.store") < engine_floor("engine.server.app") < engine_floor("engine.cli.chat")
+    assert "engine.chat" in edges["engine.runtime.llm"]  # the one allowed, inside LLM.chat()
+    assert upward_engine_imports({"engine.formats.gguf": {"engine.runtime.kvcache", "engine.errors"}}, modules) == [
+        "engine.formats.gguf imports engine.runtime.kvcache"]
+    assert upward_engine_imports({"engine.runtime.kvcache": {"engine.chat"}}, modules) == [
+        "engine.runtime.kvcache imports engine.chat"]
+
+
+# --- function length ---------------------------------------------------------------------------------------------
+
+MAX_FUNCTION_LINES = 80
+LONG_FUNCTIONS_ALLOWED = ("engine/text/tokenizer.py",)  # the tokenizer's special cases, as llama.cpp spells them
+
+
+def test_no_function_is_longer_than_80_lines():
+    """Every function and method in kernels/, models/, engine/ and bench/ fits in MAX_FUNCTION_LINES lines
+    (from its def to its last line), except in LONG_FUNCTIONS_ALLOWED."""
+    long = []
+    for path in module_files().values():
+        rel = path.relative_to(ROOT).as_posix()
+        if rel in LONG_FUNCTIONS_ALLOWED:
+            continue
+        for fn in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = fn.end_lineno - fn.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long.append(f"{rel}:{fn.lineno} {fn.name} is {n} lines")
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines:\n" + "\n".join(sorted(long))

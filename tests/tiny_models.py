@@ -2,9 +2,9 @@
 them in our engine, their transformers references, and a fresh KV cache."""
 from pathlib import Path
 
-from engine.hub import resolve
-from engine.kvcache import KVCache
-from engine.loader import load_source
+from engine.formats.hub import resolve
+from engine.formats.loader import load_source
+from engine.runtime.kvcache import KVCache
 from reference import gguf_logits, hf_logits
 
 TINY = Path(__file__).parent / "fixtures" / "tiny"  # one folder per architecture

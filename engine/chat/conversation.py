@@ -10,10 +10,9 @@ KV cache to the longest common prefix of the tokens it already holds and runs th
 follow-up question costs its own tokens (plus whatever the template renders differently from what was generated),
 and undo / regenerate / a changed system prompt truncate the cache instead of recomputing it.
 
-Also here: `SessionStore` (many chats under one KV byte budget, least recently used caches evicted and recomputed
-on demand), Qwen3-style `<think>…</think>` reasoning split, `send_async` (generation on a worker thread, cancellable),
-save/load. The REPL, `python -m engine.chat` (or `python -m engine.generate --chat` without `--prompt`), is
-engine/cli/chat.py.
+Also here: `send_async` (generation on a worker thread, cancellable) and save/load. Many chats under one KV byte
+budget: store.py's `SessionStore`; the Qwen3-style `<think>…</think>` reasoning split: thinking.py. The REPL,
+`python -m engine.chat` (or `python -m engine.generate --chat` without `--prompt`), is engine/cli/chat.py.
 
 Cancellation (`chat.cancel()`, closing the `send` iterator early, cancelling the `send_async` task, Ctrl-C in the
 REPL): generation stops before the next token; the partial answer streamed so far stays in `messages` (so `/regen`
@@ -25,97 +24,21 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import threading
 import weakref
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.chat.thinking import Piece, ThinkSplitter, opens_thinking
 from engine.errors import ContextOverflowError, EngineError, InvalidRequestError, TemplateError
-from engine.generate import Cancelled, GenerationStats, common_prefix, stream_text
-from engine.sampler import SamplingParams
+from engine.runtime.generate import Cancelled, GenerationStats, common_prefix, stream_text
+from engine.runtime.sampler import SamplingParams
 
-__all__ = ["Chat", "Piece", "Usage", "SessionStore", "ThinkSplitter"]
+__all__ = ["Chat", "Usage"]
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 OVERFLOW_POLICIES = ("truncate_oldest", "error")
 SAVE_FORMAT = "engine-chat"
-
-
-# ---- pieces and the reasoning split -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Piece:
-    """A streamed piece of an answer. kind: "content" (the answer) or "reasoning" (inside <think>…</think>)."""
-    text: str
-    kind: str = "content"
-
-    def __str__(self) -> str:
-        return self.text
-
-
-def _partial_tail(text: str, tag: str) -> int:
-    """Length of the longest tail of text that is a proper prefix of tag (the tag may still be completing)."""
-    for k in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:k]):
-            return k
-    return 0
-
-
-class ThinkSplitter:
-    """Splits streamed text into reasoning and content at `<think>` / `</think>`, even when a tag arrives over
-    several pieces. The tags themselves are dropped, and so are the newlines right after a tag (Qwen3 writes
-    "<think>\\n…\\n</think>\\n\\n"). reasoning=True starts inside a think block (the prompt opened it)."""
-
-    def __init__(self, reasoning: bool = False):
-        self.kind = "reasoning" if reasoning else "content"
-        self._pending = ""
-        self._after_tag = reasoning
-
-    def feed(self, text: str) -> list[Piece]:
-        """Pieces completed by text (possibly none while a tag may be starting)."""
-        self._pending += text
-        out: list[Piece] = []
-        while True:
-            tag = THINK_CLOSE if self.kind == "reasoning" else THINK_OPEN
-            i = self._pending.find(tag)
-            if i < 0:
-                break
-            self._emit(out, self._pending[:i])
-            self._pending = self._pending[i + len(tag):]
-            self.kind = "content" if self.kind == "reasoning" else "reasoning"
-            self._after_tag = True
-        cut = len(self._pending) - _partial_tail(self._pending, tag)
-        self._emit(out, self._pending[:cut])
-        self._pending = self._pending[cut:]
-        return out
-
-    def flush(self) -> list[Piece]:
-        """What is still held back (a tag prefix that never completed), at the end of the stream."""
-        out: list[Piece] = []
-        self._emit(out, self._pending)
-        self._pending = ""
-        return out
-
-    def _emit(self, out: list[Piece], text: str) -> None:
-        if self._after_tag:
-            text = text.lstrip("\n")
-            if text:
-                self._after_tag = False
-        if text:
-            out.append(Piece(text, self.kind))
-
-
-def _opens_thinking(prompt: str) -> bool:
-    """Whether the rendered prompt leaves a think block open (templates that pre-fill "<think>\\n")."""
-    tail = prompt.rstrip()
-    return tail.endswith(THINK_OPEN)
-
-
-# ---- usage, sampling options ------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -134,9 +57,6 @@ class _Turn:
     user: str | None  # the new user message; None to (re)answer the last one
     cancel: threading.Event = field(default_factory=threading.Event)
     gen: weakref.ref | None = None  # the turn's generator, weakly: dropping the iterator closes (cancels) the turn
-
-
-# ---- Chat ---------------------------------------------------------------------------------------------------------
 
 
 class Chat:
@@ -170,7 +90,7 @@ class Chat:
         self._peak = 0               # most positions ever written to this cache (pages the OS has committed)
         self._turn: _Turn | None = None
         self._running = False
-        self._store: SessionStore | None = None
+        self._store = None           # the SessionStore holding this chat, if any
         self.system = system
 
     # -- conversation state --
@@ -421,7 +341,7 @@ class Chat:
         cache.truncate(keep)
         del self._ids[keep:]
         usage = Usage(prompt_tokens=len(ids), dropped_messages=dropped)
-        splitter = ThinkSplitter(reasoning=_opens_thinking(text))
+        splitter = ThinkSplitter(reasoning=opens_thinking(text))
         parts: dict[str, list[str]] = {"content": [], "reasoning": []}
         # the loop fills self._ids with the prompt and the sampled tokens; the cache holds its first cache.length
         stream = stream_text(self.llm.runner, self.llm.tokenizer, cache, ids, turn.params, max_tokens,
@@ -488,100 +408,3 @@ class Chat:
                     except BaseException:
                         break
             gen.close()  # no step runs now; finishes the turn (as cancelled) if it did not end
-
-
-# ---- many sessions ------------------------------------------------------------------------------------------------
-
-
-class SessionStore:
-    """Chats keyed by session id whose KV caches share a byte budget.
-
-    max_bytes: budget for all caches together, counted as Chat.kv_bytes (positions written × bytes per position).
-    Before a turn, least recently used idle sessions lose their cache until the turn's expected size fits; after
-    it, until everything fits (the session that just answered goes last). An evicted session keeps its messages;
-    its next turn recomputes the conversation. chat_options (system, enable_thinking, context_overflow) are the
-    defaults for new sessions.
-    """
-
-    def __init__(self, llm, max_bytes: int = 1 << 30, **chat_options):
-        if max_bytes < 0:
-            raise InvalidRequestError(f"max_bytes must be >= 0, got {max_bytes}")
-        self.llm = llm
-        self.max_bytes = int(max_bytes)
-        self.chat_options = chat_options
-        self.evictions = 0
-        self._chats: OrderedDict[str, Chat] = OrderedDict()  # least recently used first
-        self._lock = threading.RLock()
-
-    def get(self, session_id: str, **chat_options) -> Chat:
-        """The session's Chat, created on first use (chat_options override the store's defaults then)."""
-        with self._lock:
-            chat = self._chats.get(session_id)
-            if chat is None:
-                chat = self.put(session_id, Chat(self.llm, **{**self.chat_options, **chat_options}))
-            return chat
-
-    def put(self, session_id: str, chat: Chat) -> Chat:
-        """Adopt a chat (e.g. one from Chat.load) under session_id, replacing any session of that id."""
-        with self._lock:
-            old = self._chats.pop(session_id, None)
-            if old is not None and old is not chat:
-                old._store = None
-            chat._store = self
-            self._chats[session_id] = chat
-            return chat
-
-    def drop(self, session_id: str) -> None:
-        """Forget a session and free its cache."""
-        with self._lock:
-            chat = self._chats.pop(session_id, None)
-            if chat is not None:
-                chat._store = None
-                if not chat._running:
-                    chat._drop_cache()
-
-    def __contains__(self, session_id) -> bool:
-        return session_id in self._chats
-
-    def __len__(self) -> int:
-        return len(self._chats)
-
-    def ids(self) -> list[str]:
-        """Session ids, least recently used first."""
-        with self._lock:
-            return list(self._chats)
-
-    @property
-    def used_bytes(self) -> int:
-        """KV cache bytes held by all sessions."""
-        with self._lock:
-            return sum(c.kv_bytes for c in self._chats.values())
-
-    def _evict(self, needed: int, spare: Chat | None) -> None:
-        """Drop idle caches, least recently used first (spare last, if at all), until used + needed fits."""
-        order = [c for c in self._chats.values() if c is not spare] + ([spare] if spare is not None else [])
-        for chat in order:
-            if self.used_bytes + needed <= self.max_bytes:
-                return
-            if chat._cache is not None and not chat._running:
-                chat._drop_cache()
-                self.evictions += 1
-
-    def _begin_turn(self, chat: Chat, positions: int) -> None:
-        with self._lock:
-            for sid, c in self._chats.items():
-                if c is chat:
-                    self._chats.move_to_end(sid)
-                    break
-            chat._running = True  # (so it is not evicted itself)
-            expected = max(chat._peak, min(positions, self.llm.n_ctx)) * chat.bytes_per_position
-            self._evict(max(0, expected - chat.kv_bytes), spare=None)
-
-    def _end_turn(self, chat: Chat) -> None:
-        with self._lock:
-            self._evict(0, spare=chat)
-
-
-if __name__ == "__main__":  # the REPL lives in engine/cli/chat.py
-    from engine.cli.chat import main
-    sys.exit(main())

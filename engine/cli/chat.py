@@ -9,7 +9,7 @@ from dataclasses import asdict
 from engine.chat import Chat, Piece
 from engine.cli.common import add_model_arg, add_run_args, exit_status, load_from_args, loaded_line
 from engine.errors import EngineError
-from engine.sampler import SamplingParams
+from engine.runtime.sampler import SamplingParams
 
 HELP = """commands:
   /undo         remove the last exchange          /regen        answer the last message again

@@ -5,7 +5,7 @@ from collections.abc import Callable
 
 import engine
 from engine.errors import EngineError
-from engine.sampler import SamplingParams
+from engine.runtime.sampler import SamplingParams
 from kernels import backend
 
 

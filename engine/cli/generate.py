@@ -5,7 +5,7 @@ import sys
 
 from engine.cli.chat import run_cli
 from engine.cli.common import add_model_arg, add_run_args, exit_status, load_from_args, loaded_line
-from engine.sampler import SamplingParams
+from engine.runtime.sampler import SamplingParams
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,23 +1,24 @@
-"""`python -m engine.quantize SRC --type TYPE -o OUT.gguf`: write a quantized GGUF file (engine/quantize.py)."""
+"""`python -m engine.quantize SRC --type TYPE -o OUT.gguf`: write a quantized GGUF file
+(engine/formats/convert.py)."""
 import argparse
 import sys
 from pathlib import Path
 
-from engine import quantize
 from engine.errors import EngineError
+from engine.formats import convert
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m engine.quantize", description=quantize.__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m engine.quantize", description=convert.__doc__.split("\n")[0])
     ap.add_argument("src", help="HF-style model directory or .gguf file")
-    ap.add_argument("--type", required=True, choices=list(quantize.FILE_TYPES),
+    ap.add_argument("--type", required=True, choices=list(convert.FILE_TYPES),
                     help="tensor type mix (as llama-quantize)")
     ap.add_argument("-o", "--output", required=True, help="the .gguf file to write")
     ap.add_argument("--tokenizer-pre", default=None,
                     help="llama.cpp pre-tokenizer name (tokenizer.ggml.pre) when it cannot be detected")
     args = ap.parse_args(argv)
     try:
-        types = quantize.convert(args.src, args.output, args.type, args.tokenizer_pre)
+        types = convert.convert(args.src, args.output, args.type, args.tokenizer_pre)
     except EngineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -24,10 +24,10 @@ import gguf
 import numpy as np
 from tqdm import tqdm
 
-from engine import jsonfile
 from engine.errors import InvalidRequestError, ModelFileError, TokenizerError, UnsupportedModelError
-from engine.gguf import GGUFFile
-from engine.safetensors import load_hf_dir
+from engine.formats import jsonfile
+from engine.formats.gguf import GGUFFile
+from engine.formats.safetensors import load_hf_dir
 from kernels.qtensor import QTensor
 from kernels.quants import GGMLType, block_shape, quantize
 from models.config import SUPPORTED_ARCHITECTURES, ModelConfig
@@ -448,8 +448,3 @@ def convert(src: str | Path, out: str | Path, file_type: str, tokenizer_pre: str
     w.close()
     tmp.replace(out)
     return types
-
-
-if __name__ == "__main__":  # the command line lives in engine/cli/quantize.py
-    from engine.cli.quantize import main
-    sys.exit(main())

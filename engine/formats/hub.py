@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import ModelFileError, ModelNotFoundError
-from engine.gguf import split_gguf_parts, split_parts
-from engine.safetensors import index_shards
+from engine.formats.gguf import split_gguf_parts, split_parts
+from engine.formats.safetensors import index_shards
 
 __all__ = [
     "ModelSpec",
@@ -53,7 +53,7 @@ __all__ = [
     "DEFAULT_REGISTRY_PATH",
 ]
 
-DEFAULT_REGISTRY_PATH = Path(__file__).resolve().parent.parent / "models" / "models.toml"
+DEFAULT_REGISTRY_PATH = Path(__file__).resolve().parents[2] / "models" / "models.toml"
 
 # Files fetched with a safetensors model or as a separate tokenizer.
 TOKENIZER_FILES = (

@@ -4,10 +4,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import EngineError, ModelFileError, TokenizerError
-from engine.gguf import GGUFFile
-from engine.safetensors import load_hf_dir
-from engine.template import ChatTemplate
-from engine.tokenizer import Tokenizer
+from engine.formats.gguf import GGUFFile
+from engine.formats.safetensors import load_hf_dir
+from engine.text.template import ChatTemplate
+from engine.text.tokenizer import Tokenizer
 from models import ARCHITECTURES, ModelConfig
 
 

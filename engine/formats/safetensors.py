@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import jsonfile
 from engine.errors import ModelFileError, UnsupportedModelError
+from engine.formats import jsonfile
 from kernels.qtensor import QTensor
 from kernels.quants import GGMLType
 

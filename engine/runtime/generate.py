@@ -1,6 +1,5 @@
 """The streaming generate loop. The command line, `python -m engine.generate --prompt TEXT`, is
 engine/cli/generate.py."""
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -8,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.errors import ModelFileError
-from engine.sampler import Sampler, SamplingParams
+from engine.runtime.sampler import Sampler, SamplingParams
 from kernels import backend
 
 
@@ -38,7 +37,7 @@ class Cancelled(Exception):
 
 def generate_tokens(runner, cache, ids: list[int], params: SamplingParams, max_tokens: int, eos_ids,
                     stats: GenerationStats, where: str = "the model", *, cancel=None, history: list[int] | None = None):
-    """Yield sampled token ids after ids, running forwards on runner (an engine.runner.Runner). The cache may
+    """Yield sampled token ids after ids, running forwards on runner (an engine.runtime.runner.Runner). The cache may
     already hold a prefix of ids; only the rest is run. Non-finite logits end generation with ModelFileError
     naming `where` (the model file).
 
@@ -47,7 +46,7 @@ def generate_tokens(runner, cache, ids: list[int], params: SamplingParams, max_t
     its first cache.length entries (Chat keeps its log of cached ids so).
 
     Prefill time ends when the first token is sampled; decode time covers the tokens after it. The next token's
-    forward is submitted before the token is yielded: a runner that queues it (engine.scheduler.BatchingRunner)
+    forward is submitted before the token is yielded: a runner that queues it (engine.runtime.scheduler.BatchingRunner)
     runs it while the caller works on the token (detokenizing, streaming); if the caller then stops, that forward
     is still waited for (it writes the cache, which then holds the token).
     """
@@ -120,7 +119,7 @@ def stream_text(runner, tokenizer, cache, ids, params, max_tokens, stops, stats,
                 cancel=None, history: list[int] | None = None):
     """Text pieces of generate_tokens' tokens (same arguments): UTF-8 safe, and cut before the first stop
     string."""
-    from engine.tokenizer import StreamDecoder
+    from engine.text.tokenizer import StreamDecoder
     decoder = StreamDecoder(tokenizer, continuation=True)
     pending = ""
     for token in generate_tokens(runner, cache, ids, params, max_tokens, tokenizer.eos_ids, stats, where,
@@ -143,8 +142,3 @@ def stream_text(runner, tokenizer, cache, ids, params, max_tokens, stops, stats,
         pending = pending[:min(hits)]
     if pending:
         yield pending
-
-
-if __name__ == "__main__":  # the command line lives in engine/cli/generate.py
-    from engine.cli.generate import main
-    sys.exit(main())

@@ -7,26 +7,26 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from engine import hub
 from engine.errors import ContextOverflowError, InvalidRequestError, TemplateError
-from engine.generate import GenerationStats, finite_logits, stream_text
-from engine.kvcache import KVCache, check_memory
-from engine.loader import load_source
-from engine.runner import DirectRunner, Runner
-from engine.sampler import SamplingParams, model_defaults
+from engine.formats import hub
+from engine.formats.loader import load_source
+from engine.runtime.generate import GenerationStats, finite_logits, stream_text
+from engine.runtime.kvcache import KVCache, check_memory
+from engine.runtime.runner import DirectRunner, Runner
+from engine.runtime.sampler import SamplingParams, model_defaults
 from kernels import backend, cpu
 
 
 class LLM:
     """A loaded model ready to run.
 
-    model: the weights (models.Llama); runner: the engine.runner.Runner every forward goes through (a DirectRunner
-    unless given; see with_runner). tokenizer: engine.tokenizer.Tokenizer; config: models.ModelConfig; template:
-    ChatTemplate or None;
+    model: the weights (models.Llama); runner: the engine.runtime.runner.Runner every forward goes through (a
+    DirectRunner unless given; see with_runner). tokenizer: engine.text.tokenizer.Tokenizer; config:
+    models.ModelConfig; template: ChatTemplate or None;
     n_ctx: context length of each sequence's KV cache (ContextOverflowError at load when its cache cannot fit in
     memory); where: the model file or directory; last_stats: GenerationStats of the latest generate();
     sampling_defaults: the SamplingParams every caller starts from (the model's recommended sampling over the
-    engine defaults, read once here: see engine.sampler.model_defaults).
+    engine defaults, read once here: see engine.runtime.sampler.model_defaults).
     """
 
     def __init__(self, loaded, source, n_ctx: int | None = None, load_s: float = 0.0, runner: Runner | None = None):
@@ -51,7 +51,7 @@ class LLM:
 
     def with_runner(self, runner: Runner) -> "LLM":
         """A new LLM over the same loaded model (weights, tokenizer, template, n_ctx) whose forwards run on runner,
-        e.g. the server's engine.scheduler.BatchingRunner; its last_stats are its own."""
+        e.g. the server's engine.runtime.scheduler.BatchingRunner; its last_stats are its own."""
         return LLM(self._loaded, self.source, self.n_ctx, self.load_s, runner=runner)
 
     def new_cache(self, max_len: int | None = None) -> KVCache:
@@ -103,7 +103,7 @@ class LLM:
 
     def chat(self, system: str | None = None, enable_thinking: bool | None = None,
              context_overflow: str = "truncate_oldest"):
-        """A multi-turn engine.chat.Chat whose KV cache is reused from turn to turn (see engine/chat.py)."""
+        """A multi-turn engine.chat.Chat whose KV cache is reused from turn to turn (see engine/chat/)."""
         from engine.chat import Chat
         return Chat(self, system=system, enable_thinking=enable_thinking, context_overflow=context_overflow)
 

@@ -1,12 +1,12 @@
 """How forwards run: the `Runner` interface that the generate loop, Chat and the server call, and `DirectRunner`,
-which runs each forward on the calling thread. The batching runner is engine.scheduler.BatchingRunner.
+which runs each forward on the calling thread. The batching runner is engine.runtime.scheduler.BatchingRunner.
 
     runner = DirectRunner(llm.model)             # llm.runner is one already
     logits = runner.forward(tokens, positions, cache, last_only=True)
     handle = runner.submit(tokens, positions, cache, last_only=True)   # handle.result() → logits; handle.settle()
 
 tokens, positions: [T] int64 arrays (a sequence's next tokens and their cache positions); cache: that sequence's
-engine.kvcache.KVCache, which the forward extends by T positions. Logits are [T, vocab] float32 ([1, vocab] with
+engine.runtime.kvcache.KVCache, which the forward extends by T positions. Logits are [T, vocab] float32 ([1, vocab] with
 last_only), as a host or device array (kernels.backend.to_host makes it a host one).
 """
 import threading

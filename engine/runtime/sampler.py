@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import jsonfile
 from engine.errors import InvalidRequestError, ModelFileError
+from engine.formats import jsonfile
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 SEED_MIN, SEED_END = -(1 << 63), 1 << 64  # seeds in [SEED_MIN, SEED_END), taken modulo 2**64

@@ -1,4 +1,4 @@
-"""Continuous batching: `BatchingRunner`, an engine.runner.Runner whose one thread runs every sequence's next
+"""Continuous batching: `BatchingRunner`, an engine.runtime.runner.Runner whose one thread runs every sequence's next
 forward in one packed forward.
 
     runner = BatchingRunner(llm.model)
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.errors import ContextOverflowError
-from engine.runner import DirectRunner, Handle, Runner, kernel_threads_setter
+from engine.runtime.runner import DirectRunner, Handle, Runner, kernel_threads_setter
 
 
 @dataclass(eq=False)

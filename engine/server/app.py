@@ -1,4 +1,5 @@
-"""The HTTP server: the OpenAI-compatible API, conversations for the web UI, and the UI itself (engine/web/).
+"""The HTTP server's app: the OpenAI-compatible API, conversations for the web UI, and the UI itself
+(engine/server/web/).
 
     app = create_app(llm, max_batch=8, max_queue=32, kv_budget=1 << 30)   # a FastAPI app; run it with uvicorn
 
@@ -22,7 +23,7 @@ __all__ = ["create_app", "Service", "Run", "SessionInfo", "ApiError", "ClientGon
 
 
 def create_app(llm, max_batch: int = 8, max_queue: int = 32, kv_budget: int = 1 << 30, model_id: str | None = None):
-    """The FastAPI app serving llm (an engine.LLM). See the package docstring and README.md."""
+    """The FastAPI app serving llm (an engine.LLM). See the module docstring and README.md."""
     service = Service(llm, max_batch, max_queue, kv_budget, model_id)
 
     @asynccontextmanager

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from engine.generate import GenerationStats
+from engine.runtime.generate import GenerationStats
 from engine.server.errors import ApiError, ClientGone, failure
 from engine.server.service import Run, service_of
 from engine.server.validation import (chat_messages, check_model, completion_prompt, enable_thinking,

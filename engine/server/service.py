@@ -1,5 +1,5 @@
 """The service behind the routes: every request runs on a worker thread (at most max_batch at once, up to max_queue
-more wait; beyond that: 429 with Retry-After) whose generation loop runs on an engine.scheduler.BatchingRunner
+more wait; beyond that: 429 with Retry-After) whose generation loop runs on an engine.runtime.scheduler.BatchingRunner
 (Service serves llm.with_runner(it)), so all running requests share one batched forward per token. Chat completions
 reuse the KV cache of an earlier request whose prompt shares the longest prefix (a follow-up costs only its new
 tokens); UI sessions are engine.chat Chats in the same SessionStore (the KV byte budget, LRU eviction)."""
@@ -14,8 +14,8 @@ from starlette.requests import HTTPConnection
 
 from engine.chat import SessionStore
 from engine.errors import InvalidRequestError
-from engine.generate import common_prefix
-from engine.scheduler import BatchingRunner
+from engine.runtime.generate import common_prefix
+from engine.runtime.scheduler import BatchingRunner
 from engine.server.errors import ApiError
 
 

@@ -1,11 +1,11 @@
-"""The web UI (the files in engine/web/): index.html at / and the rest under /static."""
+"""The web UI (the files in engine/server/web/): index.html at / and the rest under /static."""
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-WEB_DIR = Path(__file__).parent.parent / "web"
+WEB_DIR = Path(__file__).parent / "web"
 
 router = APIRouter()
 

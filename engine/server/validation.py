@@ -4,8 +4,8 @@ import json
 
 from starlette.requests import ClientDisconnect, Request
 
-from engine import jsonfile
-from engine.sampler import SamplingParams
+from engine.formats import jsonfile
+from engine.runtime.sampler import SamplingParams
 from engine.server.errors import ApiError, ClientGone
 
 MAX_BODY_BYTES = 1 << 20
@@ -22,8 +22,8 @@ def _encodes(value) -> bool:
 
 
 def parse_json(raw: bytes | str, what: str = "the body") -> dict:
-    """A JSON object from raw text (nesting bounded by engine.jsonfile); 400 for anything else, including strings
-    that hold a lone surrogate (JSON's "\\ud800" escapes decode to them; they are not Unicode text)."""
+    """A JSON object from raw text (nesting bounded by engine.formats.jsonfile); 400 for anything else, including
+    strings that hold a lone surrogate (JSON's "\\ud800" escapes decode to them; they are not Unicode text)."""
     try:
         value = jsonfile.loads(raw or b"{}")
     except ValueError as e:

@@ -645,7 +645,7 @@ class ChatTemplate:
         config: dict = {}
         tdir = Path(tokenizer_dir) if tokenizer_dir is not None else None
         if tdir is not None and (tdir / "tokenizer_config.json").is_file():
-            from engine import jsonfile  # bounded depth; ModelFileError naming the file
+            from engine.formats import jsonfile  # bounded depth; ModelFileError naming the file
 
             config = jsonfile.read(tdir / "tokenizer_config.json")
         special = {}

@@ -39,8 +39,8 @@ from typing import Any
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
-from engine import jsonfile
 from engine.errors import TokenizerError
+from engine.formats import jsonfile
 
 __all__ = ["Tokenizer", "StreamDecoder", "SUPPORTED_PRE_TOKENIZERS"]
 

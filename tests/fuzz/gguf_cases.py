@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.llm import load  # imported here, in the parent, so that each forked case starts at once
+from engine.runtime.llm import load  # imported here, in the parent, so that each forked case starts at once
 from kernels.quants import GGMLType, block_shape
 
 TINY = Path(__file__).resolve().parent.parent / "fixtures" / "tiny"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.llm import load
+from engine.runtime.llm import load
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "tiny"
 ARCHS = ("llama", "qwen2", "qwen3", "mistral", "gemma3", "mistral_spm")

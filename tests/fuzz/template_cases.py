@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 
 from engine.errors import TemplateError
-from engine.template import ChatTemplate
+from engine.text.template import ChatTemplate
 
 OS = "os.popen('echo ESCAPED').read()"
 ESCAPES = [

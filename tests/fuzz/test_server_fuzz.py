@@ -26,7 +26,7 @@ from websockets.sync.client import connect
 
 import engine
 
-sys.path.append(str(Path(__file__).parent.parent / "engine"))
+sys.path.append(str(Path(__file__).parent.parent / "engine" / "server"))
 from live_server import LiveServer  # noqa: E402
 
 TINY = Path(__file__).parent.parent / "fixtures" / "tiny" / "qwen3" / "model-Q8_0.gguf"

@@ -16,13 +16,13 @@ import pytest
 import engine
 from engine.chat import Chat, Piece, SessionStore, ThinkSplitter
 from engine.errors import ContextOverflowError, InvalidRequestError, TemplateError
-from engine.runner import DirectRunner
-from engine.sampler import SamplingParams
-from engine.template import ChatTemplate
+from engine.runtime.runner import DirectRunner
+from engine.runtime.sampler import SamplingParams
+from engine.text.template import ChatTemplate
 
-TINY = Path(__file__).parent.parent / "fixtures" / "tiny"
+TINY = Path(__file__).parents[2] / "fixtures" / "tiny"
 QWEN3 = TINY / "qwen3" / "model-Q8_0.gguf"
-ROOT = Path(__file__).parent.parent.parent
+ROOT = Path(__file__).parents[3]
 # greedy; the repetition penalty keeps the tiny random model from looping on one token
 KW = dict(max_tokens=10, temperature=0.0, repeat_penalty=1.3)
 

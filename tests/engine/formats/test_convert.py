@@ -1,5 +1,6 @@
-"""engine.quantize against llama.cpp: its converter + quantizer files (tests/fixtures/tiny), llama_model_quantize,
-llama.cpp's logits and tokenizer; our engine's logits against transformers on the gguf-py-dequantized weights."""
+"""engine.formats.convert (python -m engine.quantize) against llama.cpp: its converter + quantizer files
+(tests/fixtures/tiny), llama_model_quantize, llama.cpp's logits and tokenizer; our engine's logits against
+transformers on the gguf-py-dequantized weights."""
 import ctypes
 import json
 import shutil
@@ -13,15 +14,15 @@ from safetensors.numpy import save_file
 from tokenizers import Tokenizer as HFTokenizer
 
 import engine
-from engine.errors import InvalidRequestError, ModelFileError, TokenizerError, UnsupportedModelError
-from engine.gguf import read_metadata
 from engine.cli.quantize import main
-from engine.quantize import _llama3_rope_freqs, convert
-from engine.tokenizer import Tokenizer
+from engine.errors import InvalidRequestError, ModelFileError, TokenizerError, UnsupportedModelError
+from engine.formats.convert import _llama3_rope_freqs, convert
+from engine.formats.gguf import read_metadata
+from engine.text.tokenizer import Tokenizer
 from gguf_copy import copy_gguf
 from reference import gguf_logits
 
-TINY = Path(__file__).parent.parent / "fixtures" / "tiny"
+TINY = Path(__file__).parents[2] / "fixtures" / "tiny"
 IDS = [5, 17, 100, 200, 3, 44, 91, 250, 12, 7, 300, 2, 64, 128, 33, 9, 101]
 TEXTS = ["Hello, world! How are you?", "def fibonacci(n: int) -> int:\n    return n", "Café 42 🙂 <|im_start|>user",
          "  spaces   and\ttabs\n\nnew lines 1,000,000"]

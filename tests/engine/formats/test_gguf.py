@@ -1,4 +1,4 @@
-"""engine.gguf: our header parser agrees with gguf-py's GGUFReader; damaged files give typed errors."""
+"""engine.formats.gguf: our header parser agrees with gguf-py's GGUFReader; damaged files give typed errors."""
 import struct
 from pathlib import Path
 
@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from engine.errors import ModelFileError, UnsupportedModelError
-from engine.gguf import GGUFFile
+from engine.formats.gguf import GGUFFile
 from gguf_copy import copy_gguf
 from kernels.qtensor import QTensor
 
-TINY = Path(__file__).parent.parent / "fixtures" / "tiny"
+TINY = Path(__file__).parents[2] / "fixtures" / "tiny"
 
 
 @pytest.mark.parametrize("name", ["llama/model-F32.gguf", "qwen2/model-F16.gguf", "qwen3/model-Q8_0.gguf"])

@@ -1,4 +1,4 @@
-"""engine.hub: the named-model registry, --model resolution, hub errors, the embedded SmolLM2 default.
+"""engine.formats.hub: the named-model registry, --model resolution, hub errors, the embedded SmolLM2 default.
 
 Nothing here reaches the Hugging Face hub: the hub is either offline (HF_HUB_OFFLINE=1 with a tmp HF_HOME,
 sometimes holding a hand-made cache) or replaced by fakes. Only test_smollm2_path_real may download the
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import hub
 from engine.errors import ModelFileError, ModelNotFoundError
-from engine.hub import ModelSource, Registry, load_registry, parse_registry, resolve
+from engine.formats import hub
+from engine.formats.hub import ModelSource, Registry, load_registry, parse_registry, resolve
 
 # id -> (arch, variant, model_repo, model_file, tokenizer_repo, is_gguf)
 EXPECTED = {

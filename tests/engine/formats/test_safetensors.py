@@ -1,4 +1,4 @@
-"""engine.safetensors: HF directories are untrusted input. Every malformed header, index or weight is a
+"""engine.formats.safetensors: HF directories are untrusted input. Every malformed header, index or weight is a
 ModelFileError (UnsupportedModelError for a valid but unsupported dtype) that names the problem, raised before
 any tensor is made."""
 import json
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from engine.errors import ModelFileError, UnsupportedModelError
-from engine.safetensors import load_hf_dir
+from engine.formats.safetensors import load_hf_dir
 from kernels.qtensor import QTensor
 
-TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny" / "llama" / "hf"
+TINY = Path(__file__).resolve().parents[2] / "fixtures" / "tiny" / "llama" / "hf"
 NORM = "model.norm.weight"
 EMBED = "model.embed_tokens.weight"
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from engine.errors import ContextOverflowError
-from engine.kvcache import KVCache
+from engine.runtime.kvcache import KVCache
 
 
 def test_store_then_layer_reads_back():
@@ -44,7 +44,7 @@ def test_a_long_cache_commits_memory_only_where_written():
 
 def test_a_cache_larger_than_memory_is_refused_naming_ctx_size():
     """2^40 positions of SmolLM2's shape: 46 PiB, past any machine's memory (the sizes must not overflow)."""
-    from engine.kvcache import memory_budget
+    from engine.runtime.kvcache import memory_budget
     assert 0 < memory_budget() < 2**62
     with pytest.raises(ContextOverflowError,
                        match=r"1099511627776-token context needs .* smaller n_ctx \(--ctx-size\)"):
@@ -55,7 +55,7 @@ def test_a_cache_larger_than_memory_is_refused_naming_ctx_size():
 
 def test_a_failed_allocation_is_a_context_error(monkeypatch):
     """Within the budget but not free (other memory in use): the allocation's ENOMEM is a typed error too."""
-    import engine.kvcache as kvcache
+    import engine.runtime.kvcache as kvcache
 
     def no_memory(shape, dtype):
         raise OSError(12, "Cannot allocate memory")
@@ -70,11 +70,11 @@ def test_the_budget_honours_an_address_space_limit():
     not by the allocation."""
     import subprocess
     code = ("import resource; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
-            "from engine.kvcache import memory_budget, KVCache\n"
+            "from engine.runtime.kvcache import memory_budget, KVCache\n"
             "from engine.errors import ContextOverflowError\n"
             "assert memory_budget() == 3 << 30, memory_budget()\n"
             "try:\n    KVCache(4, 4, 64, 2**20)\nexcept ContextOverflowError as e:\n    print('refused', e)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       cwd=Path(__file__).parent.parent.parent)
+                       cwd=Path(__file__).parents[3])
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("refused") and "needs 8 GiB" in r.stdout and "than the 3 GiB" in r.stdout

@@ -16,8 +16,8 @@ from engine.errors import (ContextOverflowError, InvalidRequestError, ModelFileE
 from gguf_copy import copy_gguf
 from reference import gguf_logits
 
-TINY = Path(__file__).parent.parent / "fixtures" / "tiny"
-ROOT = Path(__file__).parent.parent.parent
+TINY = Path(__file__).parents[2] / "fixtures" / "tiny"
+ROOT = Path(__file__).parents[3]
 
 
 @pytest.fixture(scope="module")

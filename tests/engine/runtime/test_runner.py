@@ -1,5 +1,5 @@
-"""engine.runner: the generate loop, Chat and LLM talk to any Runner; the direct and the batching runner give the
-same greedy tokens; one forward at a time in the process."""
+"""engine.runtime.runner: the generate loop, Chat and LLM talk to any Runner; the direct and the batching runner
+give the same greedy tokens; one forward at a time in the process."""
 import threading
 import time
 from pathlib import Path
@@ -9,12 +9,12 @@ import pytest
 
 import engine
 from engine.chat import Chat
-from engine.generate import Cancelled, GenerationStats, generate_tokens
-from engine.runner import DirectRunner, Handle, Runner
-from engine.sampler import SamplingParams
-from engine.scheduler import BatchingRunner
+from engine.runtime.generate import Cancelled, GenerationStats, generate_tokens
+from engine.runtime.runner import DirectRunner, Handle, Runner
+from engine.runtime.sampler import SamplingParams
+from engine.runtime.scheduler import BatchingRunner
 
-TINY = Path(__file__).parent.parent / "fixtures" / "tiny" / "qwen3" / "model-Q8_0.gguf"
+TINY = Path(__file__).parents[2] / "fixtures" / "tiny" / "qwen3" / "model-Q8_0.gguf"
 KW = dict(max_tokens=10, temperature=0.0, repeat_penalty=1.3)
 
 

@@ -1,4 +1,4 @@
-"""engine.sampler against transformers' logits processors (the same filters, independently written), and its
+"""engine.runtime.sampler against transformers' logits processors (the same filters, independently written), and its
 extreme settings against exact rational arithmetic."""
 import math
 
@@ -9,7 +9,7 @@ from transformers.generation.logits_process import (MinPLogitsWarper, Repetition
                                                     TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
 from engine.errors import InvalidRequestError, ModelFileError
-from engine.sampler import Sampler, SamplingParams
+from engine.runtime.sampler import Sampler, SamplingParams
 
 V = 200
 rng = np.random.default_rng(1)

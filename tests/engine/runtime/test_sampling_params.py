@@ -12,10 +12,10 @@ import pytest
 import engine
 from engine.cli import chat, generate
 from engine.errors import InvalidRequestError, ModelFileError
-from engine.sampler import SamplingParams
+from engine.runtime.sampler import SamplingParams
 from gguf_copy import copy_gguf
 
-TINY = Path(__file__).parent.parent / "fixtures" / "tiny" / "qwen3"
+TINY = Path(__file__).parents[2] / "fixtures" / "tiny" / "qwen3"
 ENGINE_DEFAULTS = SamplingParams(temperature=0.0, top_k=None, top_p=None, min_p=None, repeat_penalty=1.0,
                                  repeat_last_n=64, seed=None, max_tokens=None, stop=())
 MODEL = SamplingParams(temperature=0.6, top_k=20, top_p=0.95, repeat_penalty=1.1)  # stands for a model's defaults

@@ -1,4 +1,4 @@
-"""engine.scheduler's BatchingRunner with the generate loop: a token's next forward is queued before the token
+"""engine.runtime.scheduler's BatchingRunner with the generate loop: a token's next forward is queued before the token
 reaches the caller, runs while the caller holds the token, and is waited for when the caller stops there."""
 import threading
 import time
@@ -9,11 +9,11 @@ import pytest
 
 import engine
 from engine.chat import Chat
-from engine.generate import GenerationStats, generate_tokens
-from engine.sampler import SamplingParams
-from engine.scheduler import BatchingRunner
+from engine.runtime.generate import GenerationStats, generate_tokens
+from engine.runtime.sampler import SamplingParams
+from engine.runtime.scheduler import BatchingRunner
 
-TINY = Path(__file__).parent.parent / "fixtures" / "tiny" / "qwen2" / "model-Q8_0.gguf"
+TINY = Path(__file__).parents[2] / "fixtures" / "tiny" / "qwen2" / "model-Q8_0.gguf"
 
 
 @pytest.fixture(scope="module")

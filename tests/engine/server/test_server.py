@@ -14,10 +14,10 @@ import pytest
 from websockets.sync.client import connect
 
 import engine
-from engine.runner import DirectRunner
+from engine.runtime.runner import DirectRunner
 from live_server import LiveServer
 
-TINY = Path(__file__).parent.parent / "fixtures" / "tiny" / "qwen3" / "model-Q8_0.gguf"
+TINY = Path(__file__).parents[2] / "fixtures" / "tiny" / "qwen3" / "model-Q8_0.gguf"
 GREEDY = dict(temperature=0, extra_body={"repeat_penalty": 1.3})
 COMPUTE_LOCK = DirectRunner.compute_lock  # held by every forward in the process, the batching runner's too
 

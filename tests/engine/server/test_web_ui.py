@@ -10,7 +10,7 @@ import pytest
 import engine
 from live_server import LiveServer
 
-TINY = Path(__file__).parent.parent / "fixtures" / "tiny" / "qwen3" / "model-Q8_0.gguf"
+TINY = Path(__file__).parents[2] / "fixtures" / "tiny" / "qwen3" / "model-Q8_0.gguf"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),

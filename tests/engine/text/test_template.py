@@ -1,4 +1,4 @@
-"""engine.template.ChatTemplate against transformers' own apply_chat_template (the reference)."""
+"""engine.text.template.ChatTemplate against transformers' own apply_chat_template (the reference)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from engine.errors import InvalidRequestError, TemplateError
-from engine.template import ChatTemplate
+from engine.text.template import ChatTemplate
 
 SYSTEM_USER = [
     {"role": "system", "content": "You are a terse assistant."},

@@ -1,4 +1,4 @@
-"""engine.tokenizer against llama.cpp: its own vocabulary test vectors, and its answers on the SmolLM2 GGUF."""
+"""engine.text.tokenizer against llama.cpp: its own vocabulary test vectors, and its answers on the SmolLM2 GGUF."""
 from __future__ import annotations
 
 import json
@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from engine.errors import ModelFileError, TokenizerError
-from engine.gguf import read_metadata
-from engine.tokenizer import SUPPORTED_PRE_TOKENIZERS, StreamDecoder, Tokenizer
+from engine.formats.gguf import read_metadata
+from engine.text.tokenizer import SUPPORTED_PRE_TOKENIZERS, StreamDecoder, Tokenizer
 from tests.conftest import LLAMA_VOCABS
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 SMOLLM2_TOKENS = FIXTURES / "smollm2_tokens.json"
 
 
