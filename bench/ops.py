@@ -59,8 +59,10 @@ def main(argv=None) -> None:
     ap.add_argument("--tokens", default="1,128", help="T values (default %(default)s)")
     ap.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores)")
     a = ap.parse_args(argv)
-    from kernels import backend
-    threads = backend.set_threads(a.threads)
+    from kernels.device import select_device
+    dev = select_device("cpu", threads=a.threads)
+    dev.enter()
+    threads = dev.threads
     token_counts = [int(t) for t in a.tokens.split(",")]
     rng = np.random.default_rng(0)
 
@@ -73,7 +75,7 @@ def main(argv=None) -> None:
         line = f"{t.name:<6} {nbytes / 1e6:>6.2f}"
         for n_tok in token_counts:
             x = rng.standard_normal((n_tok, a.cols), dtype=np.float32)
-            s = best_time(lambda: matmul_transb(x, w))
+            s = best_time(lambda: matmul_transb(x, w, dev))
             line += f" {s * 1e3:>10.3f} {nbytes / s / 1e9:>6.2f} {2 * n_tok * a.rows * a.cols / s / 1e9:>7.1f}"
         print(line, flush=True)
 

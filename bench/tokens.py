@@ -58,21 +58,20 @@ def timed_runs(first_token, next_token, ids: list[int], gen: int, repeat: int) -
 
 
 def run_ours(path: str, a) -> dict:
-    from kernels import backend
-    backend.set_threads(a.threads)
     import engine
 
-    llm = engine.load(path, n_ctx=a.prompt_len + a.gen + 8, activations=a.activations, device=a.device)
-    model = llm.model
+    llm = engine.load(path, n_ctx=a.prompt_len + a.gen + 8, threads=a.threads, activations=a.activations,
+                      device=a.device)
+    model, runner = llm.model, llm.runner
     state = {}
 
     def first_token(ids):
         state["cache"] = cache = llm.new_cache()
-        return int(model.forward(np.asarray(ids), np.arange(len(ids)), cache, last_only=True)[-1].argmax())
+        return int(runner.forward(np.asarray(ids), np.arange(len(ids)), cache, last_only=True)[-1].argmax())
 
     def next_token(tok):
         cache = state["cache"]
-        return int(model.forward(np.asarray([tok]), np.asarray([cache.length]), cache, last_only=True)[-1].argmax())
+        return int(runner.forward(np.asarray([tok]), np.asarray([cache.length]), cache, last_only=True)[-1].argmax())
 
     tensors = [model.output, model.output_norm] + [w for layer in model.layers for w in layer.values()]
     res = timed_runs(first_token, next_token, prompt_ids(a.prompt_len, llm.config.vocab_size), a.gen, a.repeat)

@@ -1,11 +1,15 @@
 """Transformer operators in plain array code: the readable reference, and the CPU path.
 
-Every function takes arrays of the backend's module (NumPy here; CuPy arrays work the same) and returns float32.
+Every function takes NumPy arrays, or CuPy arrays for the GPU (then it launches the RawKernels of kernels/cuda,
+so that a GPU forward is nothing but kernel launches and can be captured as a CUDA graph), and returns float32.
+`dev` (kernels.device.Device, default CPU) says whether the CPU path runs the compiled kernels of kernels/cpu and
+with which activations; the code below is their reference.
 Shapes: T tokens, D model width, H query heads, H_kv key/value heads, Dh head width, S cached positions.
 """
 import numpy as np
 
 from kernels import cpu, cuda
+from kernels.device import CPU, Device
 from kernels.qtensor import QTensor
 
 TILE_ELEMS = 1 << 20  # rows of a quantized matrix dequantized per step: ~4 MB of float32
@@ -20,11 +24,11 @@ def _xp(a):
     return np
 
 
-def rms_norm(x, weight, eps: float):
+def rms_norm(x, weight, eps: float, dev: Device = CPU):
     """x: [..., D] float32, weight: [D] → x / sqrt(mean(x²) + eps) * weight."""
     if cuda.takes(x, weight):
         return cuda.rms_norm(x, weight, eps)
-    if cpu.takes(x, weight):
+    if dev.compiled and cpu.takes(x, weight):
         return cpu.rms_norm(x, weight, eps)
     xp = _xp(x)
     ms = xp.mean(xp.square(x), axis=-1, keepdims=True)
@@ -55,13 +59,16 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None = None, freq
 
 
 def rope_cos_sin(positions, inv_freq: np.ndarray):
-    """positions: [T] int, inv_freq: [Dh/2] → (cos, sin), each [T, Dh/2] float32. Angles are taken in float64."""
+    """positions: [T] int, inv_freq: [Dh/2] float64 → (cos, sin), each [T, Dh/2] float32. Angles are taken in
+    float64."""
+    if cuda.takes(inv_freq):
+        return cuda.rope_cos_sin(positions, inv_freq)
     xp = _xp(inv_freq)
     angles = xp.asarray(positions, dtype=xp.float64)[:, None] * xp.asarray(inv_freq)[None, :]
     return xp.cos(angles).astype(xp.float32), xp.sin(angles).astype(xp.float32)
 
 
-def rope(x, cos, sin, interleaved: bool):
+def rope(x, cos, sin, interleaved: bool, dev: Device = CPU):
     """Rotate x: [T, H, Dh] by position. cos, sin: [T, Dh/2].
 
     interleaved=False (HF, Qwen, GPT-NeoX): pairs (i, i + Dh/2). interleaved=True (llama.cpp's Llama layout,
@@ -69,7 +76,7 @@ def rope(x, cos, sin, interleaved: bool):
     """
     if cuda.takes(x, cos, sin):
         return cuda.rope(x, cos, sin, interleaved)
-    if cpu.takes(x, cos, sin):
+    if dev.compiled and cpu.takes(x, cos, sin):
         return cpu.rope(x, cos, sin, interleaved)
     xp = _xp(x)
     c, s = cos[:, None, :], sin[:, None, :]
@@ -93,11 +100,11 @@ def silu(x):
         return x / (1.0 + xp.exp(-x))
 
 
-def swiglu(gate, up):
+def swiglu(gate, up, dev: Device = CPU):
     """SwiGLU feed-forward gate: silu(gate) * up. gate, up: [T, F]."""
     if cuda.takes(gate, up):
         return cuda.swiglu(gate, up)
-    if cpu.takes(gate, up):
+    if dev.compiled and cpu.takes(gate, up):
         return cpu.swiglu(gate, up)
     return silu(gate) * up
 
@@ -109,9 +116,32 @@ def gelu_tanh(x):
     return np.float32(0.5) * x * (np.float32(1.0) + xp.tanh(c * (x + np.float32(0.044715) * x * x * x)))
 
 
-def geglu(gate, up):
+def geglu(gate, up, dev: Device = CPU):
     """GeGLU feed-forward gate (Gemma): gelu_tanh(gate) * up. gate, up: [T, F]."""
+    if cuda.takes(gate, up):
+        return cuda.geglu(gate, up)
     return gelu_tanh(gate) * up
+
+
+def add(x, y):
+    """x + y, float32: a residual ([T, D] + [T, D]) or a bias ([T, N] + [N])."""
+    if cuda.takes(x, y):
+        return cuda.add(x, y)
+    return x + y
+
+
+def multiply(x, s: float):
+    """x * s (a float32 scalar), e.g. Gemma's embedding scale."""
+    if cuda.takes(x):
+        return cuda.scale(x, s)
+    return x * np.float32(s)
+
+
+def softcap(x, cap: float):
+    """Logit soft-capping (Gemma): cap * tanh(x / cap), float32."""
+    if cuda.takes(x):
+        return cuda.softcap(x, cap)
+    return np.float32(cap) * _xp(x).tanh(x / np.float32(cap))
 
 
 def softmax(x, axis: int = -1):
@@ -123,7 +153,7 @@ def softmax(x, axis: int = -1):
     return e / xp.sum(e, axis=axis, keepdims=True)
 
 
-def attention(q, k, v, start: int, window: int | None = None, scale: float | None = None):
+def attention(q, k, v, start: int, window: int | None = None, scale: float | None = None, dev: Device = CPU):
     """Causal grouped-query attention of new queries against the cache.
 
     q: [T, H, Dh] float32 — queries at positions start .. start+T-1.
@@ -143,7 +173,7 @@ def attention(q, k, v, start: int, window: int | None = None, scale: float | Non
         out = cuda.attention(q, k, v, start, window, scale)
         if out is not None:
             return out
-    if t == 1 and cpu.takes(q, k, v) and k.flags.c_contiguous and v.flags.c_contiguous:
+    if t == 1 and dev.compiled and cpu.takes(q, k, v) and k.flags.c_contiguous and v.flags.c_contiguous:
         return cpu.decode_attention(q, k, v, s, window, scale)
     k, v = k[:, :s], v[:, :s]
     group = h // h_kv
@@ -167,16 +197,20 @@ class DecodeBatch:
     passed to every layer's decode_attention_batch.
 
     caches_k, caches_v: B arrays [L, H_kv, S_max, Dh] each (written in place); starts: B ints, the position each
-    sequence's new token takes. compiled: what the CPU kernel reads (every cache's address), when it applies."""
+    sequence's new token takes; positions: the same as an int array on the caches' device (the GPU kernels read
+    it there, so a captured step replays at any position). cpu_args: what the CPU kernel reads (every cache's
+    address), when dev runs the compiled kernels."""
 
-    def __init__(self, caches_k, caches_v, starts):
+    def __init__(self, caches_k, caches_v, starts, positions=None, dev: Device = CPU):
         for cache, start in zip(caches_k, starts):
             if start >= cache.shape[2]:
                 raise ValueError(f"position {start} is past the cache's {cache.shape[2]} positions")
         self.caches_k, self.caches_v, self.starts = list(caches_k), list(caches_v), [int(s) for s in starts]
+        self.positions = positions
         arrays = (*self.caches_k, *self.caches_v)
-        self.compiled = (cpu.decode_batch(self.caches_k, self.caches_v, self.starts)
-                         if cpu.takes(*arrays) and all(c.flags.c_contiguous for c in arrays) else None)
+        self.cpu_args = (cpu.decode_batch(self.caches_k, self.caches_v, self.starts)
+                         if dev.compiled and cpu.takes(*arrays) and all(c.flags.c_contiguous for c in arrays)
+                         else None)
 
 
 def decode_attention_batch(q, k, v, batch: DecodeBatch, layer: int, window: int | None = None,
@@ -187,8 +221,13 @@ def decode_attention_batch(q, k, v, batch: DecodeBatch, layer: int, window: int 
     q: [B, H, Dh] float32; k, v: [B, H_kv, Dh]; window, scale: as in attention. Returns [B, H, Dh] float32.
     """
     scale = 1.0 / np.sqrt(q.shape[2]) if scale is None else scale
-    if batch.compiled is not None and cpu.takes(q, k, v):
-        return cpu.decode_attention_batch(q, k, v, batch.compiled, layer, window, scale)
+    if batch.cpu_args is not None and cpu.takes(q, k, v):
+        return cpu.decode_attention_batch(q, k, v, batch.cpu_args, layer, window, scale)
+    if cuda.takes(q, k, v, batch.positions):
+        out = cuda.decode_attention_batch(q, k, v, batch.caches_k, batch.caches_v, batch.positions, layer, window,
+                                          scale)
+        if out is not None:
+            return out
     out = _xp(q).empty(q.shape, dtype=q.dtype)
     for b, (ck, cv, start) in enumerate(zip(batch.caches_k, batch.caches_v, batch.starts)):
         ck[layer, :, start], cv[layer, :, start] = k[b], v[b]
@@ -196,21 +235,20 @@ def decode_attention_batch(q, k, v, batch: DecodeBatch, layer: int, window: int 
     return out
 
 
-def matmul_transb(x, w):
+def matmul_transb(x, w, dev: Device = CPU):
     """x @ wᵀ. x: [T, K] float32; w: [N, K] float32 array or QTensor → [T, N] float32.
 
     A QTensor is dequantized a tile of rows at a time into float32, so the full matrix never exists in memory.
-    On the CPU the compiled kernels of kernels/cpu do this when available; the loop below is their reference.
+    On the CPU the compiled kernels of kernels/cpu do this when dev runs them; the loop below is their reference.
     """
+    if cuda.takes(x):
+        return cuda.matmul_transb(x, w)
     if not isinstance(w, QTensor):
         return x @ w.T
-    if cpu.available and isinstance(x, np.ndarray):
-        return cpu.matmul_transb(x, w)
-    if cuda.takes(x, w.raw):
-        return cuda.matmul_transb(x, w)
-    xp = _xp(x)
+    if dev.compiled:
+        return cpu.matmul_transb(x, w, dev.int8)
     n, k = w.shape
-    out = xp.empty((x.shape[0], n), dtype=xp.float32)
+    out = np.empty((x.shape[0], n), dtype=np.float32)
     step = max(1, TILE_ELEMS // k)
     for i in range(0, n, step):
         j = min(n, i + step)
@@ -218,20 +256,21 @@ def matmul_transb(x, w):
     return out
 
 
-def matmul_transb_many(x, ws):
+def matmul_transb_many(x, ws, dev: Device = CPU):
     """[x @ wᵀ for w in ws]: projections sharing one input (q/k/v, gate/up), fused into one launch when the
     compiled kernels can."""
-    if cpu.available and isinstance(x, np.ndarray) and all(isinstance(w, QTensor) for w in ws):
-        return cpu.matmul_transb_many(x, ws)
-    return [matmul_transb(x, w) for w in ws]
+    if dev.compiled and isinstance(x, np.ndarray) and all(isinstance(w, QTensor) for w in ws):
+        return cpu.matmul_transb_many(x, ws, dev.int8)
+    return [matmul_transb(x, w, dev) for w in ws]
 
 
-def embedding(ids, table):
-    """Rows of the embedding table. ids: [T] int; table: [V, D] float32 array or QTensor → [T, D] float32."""
+def embedding(ids, table, dev: Device = CPU):
+    """Rows of the embedding table. ids: [T] int (on the table's device); table: [V, D] float32 array or QTensor
+    → [T, D] float32."""
     if cuda.takes(table.raw if isinstance(table, QTensor) else table):
         return cuda.embedding(ids, table)
     if isinstance(table, QTensor):
-        if cpu.available:
+        if dev.compiled:
             return cpu.dequantize_rows(table, ids)
         return table.rows(np.asarray(ids))
     return table[ids].astype(np.float32)

@@ -8,10 +8,10 @@ forward rather than having a copy of it.
 """
 import numpy as np
 
-from kernels import backend
-from kernels.cuda import graph as cuda_graph
-from kernels.ops import (DecodeBatch, attention, decode_attention_batch, embedding, geglu, matmul_transb,
-                         matmul_transb_many, rms_norm, rope, rope_cos_sin, rope_inv_freq, swiglu)
+from kernels import cuda
+from kernels.device import CPU, Device
+from kernels.ops import (DecodeBatch, add, attention, decode_attention_batch, embedding, geglu, matmul_transb,
+                         matmul_transb_many, multiply, rms_norm, rope, rope_cos_sin, rope_inv_freq, softcap, swiglu)
 from models.config import ModelConfig
 from models.errors import ModelFileError
 
@@ -19,22 +19,23 @@ _GLU = {"silu": swiglu, "gelu_tanh": geglu}  # ModelConfig.ffn_act (FFN_ACTS) â†
 
 
 class Llama:
-    """Decoder-only transformer. `weights(name)` returns a float32 array or a QTensor for a GGUF-style name."""
+    """Decoder-only transformer. `weights(name)` returns a float32 array or a QTensor for a GGUF-style name;
+    `device` (kernels.device.Device) is where and how its ops compute (kernels.cuda.upload moves the weights)."""
 
-    def __init__(self, config: ModelConfig, weights):
+    def __init__(self, config: ModelConfig, weights, device: Device = CPU):
         """weights(name, shape, optional=False) -> float32 array | QTensor | None, checked against shape."""
         self.config = c = config
+        self.device = device
         self.glu = _GLU[c.ffn_act]
         self.tok_embd = weights("token_embd.weight", (c.vocab_size, c.hidden_size))
         self.output_norm = self._norm(weights("output_norm.weight", (c.hidden_size,)))
         self.output = self.tok_embd if c.tie_embeddings else weights("output.weight", (c.vocab_size, c.hidden_size))
         self.layers = [self._layer(weights, i) for i in range(c.n_layers)]
         freq_factors = weights("rope_freqs.weight", (c.head_dim // 2,), optional=True)
-        self.inv_freq = backend.xp.asarray(_finite_freqs(
-            rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling, None if freq_factors is None
-                          else np.asarray(freq_factors))))
+        self.inv_freq = _finite_freqs(rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling,
+                                                    None if freq_factors is None else np.asarray(freq_factors)))
         self.inv_freq_swa = (None if c.rope_theta_swa is None
-                             else backend.xp.asarray(_finite_freqs(rope_inv_freq(c.head_dim, c.rope_theta_swa))))
+                             else _finite_freqs(rope_inv_freq(c.head_dim, c.rope_theta_swa)))
 
     def _norm(self, weight):
         """An RMSNorm weight as the forward multiplies by it: weight + config.norm_offset (Gemma's 1 + w)."""
@@ -61,69 +62,71 @@ class Llama:
         """tokens: [T] int; positions: [T] int, contiguous from cache.length; cache: KVCache.
 
         Returns logits [T, vocab] float32 (or [1, vocab] for the last token when last_only). Advances cache.length.
-        One token on the GPU replays the cache's captured decode step (kernels/cuda/graph.py) when it can.
         """
-        if len(tokens) == 1:
-            logits = cuda_graph.decode(self, cache, int(tokens[0]), int(positions[0]))
-            if logits is not None:
-                return logits
         return self.forward_packed(tokens, positions, [cache], [len(tokens)], last_only)
 
     def forward_packed(self, tokens, positions, caches, lengths, last_only: bool = False):
         """Several sequences in one forward sharing every mat-mul (continuous batching: a decode step is B
         sequences of one token each). tokens, positions: [T] int, packed: sequence s owns lengths[s] (>= 1)
         consecutive rows whose positions continue caches[s].length; caches: one KVCache per sequence.
+        On a GPU, tokens and positions may be int32 device arrays: nothing here then reads them on the host, so
+        the runner can capture a decode step as a CUDA graph and replay it at any position (host positions are
+        checked against the caches).
 
         Returns logits [T, vocab] float32, or [S, vocab] (each sequence's last row) when last_only. Advances every
         cache.
         """
-        c = self.config
+        c, dev = self.config, self.device
         spans = np.cumsum([0, *lengths])
         starts = [cache.length for cache in caches]
-        for first, start in zip(spans[:-1], starts):
-            if first < len(tokens) and int(positions[first]) != start:
-                raise ValueError(f"positions start at {int(positions[first])} but the cache holds {start} positions")
+        _check_positions(positions, spans, starts)
         for cache, start, n in zip(caches, starts, lengths):
             cache.check_fits(start + n)
         t = len(tokens)
-        x = embedding(tokens, self.tok_embd)
+        positions = dev.xp.asarray(positions)
+        x = embedding(dev.xp.asarray(tokens), self.tok_embd, dev)
         if c.embed_scale:
-            x = x * np.float32(c.embed_scale)
-        decode = DecodeBatch([c.k for c in caches], [c.v for c in caches], starts) if t == len(caches) else None
+            x = multiply(x, c.embed_scale)
+        decode = (DecodeBatch([c.k for c in caches], [c.v for c in caches], starts, positions, dev)
+                  if t == len(caches) else None)
         rope_global = rope_cos_sin(positions, self.inv_freq)
         rope_swa = rope_global if self.inv_freq_swa is None else rope_cos_sin(positions, self.inv_freq_swa)
         for i, w in enumerate(self.layers):
-            cos, sin = rope_swa if c.is_sliding(i) else rope_global
-            h = rms_norm(x, w["attn_norm"], c.rms_eps)
-            q, k, v = matmul_transb_many(h, [w["attn_q"], w["attn_k"], w["attn_v"]])
-            if c.qkv_bias:
-                q, k, v = q + w["attn_q_bias"], k + w["attn_k_bias"], v + w["attn_v_bias"]
-            q = q.reshape(t, c.n_heads, c.head_dim)
-            k = k.reshape(t, c.n_kv_heads, c.head_dim)
-            v = v.reshape(t, c.n_kv_heads, c.head_dim)
-            if c.qk_norm:
-                q = rms_norm(q, w["attn_q_norm"], c.rms_eps)
-                k = rms_norm(k, w["attn_k_norm"], c.rms_eps)
-            q = rope(q, cos, sin, c.rope_interleaved)
-            k = rope(k, cos, sin, c.rope_interleaved)
-            a = self._attend(i, q, k, v, caches, starts, spans, decode)
-            a = matmul_transb(a.reshape(t, c.n_heads * c.head_dim), w["attn_output"])
-            if c.post_norms:
-                a = rms_norm(a, w["post_attention_norm"], c.rms_eps)
-            x = x + a
-            h = rms_norm(x, w["ffn_norm"], c.rms_eps)
-            f = matmul_transb(self.glu(*matmul_transb_many(h, [w["ffn_gate"], w["ffn_up"]])), w["ffn_down"])
-            if c.post_norms:
-                f = rms_norm(f, w["post_ffw_norm"], c.rms_eps)
-            x = x + f
+            x = self._block(i, w, x, rope_swa if c.is_sliding(i) else rope_global, caches, starts, spans, decode)
         for cache, start, n in zip(caches, starts, lengths):
             cache.length = start + n
-        if last_only:
+        if last_only and len(lengths) < t:
             x = x[spans[1:] - 1]
-        logits = matmul_transb(rms_norm(x, self.output_norm, c.rms_eps), self.output)
-        if c.final_softcap:
-            logits = np.float32(c.final_softcap) * backend.xp.tanh(logits / np.float32(c.final_softcap))
-        return logits
+        logits = matmul_transb(rms_norm(x, self.output_norm, c.rms_eps, dev), self.output, dev)
+        return softcap(logits, c.final_softcap) if c.final_softcap else logits
+
+    def _block(self, i: int, w: dict, x, rope_cs, caches, starts, spans, decode: DecodeBatch | None):
+        """Layer i (weights w) over the packed rows x: [T, D] float32 â†’ [T, D] float32: attention, then the gated
+        feed-forward, each added to the residual. rope_cs: (cos, sin) of the rows' positions."""
+        c, dev, t = self.config, self.device, x.shape[0]
+        h = rms_norm(x, w["attn_norm"], c.rms_eps, dev)
+        q, k, v = matmul_transb_many(h, [w["attn_q"], w["attn_k"], w["attn_v"]], dev)
+        if c.qkv_bias:
+            q, k, v = add(q, w["attn_q_bias"]), add(k, w["attn_k_bias"]), add(v, w["attn_v_bias"])
+        q = q.reshape(t, c.n_heads, c.head_dim)
+        k = k.reshape(t, c.n_kv_heads, c.head_dim)
+        v = v.reshape(t, c.n_kv_heads, c.head_dim)
+        if c.qk_norm:
+            q = rms_norm(q, w["attn_q_norm"], c.rms_eps, dev)
+            k = rms_norm(k, w["attn_k_norm"], c.rms_eps, dev)
+        q = rope(q, *rope_cs, c.rope_interleaved, dev)
+        k = rope(k, *rope_cs, c.rope_interleaved, dev)
+        a = self._attend(i, q, k, v, caches, starts, spans, decode)
+        a = matmul_transb(a.reshape(t, c.n_heads * c.head_dim), w["attn_output"], dev)
+        if c.post_norms:
+            a = rms_norm(a, w["post_attention_norm"], c.rms_eps, dev)
+        x = add(x, a)
+        h = rms_norm(x, w["ffn_norm"], c.rms_eps, dev)
+        f = matmul_transb(self.glu(*matmul_transb_many(h, [w["ffn_gate"], w["ffn_up"]], dev), dev),
+                          w["ffn_down"], dev)
+        if c.post_norms:
+            f = rms_norm(f, w["post_ffw_norm"], c.rms_eps, dev)
+        return add(x, f)
 
     def _attend(self, i: int, q, k, v, caches, starts, spans, decode: DecodeBatch | None):
         """Layer i's attention of packed sequences, each against its own cache after storing its new keys/values.
@@ -136,8 +139,18 @@ class Llama:
         for cache, start, lo, hi in zip(caches, starts, spans[:-1], spans[1:]):
             cache.store(i, start, k[lo:hi], v[lo:hi])
             keys, values = cache.layer(i)
-            parts.append(attention(q[lo:hi], keys, values, start, window, self.config.attn_scale))
-        return parts[0] if len(parts) == 1 else backend.xp.concatenate(parts)
+            parts.append(attention(q[lo:hi], keys, values, start, window, self.config.attn_scale, self.device))
+        return parts[0] if len(parts) == 1 else self.device.xp.concatenate(parts)
+
+
+def _check_positions(positions, spans, starts) -> None:
+    """ValueError unless each packed sequence's host positions start where its cache ends (device positions, a
+    captured step's, are the runner's to set)."""
+    if cuda.takes(positions):
+        return
+    for first, start in zip(spans[:-1], starts):
+        if first < len(positions) and int(positions[first]) != start:
+            raise ValueError(f"positions start at {int(positions[first])} but the cache holds {start} positions")
 
 
 def _finite_freqs(inv_freq: np.ndarray) -> np.ndarray:

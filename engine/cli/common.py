@@ -6,7 +6,6 @@ from collections.abc import Callable
 import engine
 from engine.errors import EngineError
 from engine.runtime.sampler import SamplingParams
-from kernels import backend
 
 
 def add_model_arg(p: argparse.ArgumentParser) -> None:
@@ -25,19 +24,23 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--activations", choices=("float32", "int8"), default=None,
                    help="one-token mat-vec activations: float32 (default, exact) or int8 (opt-in, faster; "
                         "default: ENGINE_ACTIVATIONS)")
+    p.add_argument("--kernels", choices=("numba", "numpy"), default=None,
+                   help="CPU kernels: numba (compiled, default) or numpy (the reference operators; default: "
+                        "ENGINE_KERNELS)")
 
 
 def load_from_args(args):
     """engine.load with the model, context, thread, activation and device flags of a command line (flags a
     command does not define keep their defaults)."""
     return engine.load(args.model, n_ctx=args.ctx_size, threads=args.threads,
-                       activations=getattr(args, "activations", None), device=getattr(args, "device", None))
+                       activations=getattr(args, "activations", None), device=getattr(args, "device", None),
+                       kernels=getattr(args, "kernels", None))
 
 
 def loaded_line(llm) -> str:
     """What was loaded, how fast, and which kernels run (printed on stderr by the command lines)."""
     return (f"loaded {llm.source.id} ({llm.config.arch}, {llm.weight_bytes / 1e6:.0f} MB) in {llm.load_s:.2f} s; "
-            f"{backend.describe()}")
+            f"{llm.runner.describe()}")
 
 
 def exit_status(run: Callable[[], int | None]) -> int:

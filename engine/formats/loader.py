@@ -8,6 +8,7 @@ from engine.formats.gguf import GGUFFile
 from engine.formats.safetensors import load_hf_dir
 from engine.text.template import ChatTemplate
 from engine.text.tokenizer import Tokenizer
+from kernels.device import CPU, Device
 from models import ARCHITECTURES, ModelConfig
 
 
@@ -56,14 +57,15 @@ def _tokenizer_from_dir(d: Path | None) -> Tokenizer | None:
     return None
 
 
-def load_source(source) -> Loaded:
-    """Build the model named by a hub.ModelSource (gguf_paths, or hf_dir; tokenizer_dir optional)."""
+def load_source(source, device: Device = CPU) -> Loaded:
+    """Build the model named by a hub.ModelSource (gguf_paths, or hf_dir; tokenizer_dir optional) for device (its
+    weights still on the host: kernels.cuda.upload moves them to a GPU)."""
     if source.gguf_paths:
         g = GGUFFile(source.gguf_paths[0])
         where = str(source.gguf_paths[0])
         with _naming(where):
             config = ModelConfig.from_gguf(g.metadata, {n: i.shape for n, i in g.infos.items()})
-            model = ARCHITECTURES[config.arch](config, _accessor(g, where))
+            model = ARCHITECTURES[config.arch](config, _accessor(g, where), device)
             metadata = g.metadata
             tokenizer = (Tokenizer.from_gguf(metadata) if "tokenizer.ggml.tokens" in metadata
                          else _tokenizer_from_dir(source.tokenizer_dir))
@@ -72,7 +74,7 @@ def load_source(source) -> Loaded:
         where = str(source.hf_dir)
         metadata, tensors = load_hf_dir(source.hf_dir)
         config = ModelConfig.from_hf(metadata)
-        model = ARCHITECTURES[config.arch](config, _accessor(tensors, where))
+        model = ARCHITECTURES[config.arch](config, _accessor(tensors, where), device)
         tokenizer = _tokenizer_from_dir(source.hf_dir) or _tokenizer_from_dir(source.tokenizer_dir)
         weight_bytes = sum(t.nbytes for t in tensors.values())
     if tokenizer is None:

@@ -8,7 +8,6 @@ import numpy as np
 
 from engine.errors import ModelFileError
 from engine.runtime.sampler import Sampler, SamplingParams
-from kernels import backend
 
 
 @dataclass
@@ -62,7 +61,7 @@ def generate_tokens(runner, cache, ids: list[int], params: SamplingParams, max_t
     logits = runner.forward(new, np.arange(keep, keep + len(new)), cache, last_only=True)
     stats.finish_reason = "length"
     for n in range(max_tokens):
-        token = sampler(finite_logits(backend.to_host(logits[-1]), where), history)
+        token = sampler(finite_logits(logits[-1], where), history)
         now = time.perf_counter()
         if n == 0:
             stats.prefill_s = now - t0

@@ -1,12 +1,12 @@
-"""KVCache: keys and values of every layer for one sequence, preallocated once."""
+"""KVCache: keys and values of every layer for one sequence, preallocated once on a kernels.device.Device."""
 import mmap
 import os
 import resource
 
 import numpy as np
 
-from kernels import backend
 from engine.errors import ContextOverflowError
+from kernels.device import CPU, Device
 
 
 def lazy_zeros(shape: tuple, dtype) -> np.ndarray:
@@ -24,11 +24,11 @@ def lazy_zeros(shape: tuple, dtype) -> np.ndarray:
     return np.frombuffer(buf, dtype).reshape(shape)
 
 
-def memory_budget() -> int:
+def memory_budget(device: Device = CPU) -> int:
     """Bytes a KV cache may reserve: free device memory (plus CuPy's pooled free blocks) on a GPU; on the CPU the
     machine's physical memory, or the address-space limit (RLIMIT_AS) when that is lower (the cache's pages are
     committed lazily, but its address space is reserved at once)."""
-    xp = backend.xp
+    xp = device.xp
     if xp is not np:
         return int(xp.cuda.runtime.memGetInfo()[0]) + int(xp.get_default_memory_pool().free_bytes())
     physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -36,11 +36,12 @@ def memory_budget() -> int:
     return physical if limit == resource.RLIM_INFINITY else min(physical, limit)
 
 
-def check_memory(n_layers: int, n_kv_heads: int, head_dim: int, max_len: int, dtype="float32") -> None:
+def check_memory(n_layers: int, n_kv_heads: int, head_dim: int, max_len: int, dtype="float32",
+                 device: Device = CPU) -> None:
     """ContextOverflowError, naming n_ctx / --ctx-size, unless the keys and values of max_len positions fit in
     memory_budget(). Sizes are Python integers: no overflow, whatever the model file claims."""
     need = 2 * n_layers * n_kv_heads * head_dim * max_len * np.dtype(dtype).itemsize
-    budget = memory_budget()
+    budget = memory_budget(device)
     if need > budget:
         raise ContextOverflowError(
             f"a KV cache for a {max_len}-token context needs {need / 2**30:.3g} GiB ({n_layers} layers x "
@@ -56,10 +57,11 @@ class KVCache:
     (check_memory, or the allocation failing) raises ContextOverflowError naming n_ctx.
     """
 
-    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, max_len: int, dtype="float32"):
-        check_memory(n_layers, n_kv_heads, head_dim, max_len, dtype)
+    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, max_len: int, dtype="float32",
+                 device: Device = CPU):
+        check_memory(n_layers, n_kv_heads, head_dim, max_len, dtype, device)
         shape = (n_layers, n_kv_heads, max_len, head_dim)
-        zeros = lazy_zeros if backend.xp is np else backend.xp.zeros
+        zeros = lazy_zeros if device.xp is np else device.xp.zeros
         try:
             self.k, self.v = zeros(shape, dtype), zeros(shape, dtype)
         except (MemoryError, OSError) as e:  # the budget was there, but not free (CuPy's OOM is a MemoryError)

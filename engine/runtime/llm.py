@@ -1,5 +1,4 @@
 """The public API: `engine.load(model)` → `LLM` with tokenizer, logits() and a streaming generate()."""
-import os
 import threading
 import time
 from dataclasses import replace
@@ -14,7 +13,8 @@ from engine.runtime.generate import GenerationStats, finite_logits, stream_text
 from engine.runtime.kvcache import KVCache, check_memory
 from engine.runtime.runner import DirectRunner, Runner
 from engine.runtime.sampler import SamplingParams, model_defaults
-from kernels import backend, cpu
+from kernels import cuda
+from kernels.device import select_device
 
 
 class LLM:
@@ -32,6 +32,7 @@ class LLM:
     def __init__(self, loaded, source, n_ctx: int | None = None, load_s: float = 0.0, runner: Runner | None = None):
         self._loaded = loaded
         self.model = loaded.model
+        self.device = loaded.model.device
         self.runner = DirectRunner(self.model) if runner is None else runner
         self.config = loaded.config
         self.tokenizer = loaded.tokenizer
@@ -42,7 +43,7 @@ class LLM:
         self.n_ctx = int(n_ctx or self.config.max_context)
         if self.n_ctx < 1:
             raise InvalidRequestError(f"n_ctx must be positive, got {n_ctx}")
-        check_memory(self.config.n_layers, self.config.n_kv_heads, self.config.head_dim, self.n_ctx)
+        check_memory(self.config.n_layers, self.config.n_kv_heads, self.config.head_dim, self.n_ctx, device=self.device)
         self.where = str(source.gguf_paths[0] if source.gguf_paths else source.hf_dir)
         self.load_s = load_s
         self.sampling_defaults = model_defaults(self.metadata if source.gguf_paths else None, source.hf_dir,
@@ -57,14 +58,13 @@ class LLM:
     def new_cache(self, max_len: int | None = None) -> KVCache:
         """An empty KV cache for one sequence of up to max_len (default n_ctx) positions."""
         c = self.config
-        return KVCache(c.n_layers, c.n_kv_heads, c.head_dim, max_len or self.n_ctx)
+        return KVCache(c.n_layers, c.n_kv_heads, c.head_dim, max_len or self.n_ctx, device=self.device)
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Logits [len(ids), vocab] float32 of one forward over ids on a fresh cache."""
         ids = self._check_ids(ids)
         cache = self.new_cache(len(ids))
-        return finite_logits(backend.to_host(self.runner.forward(np.asarray(ids), np.arange(len(ids)), cache)),
-                             self.where)
+        return finite_logits(self.runner.forward(np.asarray(ids), np.arange(len(ids)), cache), self.where)
 
     def encode_prompt(self, prompt: str | Sequence[int]) -> list[int]:
         """Token ids of a raw prompt: text is tokenized with BOS as the model wants and special tokens parsed."""
@@ -146,42 +146,38 @@ class LLM:
 
 
 def load(model: str | None = None, n_ctx: int | None = None, threads: int | None = None,
-         activations: str | None = None, device: str | None = None) -> LLM:
+         activations: str | None = None, device: str | None = None, kernels: str | None = None) -> LLM:
     """Load a model: a registry id (`smollm2`, `qwen3.4b_q4`), a .gguf path, an HF-style directory or an HF repo
     id (`org/name`, or `org/name:file.gguf`). None loads the embedded default (SmolLM2-135M-Instruct Q4_1).
 
-    n_ctx: context length per sequence (default: the model's). threads: worker threads (default: ENGINE_THREADS,
-    else all cores). activations: "float32" (default) or "int8" for the opt-in int8 mat-vec (default:
-    ENGINE_ACTIVATIONS). device: "auto" (CUDA when a GPU is usable), "cpu" or "cuda" (default: ENGINE_DEVICE, else
-    auto); chosen once per process, as every array the engine allocates follows it."""
+    n_ctx: context length per sequence (default: the model's). The rest make the model's kernels.device.Device
+    (kernels.device.select_device; None reads ENGINE_THREADS, ENGINE_ACTIVATIONS, ENGINE_DEVICE, ENGINE_KERNELS):
+    threads: CPU kernel threads (default: all cores); activations: "float32" (default) or "int8" for the opt-in
+    int8 mat-vec; device: "auto" (CUDA when a GPU is usable, the default), "cpu" or "cuda"; kernels: "numba"
+    (default) or "numpy" (the reference operators). Each LLM keeps its own: several can share a process."""
     t0 = time.perf_counter()
-    on_gpu = backend.select_device(device) == "cuda"
-    backend.set_threads(threads or int(os.environ.get("ENGINE_THREADS", 0)) or None)
-    backend.set_activations(activations)
+    dev = select_device(device, kernels, activations, threads)
     source = hub.resolve(model)
-    loaded = load_source(source)
-    if on_gpu:
-        from kernels import cuda
+    loaded = load_source(source, dev)
+    if dev.kind == "cuda":
         cuda.upload(loaded.model)
-    elif cpu.available:
+    elif dev.compiled:
         _warm_up(loaded)
     return LLM(loaded, source, n_ctx, load_s=time.perf_counter() - t0)
 
 
 def _warm_up(loaded) -> None:
-    """A 2-token and a 1-token forward on a scratch cache, so that the compiled kernels' code is loaded (about a
-    second) before the first prompt rather than during it.
-
-    They run on a thread of their own that then ends. libgomp keeps a pool of worker threads for each thread that
-    launches parallel kernels, for as long as that thread lives, and once it manages more threads than there are
-    CPUs it stops spinning between launches: every launch then waits for a wake-up (decode 1.6x slower). A server
-    computes on its scheduler thread, so the loading thread must not keep a pool of its own."""
+    """A 2-token and a 1-token forward on a scratch cache, so that the compiled kernels' code is loaded before the
+    first prompt rather than during it. They run on a thread of their own that then ends: libgomp keeps a pool of
+    worker threads for each thread that launches parallel kernels while that thread lives, and with more threads
+    than CPUs it stops spinning between launches (README, "Notes on the CPU kernels")."""
     c = loaded.config
     cache = KVCache(c.n_layers, c.n_kv_heads, c.head_dim, 3)
     failure = []
 
     def run() -> None:
         try:
+            loaded.model.device.enter()
             loaded.model.forward(np.zeros(2, np.int64), np.arange(2), cache, last_only=True)
             loaded.model.forward(np.zeros(1, np.int64), np.array([2]), cache, last_only=True)
         except BaseException as e:  # noqa: BLE001 — raised again on the loading thread

@@ -7,12 +7,16 @@ which runs each forward on the calling thread. The batching runner is engine.run
 
 tokens, positions: [T] int64 arrays (a sequence's next tokens and their cache positions); cache: that sequence's
 engine.runtime.kvcache.KVCache, which the forward extends by T positions. Logits are [T, vocab] float32 ([1, vocab] with
-last_only), as a host or device array (kernels.backend.to_host makes it a host one).
+last_only) as a NumPy array, wherever the model computes. A runner gives its compute threads the model's
+kernels.device.Device set-up (Device.enter) before each forward, so models on differently configured devices
+share a process.
 """
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+
+from engine.runtime.graphs import DecodeGraphs
 
 
 class Handle(ABC):
@@ -46,9 +50,15 @@ class Runner(ABC):
     def run_async(self, fn: Callable) -> Future:
         """fn() on this runner's worker thread, as a concurrent.futures.Future: Chat.send_async runs each step of a
         turn there, off the event loop. One thread per runner: libgomp keeps a thread pool for every thread that
-        launches kernels, so steps must not wander over threads. It gets the caller's kernel thread count."""
-        set_threads = kernel_threads_setter()
-        return self._worker.submit(lambda: (set_threads(), fn())[1])
+        launches kernels, so steps must not wander over threads."""
+        return self._worker.submit(fn)
+
+    def leave(self) -> None:
+        """The calling thread's sequence is finished (a batching runner stops waiting for it; others: nothing)."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """One line saying how forwards run (the command lines print it after loading)."""
 
     def close(self) -> None:
         """Stop the worker thread (a step in flight finishes)."""
@@ -70,36 +80,35 @@ class Deferred(Handle):
 
 class DirectRunner(Runner):
     """Runs model.forward (models.Llama) on the calling thread, one forward at a time in the whole process.
+    On a GPU it replays a one-token forward as the cache's captured CUDA graph when it can (engine.runtime.graphs).
 
-    compute_lock is per process, not per runner: the kernels' scratch buffers and thread pools are process-wide,
-    so two forwards must never overlap, whichever runner or LLM they come from (several Chats or SessionStore
-    sessions on their threads, two loaded models, a BatchingRunner's thread, which takes this lock too).
-    Concurrent turns therefore interleave token by token. submit defers the forward to result(): nothing runs
-    while the caller holds its token."""
+    compute_lock is per process, not per runner: the kernels' thread pools are process-wide, so two forwards must
+    never overlap, whichever runner or LLM they come from (several Chats or SessionStore sessions on their
+    threads, two loaded models, a BatchingRunner's thread, which takes this lock too). Concurrent turns therefore
+    interleave token by token. submit defers the forward to result(): nothing runs while the caller holds its
+    token."""
 
     compute_lock = threading.Lock()
 
     def __init__(self, model):
         super().__init__()
         self.model = model
+        self.device = model.device
+        self.graphs = DecodeGraphs(model) if self.device.kind == "cuda" else None
 
     def forward(self, tokens, positions, cache, last_only: bool = False):
         with self.compute_lock:
-            return self.model.forward(tokens, positions, cache, last_only=last_only)
+            self.device.enter()
+            logits = None
+            if self.graphs is not None and len(tokens) == 1:
+                logits = self.graphs.step(cache, int(tokens[0]), int(positions[0]))
+            if logits is None:
+                logits = self.model.forward(tokens, positions, cache, last_only=last_only)
+            return self.device.to_host(logits)
 
     def submit(self, tokens, positions, cache, last_only: bool = False) -> Deferred:
         return Deferred(lambda: self.forward(tokens, positions, cache, last_only))
 
-
-def kernel_threads_setter() -> Callable[[], None]:
-    """A function that gives the thread calling it the current thread's kernel thread count (numba's is per
-    thread; a runner's own threads start with the default)."""
-    try:
-        from kernels import cpu
-        if cpu.available:
-            import numba
-            n = numba.get_num_threads()
-            return lambda: numba.set_num_threads(n)
-    except ImportError:
-        pass
-    return lambda: None
+    def describe(self) -> str:
+        line = self.device.describe()
+        return f"{line}, {self.graphs.describe()}" if self.graphs is not None else line

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.errors import ContextOverflowError
-from engine.runtime.runner import DirectRunner, Handle, Runner, kernel_threads_setter
+from engine.runtime.runner import DirectRunner, Handle, Runner
 
 
 @dataclass(eq=False)
@@ -63,7 +63,7 @@ class BatchingRunner(Runner):
         self._pending: list[_Job] = []
         self._joined: set[int] = set()
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, args=(kernel_threads_setter(),), daemon=True,
+        self._thread = threading.Thread(target=self._loop, daemon=True,
                                         name="engine-scheduler")
         self._thread.start()
 
@@ -100,6 +100,9 @@ class BatchingRunner(Runner):
             self._joined.discard(threading.get_ident())
             self._cond.notify_all()
 
+    def describe(self) -> str:
+        return f"{self.model.device.describe()}, continuous batching"
+
     def close(self) -> None:
         """Stop: queued forwards fail with RuntimeError; one running finishes first."""
         with self._cond:
@@ -110,8 +113,7 @@ class BatchingRunner(Runner):
 
     # -- the scheduler thread --
 
-    def _loop(self, set_threads) -> None:
-        set_threads()
+    def _loop(self) -> None:
         while True:
             with self._cond:
                 while not self._pending and not self._closed:
@@ -161,8 +163,9 @@ class BatchingRunner(Runner):
         all_rows = any(not j.last_only for j, _ in batch)
         try:
             with DirectRunner.compute_lock:
-                logits = self.model.forward_packed(tokens, positions, [j.cache for j, _ in batch],
-                                                   [n for _, n in batch], last_only=not all_rows)
+                self.model.device.enter()
+                logits = self.model.device.to_host(self.model.forward_packed(
+                    tokens, positions, [j.cache for j, _ in batch], [n for _, n in batch], last_only=not all_rows))
         except BaseException as e:  # noqa: BLE001 — handed to every waiting thread
             with self._cond:
                 for job, _ in batch:

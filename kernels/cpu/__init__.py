@@ -7,9 +7,9 @@ into reused float32 buffers and multiplied with BLAS. The small per-layer operat
 decode attention) have compiled twins here, since NumPy's per-call overhead is large next to a small model's
 token.
 
-`available`: numba imported and ENGINE_KERNELS is not "numpy". `activations`: "float32" (default) or "int8"
-(ENGINE_ACTIVATIONS=int8: the one-token mat-vec quantizes x per 32 values and dots in integers,
-kernels/cpu/int8_kernels.py; faster, slightly less exact).
+`available`: numba imported (a Device with kernels="numba" uses these kernels; kernels.device). The int8 path
+(`int8=True`, a Device's activations="int8") quantizes x per 32 values and dots in integers
+(kernels/cpu/int8_kernels.py): faster, slightly less exact.
 """
 import os
 import threading
@@ -20,47 +20,45 @@ import numpy as np
 
 from kernels.quants import GGMLType
 
-# OpenMP workers spin a bounded while after each kernel, then sleep: sleeping at once costs a wake-up per launch,
-# spinning forever starves the main thread on machines with few cores (README, "Notes on the CPU kernels").
-# libgomp cuts the spin short once more of its threads exist than CPUs, and each thread that launches kernels
-# keeps its own pool while it lives: one thread should do the launching (see engine.llm._warm_up).
-os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
-os.environ.setdefault("GOMP_SPINCOUNT", "100000")
-
 try:
     from kernels.cpu import int8_kernels, op_kernels, quant_kernels, simd
 except ImportError:  # numba missing or broken: the NumPy path runs
     int8_kernels = op_kernels = quant_kernels = simd = None
 
-available = quant_kernels is not None and os.environ.get("ENGINE_KERNELS", "numba") != "numpy"
-if available:
-    # BLAS runs single-threaded beside the kernels' own threads: OpenBLAS workers spin after each call and, with
-    # as many threads as cores, starve the kernels' threads.
-    from threadpoolctl import threadpool_limits
-    threadpool_limits(1, user_api="blas")
-ACTIVATION_KINDS = ("float32", "int8")
+available = quant_kernels is not None
 _K_QUANTS = {int(GGMLType.Q4_K), int(GGMLType.Q5_K), int(GGMLType.Q6_K)}
-activations = os.environ.get("ENGINE_ACTIVATIONS", "float32")
-# Tokens up to which the fused kernels beat dequantizing the whole matrix for BLAS (measured on SmolLM2 Q4_1 and
-# Qwen3-0.6B-shape Q8_0 / Q4_K_M prompts); the K-quants cost more to unpack per weight.
+# Tokens up to which the fused kernels beat dequantizing the whole matrix for BLAS (README, "Notes on the CPU
+# kernels"); the K-quants cost more to unpack per weight.
 FUSED_MAX_T = 96
 FUSED_MAX_T_K_QUANTS = 48
 TILE_BYTES = 4 << 20  # float32 rows dequantized per BLAS call in prefill, per worker
 _local = threading.local()
-_pool: ThreadPoolExecutor | None = None
+_pools: dict[int, ThreadPoolExecutor] = {}  # worker count → the prefill pool of that size (made once, kept)
+_pools_lock = threading.Lock()
 
 
-def matmul_transb_many(x: np.ndarray, ws: list) -> list[np.ndarray]:
+def configure_openmp() -> None:
+    """Set libgomp's spin policy before its first parallel launch (it reads the environment once, per process):
+    workers spin a bounded while after each kernel, then sleep. Sleeping at once costs a wake-up per launch;
+    spinning forever starves the main thread on machines with few cores (README, "Notes on the CPU kernels").
+    libgomp cuts the spin short once more of its threads exist than CPUs, and each thread that launches kernels
+    keeps its own pool while it lives: one thread should do the launching (engine.runtime.runner)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
+    os.environ.setdefault("GOMP_SPINCOUNT", "100000")
+
+
+def matmul_transb_many(x: np.ndarray, ws: list, int8: bool = False) -> list[np.ndarray]:
     """[x @ wᵀ for w in ws] for QTensors sharing x: [T, K] float32. Up to fused_max_t tokens: a single parallel
-    fused launch over all the matrices (q/k/v, gate/up); more: dequantized tiles and BLAS per matrix."""
+    fused launch over all the matrices (q/k/v, gate/up); more: dequantized tiles and BLAS per matrix. int8: one
+    token's mat-vec quantizes x to int8 (the opt-in path)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.shape[0] > min(fused_max_t(w) for w in ws):
-        return [matmul_transb(x, w) for w in ws]
+        return [matmul_transb(x, w, int8) for w in ws]
     if x.shape[0] > 1:
         return _matmat(x, ws)
     outs = tuple(np.empty((1, w.shape[0]), dtype=np.float32) for w in ws)
     raws, types, row = tuple(w.raw for w in ws), tuple(int(w.ggml_type) for w in ws), x[0]
-    if activations == "int8" and row.shape[0] % 32 == 0:
+    if int8 and row.shape[0] % 32 == 0:
         blocks = row.shape[0] // 32
         xq, xd, xs = np.empty(row.shape[0], np.int8), np.empty(blocks, np.float32), np.empty(blocks, np.float32)
         int8_kernels.quantize_activations(row, xq, xd, xs)
@@ -81,8 +79,8 @@ def _matmat(x: np.ndarray, ws: list) -> list[np.ndarray]:
     return [o[:t] for o in outs]
 
 
-def matmul_transb(x: np.ndarray, w) -> np.ndarray:
-    """x: [T, K] float32, w: QTensor [N, K] → x @ wᵀ: [T, N] float32.
+def matmul_transb(x: np.ndarray, w, int8: bool = False) -> np.ndarray:
+    """x: [T, K] float32, w: QTensor [N, K] → x @ wᵀ: [T, N] float32 (int8: as in matmul_transb_many).
 
     Up to fused_max_t(w) tokens (decode, a decode batch, a short prompt): the fused kernels, weights read once.
     More: the rows of w are cut into tiles spread over a pool of worker threads; each worker dequantizes a tile
@@ -92,7 +90,7 @@ def matmul_transb(x: np.ndarray, w) -> np.ndarray:
     n, k = w.shape
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.shape[0] <= fused_max_t(w):
-        return matmul_transb_many(x, [w])[0]
+        return matmul_transb_many(x, [w], int8)[0]
     out = np.empty((x.shape[0], n), dtype=np.float32)
     rows = max(1, min(n, TILE_BYTES // (4 * k), -(-n // _workers())))
 
@@ -120,14 +118,17 @@ def _workers() -> int:
 
 
 def _get_pool() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None or _pool._max_workers != _workers():
-        _pool = ThreadPoolExecutor(_workers(), thread_name_prefix="engine-prefill")
-    return _pool
+    """The prefill pool with as many workers as the calling thread's kernel threads."""
+    n = _workers()
+    with _pools_lock:
+        if n not in _pools:
+            _pools[n] = ThreadPoolExecutor(n, thread_name_prefix="engine-prefill")
+        return _pools[n]
 
 
 def takes(*arrays) -> bool:
-    """Whether the compiled small operators apply: numba is on and every array is a float32 NumPy array."""
+    """Whether the compiled small operators can take these arrays: numba is there and every array is a float32
+    NumPy array (the caller's Device says whether to use them)."""
     if not available:
         return False
     for a in arrays:
@@ -171,11 +172,11 @@ def decode_batch(caches_k: list, caches_v: list, starts: list[int]) -> tuple:
             np.array(starts, np.int64))
 
 
-def decode_attention_batch(q: np.ndarray, k: np.ndarray, v: np.ndarray, compiled: tuple, layer: int,
+def decode_attention_batch(q: np.ndarray, k: np.ndarray, v: np.ndarray, cpu_args: tuple, layer: int,
                            window: int | None, scale: float) -> np.ndarray:
-    """ops.decode_attention_batch in one parallel launch; compiled: decode_batch of the step's caches."""
+    """ops.decode_attention_batch in one parallel launch; cpu_args: decode_batch of the step's caches."""
     out = np.empty(q.shape, np.float32)
-    op_kernels.decode_attention_batch(q, k, v, *compiled, layer, window or 0, scale, out)
+    op_kernels.decode_attention_batch(q, k, v, *cpu_args, layer, window or 0, scale, out)
     return out
 
 

@@ -37,8 +37,7 @@ def available() -> bool:
 
 
 def takes(*arrays) -> bool:
-    """Whether every array is a CuPy array (the GPU path applies). Only the CuPy backend makes them, so this module
-    needs no import of kernels.backend, which imports it to select the device."""
+    """Whether every array is a CuPy array (the GPU path applies)."""
     return all(type(a).__module__.startswith("cupy") for a in arrays)
 
 
@@ -304,6 +303,23 @@ def attention_decode(q, k, v, pos, window: int | None, scale: float, out) -> Non
         (h,), (32 * ATTENTION_WARPS,),
         (q, k, v, out, pos, np.int32(h), np.int32(k.shape[0]), np.int32(dh), np.int32(k.strides[0] // 4),
          np.int32(window or 0), np.float32(scale)), shared_mem=ATTENTION_WARPS * (dh + 2) * 4)
+
+
+def decode_attention_batch(q, k, v, caches_k, caches_v, positions, layer: int, window: int | None, scale: float):
+    """ops.decode_attention_batch on the GPU, reading each sequence's position on the device (so a captured
+    decode step replays at any position): q [B, H, Dh], k, v [B, H_kv, Dh] float32; caches_k/v: B caches
+    [L, H_kv, S, Dh]; positions: [B] int on the device. None when the kernel does not cover the shape."""
+    import cupy
+    if not all(_attention_fits(q, ck[layer], cv[layer]) for ck, cv in zip(caches_k, caches_v)):
+        return None
+    q, k, v = (cupy.ascontiguousarray(a, dtype=cupy.float32) for a in (q, k, v))
+    positions = cupy.asarray(positions, dtype=cupy.int32)
+    out = cupy.empty_like(q)
+    for b, (ck, cv) in enumerate(zip(caches_k, caches_v)):
+        pos = positions[b:b + 1]
+        kv_store(k[b:b + 1], v[b:b + 1], ck[layer], cv[layer], pos)
+        attention_decode(q[b:b + 1], ck[layer], cv[layer], pos, window, scale, out[b:b + 1])
+    return out
 
 
 def rope_table(inv_freq, pos, cos, sin):

@@ -2,7 +2,7 @@
 import numba
 import pytest
 
-from cuda_standin import device  # noqa: F401  (the stand-in GPU of tests/kernels/cuda_standin.py)
+from cuda_standin import device  # noqa: F401  (the stand-in GPU of tests/cuda_standin.py)
 
 
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])

@@ -5,6 +5,7 @@ from gguf import GGMLQuantizationType as GQ
 from gguf import quants as gq
 
 from kernels import cpu, ops
+from kernels.device import Device
 from kernels.cpu import quant_kernels
 from kernels.qtensor import QTensor
 from kernels.quants import SUPPORTED, GGMLType
@@ -57,14 +58,19 @@ def test_prefill_uses_several_tiles(monkeypatch):
 def test_ops_dispatches_to_the_fast_path_and_the_reference_agrees(monkeypatch):
     w, ref = weights(GGMLType.Q6_K, 9, 256)
     x = np.random.default_rng(1).standard_normal((1, 256)).astype(np.float32)
-    fast = ops.matmul_transb(x, w)
-    monkeypatch.setattr(cpu, "available", False)
-    slow = ops.matmul_transb(x, w)
+    compiled, reference = Device(kernels="numba"), Device(kernels="numpy")
+    calls = []
+    fused = cpu.matmul_transb_many
+    monkeypatch.setattr(cpu, "matmul_transb_many", lambda *a, **k: (calls.append(1), fused(*a, **k))[1])
+    fast = ops.matmul_transb(x, w, compiled)
+    assert calls  # the compiled path ran
+    calls.clear()
+    slow = ops.matmul_transb(x, w, reference)
+    assert not calls  # the NumPy reference ran
     np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-4)
     ids = np.array([0, 8, 3])
-    np.testing.assert_array_equal(ops.embedding(ids, w), ref[ids])
-    monkeypatch.setattr(cpu, "available", True)
-    np.testing.assert_array_equal(ops.embedding(ids, w), ref[ids])
+    np.testing.assert_array_equal(ops.embedding(ids, w, reference), ref[ids])
+    np.testing.assert_array_equal(ops.embedding(ids, w, compiled), ref[ids])
 
 
 @pytest.mark.parametrize("T", [2, 5])

@@ -4,18 +4,18 @@ import numpy as np
 import pytest
 
 from kernels import cpu, ops
+from kernels.device import Device
 
 pytestmark = pytest.mark.skipif(not cpu.available, reason="numba kernels unavailable (ENGINE_KERNELS=numpy)")
 rng = np.random.default_rng(0)
 
 
+COMPILED, REFERENCE = Device(kernels="numba"), Device(kernels="numpy")
+
+
 def both(monkeypatch, fn, *args, **kwargs):
     """(compiled result, NumPy reference result) of one ops call."""
-    fast = fn(*args, **kwargs)
-    monkeypatch.setattr(cpu, "available", False)
-    slow = fn(*args, **kwargs)
-    monkeypatch.setattr(cpu, "available", True)
-    return fast, slow
+    return fn(*args, dev=COMPILED, **kwargs), fn(*args, dev=REFERENCE, **kwargs)
 
 
 def f32(*shape, scale=1.0):
@@ -101,12 +101,11 @@ def test_decode_attention_batch_stores_and_attends_per_sequence(monkeypatch, win
         ck[:, :, start:], cv[:, :, start:] = np.nan, np.nan  # positions not yet stored are never read
     q, k, v = f32(3, heads, dh, scale=2.0), f32(3, kv_heads, dh), f32(3, kv_heads, dh)
     copies = [(ck.copy(), cv.copy()) for ck, cv in caches]
-    fast_batch = ops.DecodeBatch([ck for ck, _ in caches], [cv for _, cv in caches], starts)
-    assert fast_batch.compiled is not None
+    fast_batch = ops.DecodeBatch([ck for ck, _ in caches], [cv for _, cv in caches], starts, dev=COMPILED)
+    assert fast_batch.cpu_args is not None
     fast = ops.decode_attention_batch(q, k, v, fast_batch, 1, window, 0.3)
-    monkeypatch.setattr(cpu, "available", False)
-    slow_batch = ops.DecodeBatch([ck for ck, _ in copies], [cv for _, cv in copies], starts)
-    assert slow_batch.compiled is None
+    slow_batch = ops.DecodeBatch([ck for ck, _ in copies], [cv for _, cv in copies], starts, dev=REFERENCE)
+    assert slow_batch.cpu_args is None
     slow = ops.decode_attention_batch(q, k, v, slow_batch, 1, window, 0.3)
     np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-6)
     for b, ((ck, cv), (rk, rv), start) in enumerate(zip(caches, copies, starts)):

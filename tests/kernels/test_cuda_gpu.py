@@ -11,7 +11,7 @@ import torch
 from gguf import GGMLQuantizationType as GQ
 from gguf import quants as gq
 
-from kernels import backend, cuda, ops
+from kernels import cuda, ops
 from kernels.qtensor import QTensor
 from quant_blocks import make_blocks
 from reference import torch_attention
@@ -25,9 +25,7 @@ TYPES = sorted(cuda.KERNEL_BLOCKS)
 @pytest.fixture
 def cp():
     import cupy
-    backend.use("cupy")
-    yield cupy
-    backend.use("numpy")
+    return cupy
 
 
 def quantized(t, n, k, seed=0):
@@ -98,17 +96,13 @@ def test_tiny_model_on_gpu(arch, fmt):
     path = TINY / arch / fmt
     if not path.exists():
         pytest.skip(f"no {fmt} fixture for {arch}")
-    try:
-        llm = engine.load(str(path), device="cuda")
-        model = llm.model
-        cache = llm.new_cache(32)
-        ids = [5, 17, 100, 200, 3, 44, 91, 250, 12, 7, 300, 2]
-        parts = [model.forward(np.array(ids[:6]), np.arange(6), cache),
-                 model.forward(np.array(ids[6:9]), np.arange(6, 9), cache)]
-        parts += [model.forward(np.array([i]), np.array([p]), cache) for p, i in enumerate(ids[9:], 9)]
-        logits = np.concatenate([backend.to_host(p) for p in parts])
-    finally:
-        backend.use("numpy")
+    llm = engine.load(str(path), device="cuda")
+    cache = llm.new_cache(32)
+    ids = [5, 17, 100, 200, 3, 44, 91, 250, 12, 7, 300, 2]
+    parts = [llm.runner.forward(np.array(ids[:6]), np.arange(6), cache),
+             llm.runner.forward(np.array(ids[6:9]), np.arange(6, 9), cache)]
+    parts += [llm.runner.forward(np.array([i]), np.array([p]), cache) for p, i in enumerate(ids[9:], 9)]
+    logits = np.concatenate(parts)
     ref = gguf_logits(path, ids)
     np.testing.assert_array_less(np.abs(logits - ref).max(), 5e-3)
 
@@ -143,28 +137,24 @@ def test_decode_step_kernels(cp):
     np.testing.assert_array_equal(out.get(), x + y)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3"])
 def test_decode_graph_on_gpu(arch):
-    """Single-token forwards replay a real CUDA graph (cupy.cuda.Stream capture): logits against transformers and
-    against the uncaptured forward on the same cache."""
+    """Single-token forwards replay a real CUDA graph (cupy.cuda.Stream capture of the model's own forward, its
+    allocations from a private pool): logits against transformers and against the uncaptured forward on the same
+    cache."""
     import engine
-    from engine.kvcache import KVCache
-    from kernels.cuda import graph as cuda_graph
     from reference import gguf_logits
     path = TINY / arch / "model-Q8_0.gguf"
     ids = [5, 17, 100, 200, 3, 44, 91, 250, 12, 7, 300, 2]
-    try:
-        model = engine.load(str(path), device="cuda").model
-        cache = KVCache(model.config.n_layers, model.config.n_kv_heads, model.config.head_dim, 32)
-        parts = [model.forward(np.array(ids[:4]), np.arange(4), cache)]
-        parts += [model.forward(np.array([i]), np.array([p]), cache) for p, i in enumerate(ids[4:], 4)]
-        graph = cuda_graph._graphs[cache]
-        assert graph.graph is not None, graph.failure
-        logits = np.concatenate([backend.to_host(p) for p in parts])
-        cache.truncate(4)
-        uncaptured = [backend.to_host(model.forward_packed(np.array([i]), np.array([p]), [cache], [1]))
-                      for p, i in enumerate(ids[4:], 4)]
-    finally:
-        backend.use("numpy")
+    llm = engine.load(str(path), device="cuda")
+    cache = llm.new_cache(32)
+    parts = [llm.runner.forward(np.array(ids[:4]), np.arange(4), cache)]
+    parts += [llm.runner.forward(np.array([i]), np.array([p]), cache) for p, i in enumerate(ids[4:], 4)]
+    assert not llm.runner.graphs.refused, llm.runner.graphs.refused
+    assert llm.runner.graphs._steps[cache].step.graph is not None
+    logits = np.concatenate(parts)
+    cache.truncate(4)
+    uncaptured = [llm.model.forward_packed(np.array([i]), np.array([p]), [cache], [1]).get()
+                  for p, i in enumerate(ids[4:], 4)]
     np.testing.assert_allclose(logits[4:], np.concatenate(uncaptured), rtol=1e-4, atol=1e-4)
     np.testing.assert_array_less(np.abs(logits - gguf_logits(path, ids)).max(), 5e-3)

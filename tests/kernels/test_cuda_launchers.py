@@ -1,5 +1,6 @@
-"""The GPU path's Python side without a GPU: kernels/cuda launchers and the engine wiring (ops dispatch, weight
-upload, KV cache, host transfer) run against a stand-in device whose kernels execute in tests/cudasim.
+"""The GPU path's Python side without a GPU: kernels/cuda launchers and weight upload run against a stand-in device
+(tests/cuda_standin.py) whose kernels execute in tests/cudasim; the model forward and its captured decode step on
+it are tested in tests/engine/runtime/test_graphs.py.
 
 The stand-in `cupy` is NumPy whose arrays are a subclass living in a module named cupy.* (so the engine takes them
 for device arrays), and `kernels.cuda.kernel` returns a launcher that runs the .cu kernel in cudasim with the same
@@ -17,9 +18,8 @@ import torch
 from gguf import GGMLQuantizationType as GQ
 from gguf import quants as gq
 
-from engine.errors import DeviceError, UnsupportedModelError
-from kernels import backend, cuda
-from kernels.cuda import graph as cuda_graph
+from engine.errors import UnsupportedModelError
+from kernels import cuda
 from kernels.qtensor import QTensor
 from kernels.quants import GGMLType
 from cuda_standin import CaptureViolation, DeviceArray, Stream, on_device
@@ -196,93 +196,25 @@ def test_upload_moves_every_weight_once(device):
     assert model.output is model.tok_embd
 
 
-def load_tiny(arch):
-    loaded = load(TINY / arch / "model-Q8_0.gguf")
-    cuda.upload(loaded.model)
-    return loaded.model, loaded.config
-
-
-@pytest.mark.parametrize("arch", ["llama", "qwen3"])
-def test_model_forward_prefill_chunk_decode(device, arch):
-    """A tiny model loaded for the device: prefill (dequantize + matmul), a 3-token chunk, then single tokens through
-    the cache's decode graph (the first run directly, then captured and replayed); KV cache on the device. Logits
-    match transformers on the gguf-py-dequantized weights, and the replays match the uncaptured forward."""
-    from engine.errors import ContextOverflowError
-    from engine.kvcache import KVCache
-    from reference import gguf_logits
-    model, c = load_tiny(arch)
-    assert isinstance(model.layers[0]["attn_q"].raw, DeviceArray)
-    ids = [5, 17, 100, 200, 3, 44, 91, 250, 12, 7, 300, 2]
-    cache = KVCache(c.n_layers, c.n_kv_heads, c.head_dim, len(ids))
-    assert isinstance(cache.k, DeviceArray)
-    parts = [model.forward(np.array(ids[:6]), np.arange(6), cache), model.forward(np.array(ids[6:9]), np.arange(6, 9),
-                                                                                  cache)]
-    parts += [model.forward(np.array([i]), np.array([p]), cache) for p, i in enumerate(ids[9:], 9)]
-    assert all(isinstance(p, DeviceArray) for p in parts)
-    graph = cuda_graph._graphs[cache]
-    assert graph.failure == "" and graph.graph.replays == 2  # steps 10 and 11 replayed the capture
-    per_layer = 16 + 2 * c.qk_norm + 3 * c.qkv_bias
-    assert graph.graph.names.count("attention_decode_f32") == c.n_layers
-    assert len(graph.graph.names) == 4 + c.n_layers * per_layer
-    logits = backend.to_host(np.concatenate(parts))
-    ref = gguf_logits(TINY / arch / "model-Q8_0.gguf", ids)
-    assert ref.std() > 0.5
-    np.testing.assert_array_less(np.abs(logits - ref).max(), 5e-3)
-    with pytest.raises(ContextOverflowError):  # a full cache is refused before the graph writes past it
-        model.forward(np.array([1]), np.array([len(ids)]), cache)
-    cache.truncate(9)
-    uncaptured = [model.forward_packed(np.array([i]), np.array([p]), [cache], [1]) for p, i in enumerate(ids[9:], 9)]
-    np.testing.assert_allclose(logits[9:], backend.to_host(np.concatenate(uncaptured)), rtol=1e-5, atol=1e-5)
-
-
-def test_decode_without_capture_falls_back(device, monkeypatch, caplog):
-    """Stream capture failing: the first step (run directly) stands, later steps run the uncaptured forward, and the
-    reason is logged and shown by describe()."""
-    from engine.kvcache import KVCache
-    from reference import gguf_logits
-
-    def refuse(self, mode=None):
-        raise RuntimeError("operation not permitted when stream is capturing")
-    monkeypatch.setattr(Stream, "begin_capture", refuse)
-    model, c = load_tiny("llama")
-    cache = KVCache(c.n_layers, c.n_kv_heads, c.head_dim, 4)
-    ids = [5, 17]
-    logits = [model.forward(np.array([i]), np.array([p]), cache) for p, i in enumerate(ids)]
-    assert cache not in cuda_graph._graphs and model in cuda_graph._refused
-    assert "stream capture failed: RuntimeError" in cuda_graph.describe()
-    assert "not captured" in caplog.text and "stream capture failed" in backend.describe()
-    np.testing.assert_array_less(np.abs(backend.to_host(np.concatenate(logits))
-                                        - gguf_logits(TINY / "llama" / "model-Q8_0.gguf", ids)).max(), 5e-3)
-
-
-@pytest.mark.parametrize("arch,fmt,reason", [("gemma3", "model-Q8_0.gguf", "Gemma 3"),
-                                               ("llama", "model-F32.gguf", "float32 weight matrices")])
-def test_decode_graph_refuses_what_it_does_not_cover(device, arch, fmt, reason):
-    """No graph step for these: decode() hands the token back to the ordinary forward before launching anything."""
-    from engine.kvcache import KVCache
-    loaded = load(TINY / arch / fmt)
-    cuda.upload(loaded.model)
-    c = loaded.config
-    cache = KVCache(c.n_layers, c.n_kv_heads, c.head_dim, 4)
-    assert reason in cuda_graph.unsupported(loaded.model)
-    assert cuda_graph.decode(loaded.model, cache, 5, 0) is None and cache.length == 0
-    assert reason in cuda_graph.describe()
-
-
 def test_standin_capture_records_and_forbids(device):
     """What the graph tests rely on: captured launches are recorded, not run, and replay with the arguments' current
     contents; allocations, host copies, CuPy operations and syncs inside a capture fail."""
+    cupy = device.xp
     x, y, out = (on_device(np.full(5, v, np.float32)) for v in (1.0, 2.0, 0.0))
-    stream = device.cuda.Stream(non_blocking=True)
+    stream = cupy.cuda.Stream(non_blocking=True)
     with stream:
         stream.begin_capture()
         cuda.add(x, y, out)
-        for bad in (lambda: device.empty(3), lambda: device.asarray(np.zeros(2)), lambda: x + y, lambda: x.copy(),
+        for bad in (lambda: cupy.empty(3), lambda: cupy.asarray(np.zeros(2)), lambda: x + y, lambda: x.copy(),
                     lambda: x.get(), lambda: float(x[0]), lambda: out.set(np.zeros(5)), lambda: out.__setitem__(0, 1)):
             with pytest.raises(CaptureViolation):
                 bad()
+        with cupy.cuda.using_allocator(cupy.cuda.MemoryPool().malloc):
+            scratch = cupy.empty(3)  # from a private pool: allowed
+            with pytest.raises(CaptureViolation):
+                cupy.zeros(3)  # a fill, not recorded
         graph = stream.end_capture()
-    assert graph.names == ["add_f32"] and (out == 0).all()
+    assert graph.names == ["add_f32"] and (out == 0).all() and scratch.shape == (3,)
     graph.launch(stream)
     np.testing.assert_array_equal(out, 3.0)
     x.set(np.full(5, 10.0, np.float32))
@@ -294,21 +226,6 @@ def test_weights_without_a_kernel_are_refused():
     w = QTensor(np.zeros((2, 12 * 2), np.uint8), GGMLType.F16, (2, 12))
     with pytest.raises(UnsupportedModelError, match="--device cpu"):
         cuda.to_device(w)
-
-
-def test_device_selection(monkeypatch):
-    """No GPU here (or none usable): auto is the CPU, cuda is a clear error, unknown names are refused."""
-    monkeypatch.setattr(cuda, "available", lambda: False)
-    monkeypatch.delenv("ENGINE_DEVICE", raising=False)
-    assert backend.select_device(None) == "cpu" and backend.name == "numpy"
-    assert backend.select_device("auto") == "cpu"
-    with pytest.raises(DeviceError, match="--device cpu"):
-        backend.select_device("cuda")
-    monkeypatch.setenv("ENGINE_DEVICE", "cuda")
-    with pytest.raises(DeviceError, match="no CUDA GPU"):
-        backend.select_device(None)
-    with pytest.raises(DeviceError, match="auto, cpu, cuda"):
-        backend.select_device("tpu")
 
 
 def test_cli_device_cuda_without_gpu(monkeypatch, capsys):

@@ -5,18 +5,13 @@ import pytest
 from gguf import GGMLQuantizationType as GQ
 from gguf import quants as gq
 
-from kernels import backend, cpu
+from kernels import cpu
 from kernels.qtensor import QTensor
 from kernels.quants import GGMLType
 from quant_blocks import K_QUANTS, make_blocks
 
 pytestmark = pytest.mark.skipif(not cpu.available, reason="numba kernels unavailable (ENGINE_KERNELS=numpy)")
 INT8 = [GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_K, GGMLType.Q6_K]
-
-
-@pytest.fixture
-def int8(monkeypatch):
-    monkeypatch.setattr(cpu, "activations", "int8")
 
 
 def weights(t, n, k, seed=0):
@@ -49,38 +44,38 @@ def test_quantize_activations_follows_the_q8_0_rule():
 
 @pytest.mark.parametrize("n", [1, 7, 67])
 @pytest.mark.parametrize("t", INT8, ids=lambda t: t.name)
-def test_int8_matvec_is_exact_on_the_quantized_activations(t, n, int8, threads):
+def test_int8_matvec_is_exact_on_the_quantized_activations(t, n, threads):
     k = 768 if t in K_QUANTS else 352  # 352: 11 blocks of 32, an odd count
     w, ref = weights(t, n, k)
     x = np.random.default_rng(n).standard_normal((1, k)).astype(np.float32)
     q, step = quantized_activations(x[0])
     x_used = (q.reshape(-1, 32) * step[:, None].astype(np.float64)).reshape(-1)
     expected = ref @ x_used
-    got = cpu.matmul_transb(x, w)[0]
+    got = cpu.matmul_transb(x, w, int8=True)[0]
     scale = np.abs(ref) @ np.abs(x_used)  # float32 rounding of the per-block scaling and the sums
     assert np.all(np.abs(got - expected) <= 2e-6 * scale + 1e-30)
 
 
 @pytest.mark.parametrize("t", INT8, ids=lambda t: t.name)
-def test_int8_error_against_float32_within_half_a_step(t, int8):
+def test_int8_error_against_float32_within_half_a_step(t):
     k = 512
     w, ref = weights(t, 33, k)
     x = np.random.default_rng(5).standard_normal((1, k)).astype(np.float32)
     x[0, :32] *= 40  # one block with large activations, so its step is coarse
     _, step = quantized_activations(x[0])
     bound = np.abs(ref) @ np.repeat(step.astype(np.float64) / 2, 32)
-    got = cpu.matmul_transb(x, w)[0]
+    got = cpu.matmul_transb(x, w, int8=True)[0]
     exact = ref @ x[0].astype(np.float64)
     err = np.abs(got - exact)
     assert np.all(err <= bound * (1 + 1e-5) + 1e-6 * (np.abs(ref) @ np.abs(x[0])))
     assert err.max() > 0  # the int8 path really ran (float32 would be within rounding)
 
 
-def test_int8_launch_mixes_integer_and_float_types(int8):
+def test_int8_launch_mixes_integer_and_float_types():
     """q/k/v-style launch: an int8 type beside types without an integer dot (Q5_K, F16) share one launch."""
     x = np.random.default_rng(2).standard_normal((1, 256)).astype(np.float32)
     ws = [weights(t, 5, 256) for t in (GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.F16)]
-    outs = cpu.matmul_transb_many(x, [w for w, _ in ws])
+    outs = cpu.matmul_transb_many(x, [w for w, _ in ws], int8=True)
     q, step = quantized_activations(x[0])
     x_used = (q.reshape(-1, 32) * step[:, None].astype(np.float64)).reshape(-1)
     x_float = x[0].astype(np.float64)
@@ -88,13 +83,3 @@ def test_int8_launch_mixes_integer_and_float_types(int8):
     # test_int8_matvec_is_exact_on_the_quantized_activations), not with the result, which may cancel to near 0
     for (out, (_, ref)), x_ref in zip(zip(outs, ws), (x_used, x_float, x_float)):  # the int8 dot, then float dots
         assert np.all(np.abs(out[0] - ref @ x_ref) <= 2e-6 * (np.abs(ref) @ np.abs(x_ref)) + 1e-30)
-
-
-def test_set_activations_checks_the_kind(monkeypatch):
-    from engine.errors import InvalidRequestError
-    monkeypatch.setattr(cpu, "activations", "float32")
-    assert backend.set_activations("int8") == "int8" and cpu.activations == "int8"
-    assert backend.set_activations(None) == "int8"
-    with pytest.raises(InvalidRequestError, match="float32, int8"):
-        backend.set_activations("int4")
-    assert "int8 activations" in backend.describe()

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from engine.errors import ModelFileError, UnsupportedModelError
-from engine.hub import resolve
-from engine.kvcache import KVCache
-from engine.loader import load_source
+from engine.formats.hub import resolve
+from engine.runtime.kvcache import KVCache
+from engine.formats.loader import load_source
 from models.config import ModelConfig
 from reference import hf_logits
 
@@ -116,7 +116,7 @@ GGUF_TINY = Path(__file__).parent.parent / "fixtures" / "tiny"
 
 @pytest.fixture(scope="module")
 def qwen3_gguf():
-    from engine.gguf import GGUFFile
+    from engine.formats.gguf import GGUFFile
     g = GGUFFile(GGUF_TINY / "qwen3" / "model-Q8_0.gguf")
     return g.metadata, {n: i.shape for n, i in g.infos.items()}
 
@@ -164,7 +164,7 @@ def test_a_huge_context_length_is_left_to_the_kv_cache_check(qwen3_gguf):
 
 
 def test_gemma3_window_settings_are_checked():
-    from engine.gguf import GGUFFile
+    from engine.formats.gguf import GGUFFile
     g = GGUFFile(GGUF_TINY / "gemma3" / "model-Q8_0.gguf")
     shapes = {n: i.shape for n, i in g.infos.items()}
     for key, value, message in [("sliding_window_pattern", "6", "pattern str '6'"),

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from engine.errors import UnsupportedModelError
-from engine.generate import GenerationStats, generate_tokens
-from engine.runner import DirectRunner
-from engine.sampler import SamplingParams
+from engine.runtime.generate import GenerationStats, generate_tokens
+from engine.runtime.runner import DirectRunner
+from engine.runtime.sampler import SamplingParams
 from models import ModelConfig
 from reference import hf_greedy, hf_logits
 from tiny_models import TINY, fresh_cache, load, reference

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from engine.generate import GenerationStats, generate_tokens
-from engine.runner import DirectRunner
-from engine.sampler import SamplingParams
+from engine.runtime.generate import GenerationStats, generate_tokens
+from engine.runtime.runner import DirectRunner
+from engine.runtime.sampler import SamplingParams
 from gguf_copy import copy_gguf
 from reference import hf_greedy, hf_logits
 from tiny_models import TINY, fresh_cache, load, reference

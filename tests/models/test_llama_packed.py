@@ -4,9 +4,9 @@ own KV cache, give each sequence's transformers logits (tests/reference.py, floa
 import numpy as np
 import pytest
 
-from engine.hub import resolve
-from engine.kvcache import KVCache
-from engine.loader import load_source
+from engine.formats.hub import resolve
+from engine.runtime.kvcache import KVCache
+from engine.formats.loader import load_source
 from reference import gguf_logits
 from tiny_models import TINY
 

@@ -9,9 +9,9 @@ weights), the safetensors directory against MistralForCausalLM with its window.
 import numpy as np
 import pytest
 
-from engine.generate import GenerationStats, generate_tokens
-from engine.runner import DirectRunner
-from engine.sampler import SamplingParams
+from engine.runtime.generate import GenerationStats, generate_tokens
+from engine.runtime.runner import DirectRunner
+from engine.runtime.sampler import SamplingParams
 from reference import gguf_logits, hf_greedy
 from tiny_models import TINY, fresh_cache, load, reference
 

@@ -53,7 +53,7 @@ class Spy:
     """Wraps a model and remembers which token was last written at each cache position."""
 
     def __init__(self, model):
-        self.model, self.at, self.calls = model, {}, 0
+        self.model, self.device, self.at, self.calls = model, model.device, {}, 0
 
     def forward(self, tokens, positions, cache, last_only=False):
         self.calls += 1
@@ -70,7 +70,7 @@ class Scripted:
     token of a script, one per forward. reset() starts the script again (call it before each turn)."""
 
     def __init__(self, model, script: list[int], delay_s: float = 0.0):
-        self.model, self.script, self.delay_s, self.i = model, script, delay_s, 0
+        self.model, self.device, self.script, self.delay_s, self.i = model, model.device, script, delay_s, 0
 
     def reset(self):
         self.i = 0

@@ -58,6 +58,9 @@ class Eager(Runner):
         self.calls.append(("submit", [int(p) for p in positions]))
         return Done(self.model.forward(tokens, positions, cache, last_only=last_only))
 
+    def describe(self) -> str:
+        return "eager test runner"
+
 
 def tokens_on(runner, llm, prompt, n=8):
     return list(generate_tokens(runner, llm.new_cache(), prompt, SamplingParams(), n, frozenset(),

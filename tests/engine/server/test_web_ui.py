@@ -21,7 +21,7 @@ class SlowModel:
     """The tiny model, 30 ms per forward: answers stream slowly enough for a browser to watch and stop them."""
 
     def __init__(self, model):
-        self.model, self.config = model, model.config
+        self.model, self.config, self.device = model, model.config, model.device
 
     def forward_packed(self, *args, **kwargs):
         time.sleep(0.03)

@@ -2,8 +2,9 @@
 device arrays, with `kernels.cuda.kernel` running each .cu kernel in tests/cudasim (same grid, block, shared memory and
 arguments as the real launch). Its `cupy.cuda.Stream` captures as a CUDA graph does: while a stream captures, kernel
 launches on it are recorded (arguments by reference), not run, and `Graph.launch` runs the recording again; anything
-else on the device then (an allocation, a host copy, a CuPy elementwise operation, a sync such as `.get()`) raises
-CaptureViolation.
+else on the device then (a host copy, a CuPy elementwise operation or copy, a sync such as `.get()`, an allocation
+other than `empty`/`empty_like` from a private pool set with `cupy.cuda.using_allocator`) raises CaptureViolation.
+Every launch is also logged in `LAUNCHES` (kernel names, in order), captured or not.
 
 Use: the `device` fixture (registered for tests/kernels by its conftest.py) and `on_device` to put a NumPy array on it.
 """
@@ -14,7 +15,9 @@ import numpy as np
 import pytest
 
 import cudasim
-from kernels import backend, cuda
+from kernels import cuda
+
+LAUNCHES: list[str] = []  # every kernel launched (or recorded) since the device fixture started
 
 
 class CaptureViolation(AssertionError):
@@ -24,6 +27,36 @@ class CaptureViolation(AssertionError):
 def _forbid(what: str) -> None:
     if Stream.capturing is not None:
         raise CaptureViolation(f"{what} while a stream captures a graph")
+
+
+class MemoryPool:
+    """cupy.cuda.MemoryPool: a captured region may allocate from one set with using_allocator (a pool of its own,
+    so the addresses its graph holds stay valid); the stand-in's arrays never move, so it only marks that."""
+
+    def malloc(self, nbytes):
+        raise NotImplementedError("the stand-in allocates through cupy.empty")
+
+
+_allocators: list = []  # the allocators set with using_allocator, innermost last
+_allocating: list = []  # whether each cupy call in progress is an empty/empty_like (innermost last)
+
+
+class _UsingAllocator:
+    def __init__(self, allocator=None):
+        self.allocator = allocator
+
+    def __enter__(self):
+        _allocators.append(self.allocator)
+
+    def __exit__(self, *exc):
+        _allocators.pop()
+
+
+def _allocate(what: str) -> None:
+    """An allocation: allowed while capturing only from a private pool's malloc."""
+    private = _allocators and getattr(_allocators[-1], "__self__", None).__class__ is MemoryPool
+    if not private:
+        _forbid(f"{what} outside a private memory pool")
 
 
 class DeviceArray(np.ndarray):
@@ -64,7 +97,7 @@ class DeviceArray(np.ndarray):
         super().__setitem__(index, value)
 
     def __array_finalize__(self, obj):
-        if self.base is None:
+        if self.base is None and not (_allocating and _allocating[-1]):
             _forbid("an allocation (copy)")
 
     def __array_wrap__(self, arr, context=None, return_scalar=False):
@@ -134,10 +167,17 @@ def _device_module() -> types.ModuleType:
 
     def wrap(f):
         def call(*args, **kwargs):
-            out = f(*args, **kwargs)
-            if isinstance(out, np.ndarray) and not any(isinstance(a, DeviceArray) and np.shares_memory(a, out)
-                                                       for a in args):
-                _forbid(f"an allocation or host copy (cupy.{f.__name__})")
+            allocation = f.__name__ in ("empty", "empty_like")
+            if allocation:
+                _allocate(f"an allocation (cupy.{f.__name__})")
+            _allocating.append(allocation)
+            try:
+                out = f(*args, **kwargs)
+            finally:
+                _allocating.pop()
+            if not allocation and isinstance(out, np.ndarray) and not any(
+                    isinstance(a, DeviceArray) and np.shares_memory(a, out) for a in args):
+                _forbid(f"an allocation with a copy or fill, or a host copy (cupy.{f.__name__})")
             return out.view(DeviceArray) if isinstance(out, np.ndarray) else out
         return call
 
@@ -145,7 +185,8 @@ def _device_module() -> types.ModuleType:
         f = getattr(np, name)
         return f if isinstance(f, type) or not callable(f) else wrap(f)
     mod.__getattr__ = attr
-    mod.cuda = types.SimpleNamespace(Stream=Stream, Event=Event, Graph=Graph,
+    mod.cuda = types.SimpleNamespace(Stream=Stream, Event=Event, Graph=Graph, MemoryPool=MemoryPool,
+                                     using_allocator=_UsingAllocator,
                                      get_current_stream=lambda: Stream.current[-1] if Stream.current else Stream.null,
                                      runtime=types.SimpleNamespace(memGetInfo=lambda: (16 << 30, 16 << 30)))
     mod.get_default_memory_pool = lambda: types.SimpleNamespace(free_bytes=lambda: 0)  # a 16 GiB device, all free
@@ -160,6 +201,7 @@ def _launcher(source, name):
 
         def run():
             module.launch(name, grid, block, args, shared=shared_mem, order="random", seed=1)
+        LAUNCHES.append(name)
         if Stream.capturing is None:
             run()
         else:
@@ -170,18 +212,16 @@ def _launcher(source, name):
 
 @pytest.fixture
 def device(monkeypatch):
-    """The stand-in GPU: backend on "cupy", compiled CPU kernels off, kernels run in cudasim."""
-    from kernels import cpu
-    from kernels.cuda import graph as cuda_graph
+    """The stand-in GPU: `cupy` is the stand-in module, kernels run in cudasim. Yields a kernels.device.Device
+    of kind "cuda" (its xp is the stand-in)."""
+    from kernels.device import Device
     monkeypatch.setitem(sys.modules, "cupy", _device_module())
     monkeypatch.setattr(cuda, "kernel", _launcher)
-    monkeypatch.setattr(cpu, "available", False)
-    monkeypatch.setattr(cuda_graph, "_notice", "", raising=False)  # (graph.py is being rewritten)
-    backend.use("cupy")
-    yield sys.modules["cupy"]
-    backend.use("numpy")
+    LAUNCHES.clear()
+    yield Device("cuda")
     Stream.capturing = None
     Stream.current.clear()
+    _allocators.clear()
 
 
 def on_device(a):
