@@ -1,5 +1,6 @@
 """Running a loaded model: `load` and `LLM` (llm.py, the public API re-exported as `engine.load` /
 `engine.LLM`), the KV cache (kvcache.py), sampling parameters and the sampler (sampler.py), the streaming
 generate loop (generate.py), and how forwards run (runner.py: the Runner interface and DirectRunner;
-scheduler.py: BatchingRunner, continuous batching). It imports engine.formats, engine.text, engine.errors, models
+scheduler.py: BatchingRunner, continuous batching; graphs.py: the GPU decode step captured as a CUDA graph, which a
+DirectRunner on a GPU replays). It imports engine.formats, engine.text, engine.errors, models
 and kernels, never engine.server or engine.cli, and engine.chat only where `LLM.chat()` builds a Chat."""
