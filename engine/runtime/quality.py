@@ -222,8 +222,8 @@ def kl_rows(base: TopK, lp: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray
     rows = np.arange(len(lp))
     top1 = lp.argmax(axis=1) == base.ids[:, 0]
     dp = np.exp(lp[rows, targets]) - np.exp(base.target.astype(np.float64))
-    ours = TopK(base.ids, lp[rows[:, None], base.ids].astype(np.float16), None, base.target)
-    ours.rest = _rest_logprob(lp, base.ids).astype(np.float16)
+    top = lp[rows[:, None], base.ids].astype(np.float16)
+    ours = TopK(base.ids, top, _rest_logprob(lp, base.ids).astype(np.float16), base.target)
     return bucket_kl(base.buckets(), ours.buckets()), top1, dp
 
 
@@ -274,8 +274,8 @@ class SavedLogits:
             raise InvalidRequestError(f"{where} was saved with ctx {self.ctx}, this run uses {ctx}; "
                                       f"use ctx {self.ctx}.")
         if vocab != self.vocab:
-            raise InvalidRequestError(f"{where} comes from a model with a {self.vocab}-token vocabulary ({self.model}), "
-                                      f"this one has {vocab}; compare models that share a tokenizer.")
+            raise InvalidRequestError(f"{where} comes from a model with a {self.vocab}-token vocabulary "
+                                      f"({self.model}), this one has {vocab}; compare models that share a tokenizer.")
         if len(evaluated) != len(self.ids):
             raise InvalidRequestError(f"{where} holds {len(self.ids)} chunks, this run evaluates {len(evaluated)}: "
                                       f"another text, or pass {len(self.ids)} chunks.")
