@@ -1,6 +1,7 @@
 """`python -m engine.quantize SRC --type TYPE -o OUT.gguf`: write a quantized GGUF file
 (engine/formats/convert.py)."""
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -16,6 +17,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--output", required=True, help="the .gguf file to write")
     ap.add_argument("--tokenizer-pre", default=None,
                     help="llama.cpp pre-tokenizer name (tokenizer.ggml.pre) when it cannot be detected")
+    ap.add_argument("--report", action="store_true",
+                    help="then measure what quantizing cost: perplexity of SRC and OUT and OUT's KL divergence "
+                         "from SRC on a shipped public-domain text (engine/runtime/quality.py)")
+    ap.add_argument("--report-file", default=None, help="also write the report as JSON here (implies --report)")
+    ap.add_argument("--report-text", default=None, help="the text of the report (default: the shipped one)")
+    ap.add_argument("--report-ctx", type=int, default=512, help="tokens per chunk (default %(default)s)")
+    ap.add_argument("--report-chunks", type=int, default=None, help="chunks to score (default: all of the text)")
+    ap.add_argument("--threads", type=int, default=None, help="threads of the report's forwards (default: all)")
     args = ap.parse_args(argv)
     try:
         types = convert.convert(args.src, args.output, args.type, args.tokenizer_pre)
@@ -28,4 +37,29 @@ def main(argv: list[str] | None = None) -> int:
     size = Path(args.output).stat().st_size
     print(f"wrote {args.output}: {size / 1e6:.1f} MB, tensors " +
           ", ".join(f"{n} {k}" for k, n in sorted(counts.items())), file=sys.stderr)
+    if args.report or args.report_file:
+        return _report(args)
+    return 0
+
+
+def _report(args) -> int:
+    """Print (and with --report-file write) the quality report of OUT against SRC; 2 on a bad request."""
+    from engine.runtime import quality
+
+    def progress(name, chunk, chunks, ppl, tps):
+        print(f"\r{name}: [{chunk}/{chunks}] PPL {ppl:.4f}, {tps:.1f} tok/s", end="", file=sys.stderr, flush=True)
+    try:
+        r = quality.report(args.src, args.output, args.report_text, args.report_ctx, args.report_chunks, progress,
+                           threads=args.threads)
+    except EngineError as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        return 2
+    base, quant, kl = r["base"], r["quantized"], r["quantized"]["kl"]
+    print(f"\nquality on {r['text']} (ctx {base['ctx']}, {base['chunks']} chunks, {base['scored_tokens']} scored "
+          f"tokens):\n  {args.src}: PPL {base['ppl']:.4f} +/- {base['se']:.4f}\n  {args.output}: PPL "
+          f"{quant['ppl']:.4f} +/- {quant['se']:.4f}; KL mean {kl['kl_mean']:.6f}, p99 {kl['kl_p99']:.6f}, max "
+          f"{kl['kl_max']:.6f} nats; top-1 agreement {100 * kl['top1']:.2f}%; correct-token probability change "
+          f"mean {100 * kl['dp_mean']:+.3f}%, p1 {100 * kl['dp_p1']:+.3f}%, p99 {100 * kl['dp_p99']:+.3f}%")
+    if args.report_file:
+        Path(args.report_file).write_text(json.dumps(r, indent=2) + "\n")
     return 0

@@ -31,6 +31,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -393,3 +394,29 @@ def evaluate(llm, ids: Sequence[int], ctx: int, n_chunks: int | None = None, bas
         result.saved = SavedLogits(str(llm.source.id), ctx, llm.config.vocab_size,
                                    np.asarray(todo, dtype=np.int32), TopK.concat(tally.top))
     return result
+
+
+# --- the quantizer's report ---------------------------------------------------------------------------------------
+
+DEFAULT_TEXT = Path(__file__).parent / "texts" / "sotu_1962.txt"  # public domain: texts/SOURCES.md
+
+
+def report(base: str, other: str, text_path: str | None = None, ctx: int = 512, n_chunks: int | None = None,
+           progress: Callable[[str, int, int, float, float], None] | None = None, **load_args) -> dict:
+    """How much quality `other` (a quantized file) lost against `base` (its float source): the perplexity of
+    both on a text (default DEFAULT_TEXT) and other's KL statistics against base, as JSON-ready values.
+    The models are loaded one after the other (load_args: engine.load's threads, device, ...); progress(name,
+    chunk, chunks, running PPL, tokens/s) after each chunk."""
+    from engine.runtime.llm import load
+    text = read_text(str(text_path or DEFAULT_TEXT))
+    llm = load(base, n_ctx=ctx, **load_args)
+    ref = evaluate(llm, text_ids(llm, text), ctx, n_chunks, keep_top_k=TOP_K, progress=_named(progress, "base"))
+    del llm  # one model in memory at a time
+    llm = load(other, n_ctx=ctx, **load_args)
+    got = evaluate(llm, text_ids(llm, text), ctx, base=ref.saved, progress=_named(progress, "quantized"))
+    return {"text": str(text_path or DEFAULT_TEXT.name), "base": {"model": str(base), **ref.to_dict()},
+            "quantized": {"model": str(other), **got.to_dict()}}
+
+
+def _named(progress, name: str):
+    return None if progress is None else (lambda *args: progress(name, *args))

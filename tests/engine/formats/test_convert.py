@@ -270,3 +270,24 @@ def test_cli(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([str(TINY / "qwen2" / "hf"), "--type", "q3_k", "-o", str(out)])
+
+
+def test_cli_quality_report(tmp_path, capsys):
+    """--report: perplexity of source and output on the shipped text and the output's KL from the source (the
+    scoring itself is checked against a plain forward in tests/bench/test_perplexity.py). Both reports score the
+    same source; F16 loses less than Q4_0."""
+    src = TINY / "qwen3" / "hf"
+    reports = {}
+    for file_type in ("f16", "q4_0"):
+        out, js = tmp_path / f"{file_type}.gguf", tmp_path / f"{file_type}.json"
+        assert main([str(src), "--type", file_type, "-o", str(out), "--report-file", str(js), "--report-ctx", "64",
+                     "--report-chunks", "3", "--threads", "1"]) == 0
+        reports[file_type] = json.loads(js.read_text())
+        assert "top-1 agreement" in capsys.readouterr().out
+    f16, q4 = reports["f16"], reports["q4_0"]
+    assert f16["text"] == "sotu_1962.txt" and f16["base"]["chunks"] == f16["quantized"]["chunks"] == 3
+    assert f16["base"]["ppl"] == q4["base"]["ppl"] and f16["base"]["scored_tokens"] == 3 * 31
+    assert 0 < f16["quantized"]["kl"]["kl_mean"] < q4["quantized"]["kl"]["kl_mean"]
+    assert f16["quantized"]["kl"]["top1"] >= q4["quantized"]["kl"]["top1"]
+    assert main([str(src), "--type", "q8_0", "-o", str(tmp_path / "x.gguf"), "--report", "--report-ctx", "100000"]) == 2
+    assert "error:" in capsys.readouterr().err
