@@ -185,6 +185,23 @@ def test_the_command_prints_progress_and_ppl(capsys, text_file, tmp_path):
     assert "KL divergence" in out and "top-1 agreement" in out and "PPL(base)" in out
 
 
+def test_side_by_side_with_llama_cpp(capsys, text_file):
+    """--vs llama.cpp: the same chunks through llama.cpp (an independent implementation) give nearly our
+    perplexity and distributions. llama.cpp quantizes the activations of its Q8_0 mat-muls to 8 bits, so the two
+    are close, not equal: PPL within 2% and KL mean under 0.01 nats."""
+    rc, out, err = _main(capsys, "--model", QWEN3, "--file", text_file, "--ctx", 16, "--chunks", 3, "--vs",
+                         "llama.cpp", "--threads", 1)
+    assert rc == 0, err
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[0] in ("ours", "llama.cpp")}
+    ours, theirs = float(rows["ours"][1]), float(rows["llama.cpp"][1])
+    assert abs(ours - theirs) <= 0.02 * theirs
+    kl_mean = float(out.split("KL(llama.cpp || ours): mean ")[1].split(",")[0])
+    assert 0 <= kl_mean < 0.01
+    rc, _, err = _main(capsys, "--model", TINY / "qwen3" / "hf", "--file", text_file, "--ctx", 16, "--vs",
+                       "llama.cpp")
+    _one_line_error(rc, err, "needs a .gguf model")
+
+
 def _one_line_error(rc, err, pattern):
     assert rc == 2, err
     lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
