@@ -27,10 +27,13 @@ except ImportError:  # numba missing or broken: the NumPy path runs
 
 available = quant_kernels is not None
 _K_QUANTS = {int(GGMLType.Q4_K), int(GGMLType.Q5_K), int(GGMLType.Q6_K)}
+_HALF_FLOATS = {int(GGMLType.F16), int(GGMLType.BF16)}
 # Tokens up to which the fused kernels beat dequantizing the whole matrix for BLAS (README, "Notes on the CPU
-# kernels"); the K-quants cost more to unpack per weight.
+# kernels"); the K-quants cost more to unpack per weight, and for 16-bit floats the multi-token loops lose to BLAS
+# from 2 tokens on.
 FUSED_MAX_T = 96
 FUSED_MAX_T_K_QUANTS = 48
+FUSED_MAX_T_HALF_FLOATS = 1
 TILE_BYTES = 4 << 20  # float32 rows dequantized per BLAS call in prefill, per worker
 _local = threading.local()
 _pools: dict[int, ThreadPoolExecutor] = {}  # worker count → the prefill pool of that size (made once, kept)
@@ -109,7 +112,8 @@ def matmul_transb(x: np.ndarray, w, int8: bool = False) -> np.ndarray:
 
 def fused_max_t(w) -> int:
     """The most tokens for which the fused kernels multiply x by w (QTensor); BLAS on dequantized tiles beyond."""
-    return FUSED_MAX_T_K_QUANTS if int(w.ggml_type) in _K_QUANTS else FUSED_MAX_T
+    t = int(w.ggml_type)
+    return FUSED_MAX_T_K_QUANTS if t in _K_QUANTS else FUSED_MAX_T_HALF_FLOATS if t in _HALF_FLOATS else FUSED_MAX_T
 
 
 def _workers() -> int:
