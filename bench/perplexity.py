@@ -146,15 +146,9 @@ def main(argv=None) -> int:
     try:
         run(a)
         return 0
-    except (InvalidRequestError, ContextOverflowError) as e:
+    except (EngineError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except EngineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, (InvalidRequestError, ContextOverflowError, OSError)) else 1
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
