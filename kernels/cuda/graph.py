@@ -64,6 +64,6 @@ class CapturedStep:
 
 
 def capture_supported() -> str:
-    """"" when this CuPy can capture streams, else why not (a few words)."""
+    """Empty when this CuPy can capture streams, else why not (a few words)."""
     import cupy
     return "" if hasattr(cupy.cuda.Stream, "begin_capture") else "this CuPy has no stream capture"
