@@ -2,7 +2,8 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = {sessions: [], current: null, messages: [], socket: null, streaming: false, stats: loadJson("engine.stats", {})};
+const state = {sessions: [], current: null, messages: [], socket: null, streaming: false, model: "",
+               stats: loadJson("engine.stats", {})};
 const OPTIONS = ["temperature", "top_p", "max_tokens", "seed"];
 const UNSET = {top_p: "off", max_tokens: "rest of the context", seed: "random"};  // what a null default means
 
@@ -109,10 +110,18 @@ function formatStats(s) {
   return `${s.tokens} tokens · ${s.tps.toFixed(1)} tok/s · ${s.finish}`;
 }
 
+function emptyHint() {
+  const p = document.createElement("p");
+  p.id = "empty-hint";
+  p.textContent = `Ask ${state.model || "the model"} anything — Enter to send, Shift+Enter for a new line`;
+  return p;
+}
+
 function renderMessages() {
   const box = $("messages");
-  box.replaceChildren(...state.messages.map(messageElement));
+  box.replaceChildren(...(state.messages.length ? state.messages.map(messageElement) : [emptyHint()]));
   box.scrollTop = box.scrollHeight;
+  updateButtons();
 }
 
 function appendPiece(kind, text) {
@@ -205,11 +214,15 @@ function restoreOptions() {
   if (o.enable_thinking !== undefined) $("opt-thinking").checked = o.enable_thinking;
 }
 
+function hasUserMessage() { return state.messages.some((m) => m.role === "user"); }
+
+// Regenerate and undo both act on the last user message (the server refuses them without one).
 function updateButtons() {
+  const actionable = !state.streaming && hasUserMessage();
   $("send").disabled = state.streaming;
   $("stop").disabled = !state.streaming;
-  $("regenerate").disabled = state.streaming;
-  $("undo").disabled = state.streaming;
+  $("regenerate").disabled = !actionable;
+  $("undo").disabled = !actionable;
 }
 
 function whenOpen(fn) {
@@ -231,7 +244,7 @@ async function send(event) {
 }
 
 function regenerate() {
-  if (!state.current || state.streaming || !state.messages.some((m) => m.role === "user")) return;
+  if (!state.current || state.streaming || !hasUserMessage()) return;
   while (state.messages.length && state.messages[state.messages.length - 1].role === "assistant") state.messages.pop();
   renderMessages();
   state.streaming = true;
@@ -260,12 +273,12 @@ async function init() {
   });
   const models = await api("GET", "/v1/models");
   showDefaults(models.data[0].sampling_defaults);
-  $("model-name").textContent = models.data[0].id;
+  state.model = models.data[0].id;
+  $("model-name").textContent = $("model-name").title = state.model;  // the title: the whole id, when cut short
   await refreshSessions();
   const saved = localStorage.getItem("engine.session");
   const id = state.sessions.some((s) => s.id === saved) ? saved : (state.sessions[0] || {}).id;
   await openSession(id || null);
-  updateButtons();
 }
 
 init().catch((e) => setStatus(`error: ${e.message}`));

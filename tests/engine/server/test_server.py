@@ -255,6 +255,12 @@ def test_ui_is_served(server):
         assert httpx.get(f"{server.url}/static/{name}").status_code == 200
 
 
+def test_favicon_is_an_svg_image(server):
+    icon = httpx.get(server.url + "/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    assert icon.text.startswith("<svg") and len(icon.content) < 1024
+
+
 def test_eight_parallel_greedy_streams_equal_sequential_runs(smollm2_gguf):
     """Continuous batching on SmolLM2: 8 concurrent streams share batched forwards (B > 1, BLAS) and still give
     exactly the greedy text of 8 one-at-a-time LLM.generate runs (B = 1, the fused mat-vec)."""

@@ -1,6 +1,7 @@
 """The web UI in real headless Chromium (Debian's `chromium` + `chromedriver`, driven by selenium): send a message
-and watch it stream, stop it, regenerate, reload and find the conversation again; the markdown renderer escapes
-HTML. Skipped when no chromium/chromedriver binary is installed (`apt-get install chromium chromium-driver`)."""
+and watch it stream, stop it, regenerate, reload and find the conversation again; the header names the model, an
+empty chat shows a hint, regenerate and undo wait for something to act on; the markdown renderer escapes HTML.
+Skipped when no chromium/chromedriver binary is installed (`apt-get install chromium chromium-driver`)."""
 import shutil
 import time
 from pathlib import Path
@@ -111,6 +112,34 @@ def test_send_stream_stop_regenerate_reload(server, browser):
     wait_for(lambda: answer() == shown)
     assert browser.execute_script(last_answer) == regenerated
     assert texts(".message.user") == ["Hello *there*"]
+
+
+def test_header_hint_and_buttons_follow_the_conversation(server, browser):
+    from selenium.webdriver.common.by import By
+    find = browser.find_element
+    browser.get(server.url + "/")
+    model = server.service.model_id
+    wait_for(lambda: find(By.ID, "model-name").text == model)
+    find(By.ID, "new-chat").click()
+    hint = wait_for(lambda: browser.execute_script(
+        "const h = document.getElementById('empty-hint'); return h && h.innerText"))
+    assert model in hint and "Shift+Enter" in hint
+    buttons = "return ['regenerate', 'undo'].map(id => document.getElementById(id).disabled)"
+    assert browser.execute_script(buttons) == [True, True]
+    browser.execute_script("document.getElementById('settings').open = true")
+    for name, value in (("opt-max_tokens", "4"), ("opt-temperature", "0")):
+        box = find(By.ID, name)
+        box.clear()
+        box.send_keys(value)
+    find(By.ID, "input").send_keys("Hi")
+    find(By.ID, "send").click()
+    assert not browser.find_elements(By.ID, "empty-hint")
+    assert browser.execute_script(buttons) == [True, True]  # while the answer streams
+    wait_for(lambda: browser.execute_script("return document.querySelector('.message.assistant .stats')?.innerText"))
+    assert browser.execute_script(buttons) == [False, False]
+    find(By.ID, "undo").click()
+    wait_for(lambda: browser.find_elements(By.ID, "empty-hint"))
+    assert browser.execute_script(buttons) == [True, True]
 
 
 def test_markdown_is_rendered_and_escaped(server, browser):
