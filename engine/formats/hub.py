@@ -16,23 +16,34 @@
                                 ``org/name:Q8_0/model-00001-of-00002.gguf``); a split file brings all parts.
 
 Downloads go through ``huggingface_hub`` (tqdm progress bars; HF_HOME / HF_HUB_CACHE, HF_ENDPOINT, HF_TOKEN
-and HF_HUB_OFFLINE are honoured, read when the call is made). Every failure to get a file, whatever the
-reason, is one ``ModelNotFoundError`` that names the model, the repo and file, the reason, and how to pass
-a local file instead.
+and HF_HUB_OFFLINE are honoured, read when the call is made). Before its first call the endpoint is probed
+(one HEAD, 3 s or HF_HUB_ETAG_TIMEOUT, proxies from the environment): when it does not answer, the calls keep
+to the local cache, as with HF_HUB_OFFLINE, instead of huggingface_hub's ~25 s of retries. Its log warnings
+are silenced during our calls. Every failure to get a file, whatever the reason, is one ``ModelNotFoundError``
+that names the model, the repo and file, the reason, and how to pass a local file instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import importlib.util
+import logging
+import math
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import tomllib
+import urllib.error
+import urllib.request
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -473,6 +484,104 @@ def _offline() -> bool:
         return False
 
 
+_DEFAULT_ENDPOINT = "https://huggingface.co"
+_PROBE_TIMEOUT_S = 3.0  # how long the hub may take to answer before we call it unreachable
+_PROBE_TTL_S = 60.0  # how long a probe's verdict is reused (one resolve() makes several hub calls)
+_probes: dict[str, tuple[float, str | None]] = {}  # endpoint -> (when, _probe's verdict)
+
+
+def _endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "").strip().rstrip("/") or _DEFAULT_ENDPOINT
+
+
+def _probe_timeout() -> float:
+    """HF_HUB_ETAG_TIMEOUT (huggingface_hub's wait for file metadata) when the user set it, else 3 s."""
+    try:
+        value = float(os.environ.get("HF_HUB_ETAG_TIMEOUT", ""))
+    except ValueError:
+        return _PROBE_TIMEOUT_S
+    return value if math.isfinite(value) and value > 0 else _PROBE_TIMEOUT_S
+
+
+class _KeepRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # a redirect is an answer: the probe does not follow it
+
+
+def _ask(endpoint: str, timeout: float) -> str | None:
+    """None when endpoint answers an HTTP HEAD (any status), else why not. Proxies come from the environment,
+    as for huggingface_hub."""
+    try:
+        urllib.request.build_opener(_KeepRedirects).open(urllib.request.Request(endpoint, method="HEAD"),
+                                                         timeout=timeout).close()
+        return None
+    except urllib.error.HTTPError:
+        return None
+    except urllib.error.URLError as e:
+        return _no_answer(e.reason, timeout)
+    except (OSError, ValueError) as e:  # a timeout or a reset while waiting for the answer, a malformed URL
+        return _no_answer(e, timeout)
+
+
+def _no_answer(reason, timeout: float) -> str | None:
+    """Words for a failed probe; None for a TLS error, which huggingface_hub (its own certificates) may not get."""
+    if isinstance(reason, ssl.SSLError):
+        return None
+    if isinstance(reason, TimeoutError):
+        return f"no answer within {timeout:g} s; HF_HUB_ETAG_TIMEOUT=SECONDS waits longer"
+    return _short(reason if isinstance(reason, BaseException) else Exception(reason))
+
+
+def _unreachable(endpoint: str) -> str | None:
+    """Why the hub at endpoint cannot be used now (no answer within _probe_timeout(), DNS included), or None.
+
+    huggingface_hub retries a failed request for ~25 s (and waits without limit on an endpoint that accepts and
+    never answers) before it falls back to its cache; one short probe first lets us go to the cache directly."""
+    now = time.monotonic()
+    when, verdict = _probes.get(endpoint, (-math.inf, None))
+    if now - when > _PROBE_TTL_S:
+        verdict = _probe(endpoint, _probe_timeout())
+        _probes[endpoint] = (now, verdict)
+    return None if verdict is None else f"the hub at {endpoint} could not be reached ({verdict})"
+
+
+def _probe(endpoint: str, timeout: float) -> str | None:
+    """_ask on a thread of its own, waited for at most timeout seconds: that bounds a slow DNS lookup too."""
+    answer = [_no_answer(TimeoutError(), timeout)]
+
+    def ask() -> None:
+        answer[0] = _ask(endpoint, timeout)
+
+    worker = threading.Thread(target=ask, name="engine-hub-probe", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return answer[0]
+
+
+def _local_only() -> str | None:
+    """Why hub calls must keep to the local cache now (offline mode, an unreachable endpoint), or None."""
+    if _offline():
+        return "the hub is offline (HF_HUB_OFFLINE is set)"
+    return _unreachable(_endpoint())
+
+
+@contextlib.contextmanager
+def _quiet_hub():
+    """huggingface_hub's and urllib3's log warnings (its "Retrying in 1s" lines) and Python warnings off while
+    we call the hub: a failure is reported once, by our ModelNotFoundError. Progress bars are not logging."""
+    loggers = [logging.getLogger(name) for name in ("huggingface_hub", "urllib3")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def _hub_kwargs() -> dict:
     """Settings read from the environment now (huggingface_hub reads some only when it is imported)."""
     kw: dict = {}
@@ -490,18 +599,18 @@ def _hub_kwargs() -> dict:
     return kw
 
 
-def _reason(exc: BaseException) -> str:
-    """A few words on why the hub did not give us the file."""
+def _reason(exc: BaseException, local_only: str | None = None) -> str:
+    """A few words on why the hub did not give us the file; local_only: why the call kept to the cache."""
     try:
         from huggingface_hub import errors as E
     except Exception:  # pragma: no cover
         E = None
     if E is not None:
-        if isinstance(exc, E.OfflineModeIsEnabled) or (isinstance(exc, E.LocalEntryNotFoundError) and _offline()):
-            return "it is not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE is set)"
-        if isinstance(exc, E.LocalEntryNotFoundError):
-            return ("it is not in the local Hugging Face cache and the hub could not be reached "
-                    "(no network, or HF_ENDPOINT is wrong)")
+        if isinstance(exc, (E.OfflineModeIsEnabled, E.LocalEntryNotFoundError)):
+            if local_only is None:
+                local_only = ("the hub is offline" if isinstance(exc, E.OfflineModeIsEnabled) else
+                              "the hub could not be reached (no network, or HF_ENDPOINT is wrong)")
+            return f"it is not in the local Hugging Face cache and {local_only}"
         if isinstance(exc, E.GatedRepoError):
             return "the repo is gated: accept its licence on the hub and set HF_TOKEN"
         if isinstance(exc, E.RepositoryNotFoundError):
@@ -526,11 +635,12 @@ def _short(exc: BaseException, n: int = 160) -> str:
 
 
 def _hub_error(exc: BaseException | None, model_id: str, repo: str, filename: str | None,
-               reason: str | None = None, cli_file: str | None = None) -> ModelNotFoundError:
+               reason: str | None = None, cli_file: str | None = None,
+               local_only: str | None = None) -> ModelNotFoundError:
     """``filename`` describes what was fetched; ``cli_file`` is the file for the `hf download` hint
-    (None: the whole repo)."""
+    (None: the whole repo); ``local_only``: why the call kept to the local cache, if it did."""
     what = f"{filename} from Hugging Face repo {repo}" if filename else f"Hugging Face repo {repo}"
-    reason = reason or _reason(exc)  # type: ignore[arg-type]
+    reason = reason or _reason(exc, local_only)  # type: ignore[arg-type]
     cli = f"hf download {repo}" + (f" {cli_file}" if cli_file else "")
     return ModelNotFoundError(
         f"cannot get model {model_id!r}: {what}: {reason}. {_LOCAL_HINT} "
@@ -539,27 +649,37 @@ def _hub_error(exc: BaseException | None, model_id: str, repo: str, filename: st
     )
 
 
-def _download_file(repo: str, filename: str, *, model_id: str, revision: str | None = None) -> Path:
+def _from_hub(call, *, model_id: str, repo: str, what: str | None, cli_file: str | None = None) -> Path:
+    """The path ``call(settings)`` returns (hf_hub_download or snapshot_download with _hub_kwargs), quietly; from
+    the local cache only when the hub is offline or unreachable. Any failure is one ModelNotFoundError."""
+    local_only = _local_only()
+    kw = _hub_kwargs()
+    if local_only:
+        kw["local_files_only"] = True
     try:
-        from huggingface_hub import hf_hub_download
-
-        return Path(hf_hub_download(repo, filename, revision=revision, **_hub_kwargs()))
+        with _quiet_hub():
+            return Path(call(kw))
     except KeyboardInterrupt:
         raise
     except Exception as e:
-        raise _hub_error(e, model_id, repo, filename, cli_file=filename) from None
+        raise _hub_error(e, model_id, repo, what, cli_file=cli_file, local_only=local_only) from None
+
+
+def _download_file(repo: str, filename: str, *, model_id: str, revision: str | None = None) -> Path:
+    def call(kw):
+        from huggingface_hub import hf_hub_download
+        return hf_hub_download(repo, filename, revision=revision, **kw)
+
+    return _from_hub(call, model_id=model_id, repo=repo, what=filename, cli_file=filename)
 
 
 def _snapshot(repo: str, patterns: list[str], *, model_id: str, what: str | None,
               revision: str | None = None) -> Path:
-    try:
+    def call(kw):
         from huggingface_hub import snapshot_download
+        return snapshot_download(repo, allow_patterns=patterns, revision=revision, **kw)
 
-        return Path(snapshot_download(repo, allow_patterns=patterns, revision=revision, **_hub_kwargs()))
-    except KeyboardInterrupt:
-        raise
-    except Exception as e:
-        raise _hub_error(e, model_id, repo, what) from None
+    return _from_hub(call, model_id=model_id, repo=repo, what=what)
 
 
 def _download_gguf(repo: str, filename: str, *, model_id: str) -> list[Path]:
@@ -624,13 +744,15 @@ def _cached_tokenizer_dir(repo: str) -> Path | None:
 
 
 def _list_gguf_files(repo: str) -> list[str]:
-    if _offline():
+    """Up to 20 .gguf files of repo, for a hint; [] when the hub is offline, unreachable or says no."""
+    if _local_only():
         return []
     try:
         from huggingface_hub import list_repo_files
 
         kw = {k: v for k, v in _hub_kwargs().items() if k in ("token",)}
-        return [f for f in list_repo_files(repo, **kw) if f.lower().endswith(".gguf")][:20]
+        with _quiet_hub():
+            return [f for f in list_repo_files(repo, **kw) if f.lower().endswith(".gguf")][:20]
     except Exception:
         return []
 

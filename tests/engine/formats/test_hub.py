@@ -1,7 +1,7 @@
 """engine.formats.hub: the named-model registry, --model resolution, hub errors, the embedded SmolLM2 default.
 
 Nothing here reaches the Hugging Face hub: the hub is either offline (HF_HUB_OFFLINE=1 with a tmp HF_HOME,
-sometimes holding a hand-made cache) or replaced by fakes. Only test_smollm2_path_real may download the
+sometimes holding a hand-made cache), a local port that refuses or never answers, or replaced by fakes. Only test_smollm2_path_real may download the
 pinned wheel from PyPI (once; it is cached in $ENGINE_CACHE or ~/.cache/engine).
 """
 
@@ -11,7 +11,12 @@ import fnmatch
 import hashlib
 import io
 import json
+import os
+import socket
 import subprocess
+import sys
+import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -364,6 +369,113 @@ def test_offline_split_gguf_missing_part(offline_hub):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# resolve(): a hub that cannot be reached (a local port, no network needed)
+# ---------------------------------------------------------------------------------------------------------
+
+PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+
+
+@pytest.fixture
+def closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def silent_port():
+    """A local port that accepts connections (the kernel's backlog) and never answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        yield s.getsockname()[1]
+
+
+@pytest.fixture
+def hub_at(monkeypatch, tmp_path):
+    """Point the hub at http://127.0.0.1:PORT (online mode, an empty HF_HOME); returns the hub cache dir."""
+    home = tmp_path / "hf_home"
+    monkeypatch.setenv("HF_HOME", str(home))
+    for name in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_HUB_ETAG_TIMEOUT", *PROXY_VARS):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(hub, "_offline", lambda: False)
+    monkeypatch.setattr(hub, "_probes", {})
+
+    def point(port: int) -> Path:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+        return home / "hub"
+
+    return point
+
+
+@pytest.mark.parametrize("model, repo, what", [
+    ("qwen3.4b_q4", "unsloth/Qwen3-4B-Instruct-2507-GGUF", "Qwen3-4B-Instruct-2507-Q4_K_M.gguf"),
+    ("qwen3.0.6b_base", "Qwen/Qwen3-0.6B", "model.safetensors"),
+    ("some-org/Some-Model", "some-org/Some-Model", "model.safetensors"),
+    ("some-org/Some-GGUF:m.gguf", "some-org/Some-GGUF", "m.gguf"),
+])
+def test_unreachable_hub_is_one_quick_error(hub_at, closed_port, model, repo, what, capfd):
+    hub_at(closed_port)
+    t0 = time.monotonic()
+    with pytest.raises(ModelNotFoundError) as ei:
+        resolve(model)
+    assert time.monotonic() - t0 < 5
+    msg = str(ei.value)
+    assert model in msg and repo in msg and what in msg and "--model /path/to/file.gguf" in msg
+    assert f"http://127.0.0.1:{closed_port} could not be reached" in msg and "not in the local" in msg
+    assert capfd.readouterr().err == ""  # no retry messages
+
+
+def test_unreachable_hub_still_serves_its_cache(hub_at, closed_port):
+    cache = hub_at(closed_port)
+    gguf = put_in_hf_cache(cache, "Qwen/Qwen3-0.6B-GGUF", {"Qwen3-0.6B-Q8_0.gguf": b"GGUF" + b"\0" * 8})
+    tok = put_in_hf_cache(cache, "Qwen/Qwen3-0.6B", {"tokenizer.json": b"{}", "config.json": b"{}",
+                                                      "model.safetensors": b"x"})
+    src = resolve("qwen3.0.6b_q8")
+    assert src.gguf_paths == [gguf / "Qwen3-0.6B-Q8_0.gguf"] and src.tokenizer_dir == tok
+    assert resolve("qwen3.0.6b_base").hf_dir == tok
+
+
+def test_silent_hub_times_out_and_the_cli_prints_one_line(hub_at, silent_port):
+    """An endpoint that accepts and never answers: the CLI gives up after the probe's 3 s, with one line."""
+    hub_at(silent_port)  # HF_ENDPOINT, HF_HOME, no HF_HUB_OFFLINE and no proxy, for the child too
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "engine.generate", "--model", "qwen3.4b_q4", "--prompt", "hi"],
+                          capture_output=True, text=True, env=dict(os.environ), timeout=60,
+                          cwd=Path(__file__).resolve().parents[3])
+    elapsed = time.monotonic() - t0
+    lines = proc.stderr.splitlines()
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: cannot get model 'qwen3.4b_q4'")
+    assert "unsloth/Qwen3-4B-Instruct-2507-GGUF" in lines[0] and "no answer within 3 s" in lines[0]
+    assert "--model /path/to/file.gguf" in lines[0]
+    assert elapsed < 10  # a hang guard: huggingface_hub alone retries for ~25 s, or waits forever here
+
+
+def test_probe_verdicts(hub_at, closed_port, silent_port, monkeypatch):
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "0.5")
+    assert "Connection refused" in hub._unreachable(f"http://127.0.0.1:{closed_port}")
+    t0 = time.monotonic()
+    assert "no answer within 0.5 s" in hub._unreachable(f"http://127.0.0.1:{silent_port}")
+    assert time.monotonic() - t0 < 3
+    assert hub._unreachable(f"http://127.0.0.1:{silent_port}") is not None  # reused: no second wait
+    assert time.monotonic() - t0 < 3
+    with socket.socket() as server:  # any HTTP answer, an error status too, is a reachable hub
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+
+        def answer():
+            conn, _ = server.accept()
+            conn.recv(1024)
+            conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+            conn.close()
+
+        threading.Thread(target=answer, daemon=True).start()
+        assert hub._unreachable(f"http://127.0.0.1:{server.getsockname()[1]}") is None
+
+
+# ---------------------------------------------------------------------------------------------------------
 # resolve(): the hub, online (faked)
 # ---------------------------------------------------------------------------------------------------------
 
@@ -376,6 +488,7 @@ def fake_hub(monkeypatch, tmp_path):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     monkeypatch.setattr(hub, "_offline", lambda: False)
+    monkeypatch.setattr(hub, "_unreachable", lambda endpoint: None)
     remote: dict[str, dict[str, bytes]] = {}
     calls: list[tuple] = []
 
@@ -480,6 +593,7 @@ def test_hub_failures_become_one_model_not_found_error(monkeypatch, make_exc, wo
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(hub, "_offline", lambda: False)
+    monkeypatch.setattr(hub, "_unreachable", lambda endpoint: None)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", boom)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", boom)
     for model, repo in [("qwen3.0.6b_q8", "Qwen/Qwen3-0.6B-GGUF"), ("qwen3.0.6b_base", "Qwen/Qwen3-0.6B")]:
