@@ -90,8 +90,7 @@ class Device:
             return "kernels: CUDA (CuPy RawKernels)"
         if self.compiled:
             acts = "int8 activations (opt-in)" if self.int8 else "float32 activations"
-            return (f"kernels: numba fused quantized mat-vec, {acts}, {self.threads} threads (compiled on first "
-                    "use, about a minute, then cached)")
+            return f"kernels: numba fused quantized mat-vec, {acts}, {self.threads} threads"
         return f"kernels: NumPy reference, {self.threads} BLAS threads (slow; install numba for the fast path)"
 
 

@@ -11,7 +11,7 @@ class QTensor:
     Rows are dequantized on demand, a tile at a time; `dequantize()` materialises everything and is for tests.
     """
 
-    __slots__ = ("raw", "ggml_type", "shape")
+    __slots__ = ("raw", "ggml_type", "shape", "__weakref__")
 
     def __init__(self, raw: np.ndarray, ggml_type: int, shape: tuple[int, int]):
         block_elems, block_bytes = block_shape(ggml_type)

@@ -1,8 +1,9 @@
 """The public API: `engine.load(model)` → `LLM` with tokenizer, logits() and a streaming generate()."""
+import sys
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
-from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -13,8 +14,9 @@ from engine.runtime.generate import GenerationStats, finite_logits, stream_text
 from engine.runtime.kvcache import KVCache, check_memory
 from engine.runtime.runner import DirectRunner, Runner
 from engine.runtime.sampler import SamplingParams, model_defaults
-from kernels import cuda
+from kernels import cpu, cuda
 from kernels.device import select_device
+from kernels.qtensor import QTensor
 
 
 class LLM:
@@ -146,7 +148,8 @@ class LLM:
 
 
 def load(model: str | None = None, n_ctx: int | None = None, threads: int | None = None,
-         activations: str | None = None, device: str | None = None, kernels: str | None = None) -> LLM:
+         activations: str | None = None, device: str | None = None, kernels: str | None = None,
+         progress: Callable[[str], None] | None = None) -> LLM:
     """Load a model: a registry id (`smollm2`, `qwen3.4b_q4`), a .gguf path, an HF-style directory or an HF repo
     id (`org/name`, or `org/name:file.gguf`). None loads the embedded default (SmolLM2-135M-Instruct Q4_1).
 
@@ -154,7 +157,9 @@ def load(model: str | None = None, n_ctx: int | None = None, threads: int | None
     (kernels.device.select_device; None reads ENGINE_THREADS, ENGINE_ACTIVATIONS, ENGINE_DEVICE, ENGINE_KERNELS):
     threads: CPU kernel threads (default: all cores); activations: "float32" (default) or "int8" for the opt-in
     int8 mat-vec; device: "auto" (CUDA when a GPU is usable, the default), "cpu" or "cuda"; kernels: "numba"
-    (default) or "numpy" (the reference operators). Each LLM keeps its own: several can share a process."""
+    (default) or "numpy" (the reference operators). Each LLM keeps its own: several can share a process.
+    progress(line): told before the compiled CPU kernels of a weight type are compiled for the first time on this
+    machine, and how long that took (default: a line on stderr); a warm cache says nothing."""
     t0 = time.perf_counter()
     dev = select_device(device, kernels, activations, threads)
     source = hub.resolve(model)
@@ -162,24 +167,43 @@ def load(model: str | None = None, n_ctx: int | None = None, threads: int | None
     if dev.kind == "cuda":
         cuda.upload(loaded.model)
     elif dev.compiled:
-        _warm_up(loaded)
+        _warm_up(loaded, progress or _on_stderr)
     return LLM(loaded, source, n_ctx, load_s=time.perf_counter() - t0)
 
 
-def _warm_up(loaded) -> None:
-    """A 2-token and a 1-token forward on a scratch cache, so that the compiled kernels' code is loaded before the
-    first prompt rather than during it. They run on a thread of their own that then ends: libgomp keeps a pool of
-    worker threads for each thread that launches parallel kernels while that thread lives, and with more threads
-    than CPUs it stops spinning between launches (README, "Notes on the CPU kernels")."""
-    c = loaded.config
+def _on_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+LAYER_OPERATORS_S = 5  # seconds to compile the small layer operators on a 2-core machine (for the first run's note)
+
+
+def _weight_types(model) -> tuple[set[int], set[int]]:
+    """The GGML types of the model's quantized matrices that are multiplied, and of its quantized embedding."""
+    matrices = [w for layer in model.layers for w in layer.values()] + [model.output]
+    return ({int(w.ggml_type) for w in matrices if isinstance(w, QTensor)},
+            {int(model.tok_embd.ggml_type)} if isinstance(model.tok_embd, QTensor) else set())
+
+
+def _warm_up(loaded, say: Callable[[str], None]) -> None:
+    """Compile (or load from numba's cache) the kernels of the model's weight types, then run a 2-token and a
+    1-token forward on a scratch cache, so that no kernel is compiled or loaded during the first prompt; say(line)
+    tells of each first compile before it starts. They run on a thread of their own that then ends: libgomp keeps
+    a pool of worker threads for each thread that launches parallel kernels while that thread lives, and with more
+    threads than CPUs it stops spinning between launches (README, "Notes on the CPU kernels")."""
+    model, c = loaded.model, loaded.config
     cache = KVCache(c.n_layers, c.n_kv_heads, c.head_dim, 3)
     failure = []
 
+    def forwards() -> None:
+        model.forward(np.zeros(2, np.int64), np.arange(2), cache, last_only=True)
+        model.forward(np.zeros(1, np.int64), np.array([2]), cache, last_only=True)
+
     def run() -> None:
         try:
-            loaded.model.device.enter()
-            loaded.model.forward(np.zeros(2, np.int64), np.arange(2), cache, last_only=True)
-            loaded.model.forward(np.zeros(1, np.int64), np.array([2]), cache, last_only=True)
+            model.device.enter()
+            cpu.prepare(*_weight_types(model), model.device.int8, say)
+            cpu.first_use.run_group(f"the {c.arch} layer operators", LAYER_OPERATORS_S, forwards, say)
         except BaseException as e:  # noqa: BLE001 — raised again on the loading thread
             failure.append(e)
 

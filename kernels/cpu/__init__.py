@@ -14,16 +14,18 @@ token.
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from kernels.quants import GGMLType
+from kernels.qtensor import QTensor
+from kernels.quants import GGMLType, block_shape
 
 try:
-    from kernels.cpu import int8_kernels, op_kernels, quant_kernels, simd
+    from kernels.cpu import first_use, int8_kernels, op_kernels, quant_kernels, simd
 except ImportError:  # numba missing or broken: the NumPy path runs
-    int8_kernels = op_kernels = quant_kernels = simd = None
+    first_use = int8_kernels = op_kernels = quant_kernels = simd = None
 
 available = quant_kernels is not None
 _K_QUANTS = {int(GGMLType.Q4_K), int(GGMLType.Q5_K), int(GGMLType.Q6_K)}
@@ -34,6 +36,8 @@ _HALF_FLOATS = {int(GGMLType.F16), int(GGMLType.BF16)}
 FUSED_MAX_T = 96
 FUSED_MAX_T_K_QUANTS = 48
 FUSED_MAX_T_HALF_FLOATS = 1
+# Seconds to compile one weight type's kernels, and its int8 mat-vec, on a 2-core machine (for the first run's note).
+COMPILE_S, COMPILE_S_INT8 = 6, 3
 TILE_BYTES = 4 << 20  # float32 rows dequantized per BLAS call in prefill, per worker
 _local = threading.local()
 _pools: dict[int, ThreadPoolExecutor] = {}  # worker count → the prefill pool of that size (made once, kept)
@@ -51,35 +55,90 @@ def configure_openmp() -> None:
 
 
 def matmul_transb_many(x: np.ndarray, ws: list, int8: bool = False) -> list[np.ndarray]:
-    """[x @ wᵀ for w in ws] for QTensors sharing x: [T, K] float32. Up to fused_max_t tokens: a single parallel
-    fused launch over all the matrices (q/k/v, gate/up); more: dequantized tiles and BLAS per matrix. int8: one
-    token's mat-vec quantizes x to int8 (the opt-in path)."""
+    """[x @ wᵀ for w in ws] for QTensors sharing x: [T, K] float32. Up to fused_max_t tokens: one parallel fused
+    launch per weight type over all the matrices of that type (q/k/v, gate/up); more: dequantized tiles and BLAS
+    per matrix. int8: one token's mat-vec quantizes x to int8 (the opt-in path) for the types that have integer
+    dots."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.shape[0] > min(fused_max_t(w) for w in ws):
-        return [matmul_transb(x, w, int8) for w in ws]
-    if x.shape[0] > 1:
-        return _matmat(x, ws)
-    outs = tuple(np.empty((1, w.shape[0]), dtype=np.float32) for w in ws)
-    raws, types, row = tuple(w.raw for w in ws), tuple(int(w.ggml_type) for w in ws), x[0]
-    if int8 and row.shape[0] % 32 == 0:
-        blocks = row.shape[0] // 32
-        xq, xd, xs = np.empty(row.shape[0], np.int8), np.empty(blocks, np.float32), np.empty(blocks, np.float32)
-        int8_kernels.quantize_activations(row, xq, xd, xs)
-        int8_kernels.matvec_int8(raws, types, row, xq, xd, xs, tuple(o[0] for o in outs))
-    else:
-        quant_kernels.matvec(raws, types, row, tuple(o[0] for o in outs))
-    return list(outs)
-
-
-def _matmat(x: np.ndarray, ws: list) -> list[np.ndarray]:
-    """The fused multi-token mat-vec (quant_kernels.matmat) for x: [T, K], T padded to a multiple of 4."""
     t = x.shape[0]
-    padded = -(-t // 4) * 4
-    if padded != t:
-        x = np.concatenate([x, np.zeros((padded - t, x.shape[1]), np.float32)])
-    outs = tuple(np.zeros((padded, w.shape[0]), dtype=np.float32) for w in ws)
-    quant_kernels.matmat(tuple(w.raw for w in ws), tuple(int(w.ggml_type) for w in ws), x, outs)
-    return [o[:t] for o in outs]
+    if t > min(fused_max_t(w) for w in ws):
+        return [matmul_transb(x, w, int8) for w in ws]
+    plan = _launches(ws)
+    tokens = 1 if t == 1 else -(-t // 4) * 4  # the multi-token kernels take tiles of 4 or 8 tokens
+    out = np.zeros(tokens * plan.total_rows, np.float32) if tokens > 1 else np.empty(plan.total_rows, np.float32)
+    if tokens > 1:
+        if tokens != t:
+            x = np.concatenate([x, np.zeros((tokens - t, x.shape[1]), np.float32)])
+        for g in plan.groups:
+            quant_kernels.matmat(g.ggml_type)(g.addresses, g.rows, g.row_bytes, x, out, g.starts)
+    elif int8 and any(g.ggml_type in int8_kernels.INT8_TYPES for g in plan.groups):
+        _matvec_int8(plan, x[0], out)
+    else:
+        for g in plan.groups:
+            quant_kernels.matvec(g.ggml_type)(g.addresses, g.rows, g.row_bytes, x[0], out, g.starts)
+    return [out[tokens * a:tokens * (a + n)].reshape(tokens, n)[:t] for a, n in plan.outputs]
+
+
+def _matvec_int8(plan: "_Launches", row: np.ndarray, out: np.ndarray) -> None:
+    """One token's mat-vec with row: [K] quantized once to int8 for the groups whose type has integer dots."""
+    blocks = row.shape[0] // 32
+    xq, xd, xs = np.empty(row.shape[0], np.int8), np.empty(blocks, np.float32), np.empty(blocks, np.float32)
+    int8_kernels.quantize_activations(row, xq, xd, xs)
+    for g in plan.groups:
+        if g.ggml_type in int8_kernels.INT8_TYPES:
+            int8_kernels.matvec_int8(g.ggml_type)(g.addresses, g.rows, g.row_bytes, xq, xd, xs, out, g.starts)
+        else:
+            quant_kernels.matvec(g.ggml_type)(g.addresses, g.rows, g.row_bytes, row, out, g.starts)
+
+
+class _Group:
+    """The matrices of one weight type in a launch: their addresses, rows, row bytes and output starts (rows into
+    the launch's flat output), [M] int64 each, as the kernels take them."""
+    __slots__ = ("ggml_type", "addresses", "rows", "row_bytes", "starts")
+
+    def __init__(self, ggml_type: int, raws: list[np.ndarray], starts: list[int]):
+        self.ggml_type = ggml_type
+        self.addresses = np.array([r.ctypes.data for r in raws], np.int64)
+        self.rows = np.array([r.shape[0] for r in raws], np.int64)
+        self.row_bytes = np.array([r.shape[1] for r in raws], np.int64)
+        self.starts = np.array(starts, np.int64)
+
+
+class _Launches:
+    """How a list of QTensors sharing an input is multiplied: one _Group per weight type, the outputs in list order
+    in one flat buffer (outputs: (start row, rows) of each). Holds weak references to the QTensors and strong ones to
+    their raw bytes, which the kernels read by address."""
+    __slots__ = ("refs", "raws", "groups", "outputs", "total_rows")
+
+    def __init__(self, ws: list):
+        self.refs = [weakref.ref(w) for w in ws]
+        self.raws = [np.ascontiguousarray(w.raw) for w in ws]
+        starts = np.cumsum([0] + [w.shape[0] for w in ws]).tolist()
+        self.outputs = [(starts[i], w.shape[0]) for i, w in enumerate(ws)]
+        self.total_rows = starts[-1]
+        by_type: dict[int, list[int]] = {}
+        for i, w in enumerate(ws):
+            by_type.setdefault(int(w.ggml_type), []).append(i)
+        self.groups = [_Group(t, [self.raws[i] for i in members], [starts[i] for i in members])
+                       for t, members in by_type.items()]
+
+    def holds(self, ws: list) -> bool:
+        return len(ws) == len(self.refs) and all(r() is w for r, w in zip(self.refs, ws))
+
+
+_plans: dict[tuple[int, ...], _Launches] = {}
+
+
+def _launches(ws: list) -> _Launches:
+    """The _Launches of ws, made once per list of matrices and dropped when one of them is collected."""
+    key = tuple(map(id, ws))
+    plan = _plans.get(key)
+    if plan is None or not plan.holds(ws):
+        plan = _Launches(ws)
+        for w in ws:
+            weakref.finalize(w, _plans.pop, key, None)
+        _plans[key] = plan
+    return plan
 
 
 def matmul_transb(x: np.ndarray, w, int8: bool = False) -> np.ndarray:
@@ -103,11 +162,37 @@ def matmul_transb(x: np.ndarray, w, int8: bool = False) -> np.ndarray:
         if buf is None or buf.size < rows * k:
             buf = _local.tile = np.empty(rows * k, np.float32)
         buf = buf[:(j - i) * k].reshape(j - i, k)
-        quant_kernels.dequantize_rows_serial(w.raw[i:j], int(w.ggml_type), buf)
+        quant_kernels.dequantize_rows_serial(int(w.ggml_type))(w.raw[i:j], buf)
         np.matmul(x, buf.T, out=out[:, i:j])
 
     list(_get_pool().map(tile, range(0, n, rows)))
     return out
+
+
+def prepare(matmul_types: set[int], lookup_types: set[int], int8: bool, say: Callable[[str], None]) -> None:
+    """Compile, or load from numba's cache, the kernels of the weight types a model uses: for matmul_types the
+    mat-vec, multi-token and prefill-tile kernels (int8: also the int8 mat-vec), for lookup_types the row
+    dequantizer of embedding lookups. Only these types' code is compiled; say(line) tells of each group of
+    kernels before its first compile (kernels.cpu.first_use)."""
+    for t in sorted(set(matmul_types) | set(lookup_types)):
+        elements, _ = block_shape(t)
+        w = QTensor(np.zeros((4, block_shape(t)[1]), np.uint8), t, (4, elements))
+        x = np.ones((4, elements), np.float32)
+        name = GGMLType(t).name
+
+        def first_calls(w=w, x=x, t=t) -> None:
+            if t in matmul_types:
+                matmul_transb(x[:1], w)
+                if fused_max_t(w) > 1:
+                    matmul_transb(x, w)
+                quant_kernels.dequantize_rows_serial(t)(w.raw, np.empty(w.shape, np.float32))
+            if t in lookup_types:
+                dequantize_rows(w, np.arange(1))
+
+        first_use.run_group(f"the {name} kernels", COMPILE_S, first_calls, say)
+        if int8 and t in matmul_types and t in int8_kernels.INT8_TYPES:
+            first_use.run_group(f"the {name} int8 mat-vec", COMPILE_S_INT8,
+                                lambda w=w, x=x: matmul_transb(x[:1], w, int8=True), say)
 
 
 def fused_max_t(w) -> int:
@@ -200,5 +285,5 @@ def dequantize_rows(w, index) -> np.ndarray:
     """Rows of a QTensor as float32 [n, K] (embedding lookups). index: int array."""
     raw = w.raw[np.asarray(index)]
     out = np.empty((raw.shape[0], w.shape[1]), np.float32)
-    quant_kernels.dequantize_rows(raw, int(w.ggml_type), out)
+    quant_kernels.dequantize_rows(int(w.ggml_type))(raw, out)
     return out

@@ -6,12 +6,15 @@ block is dotted in integers and scaled once.
 so Σ_k W[n, k]·x[k] ≈ Σ_b d_w · xd[b] · Σ_j q_w[j]·xq[32b + j] (+ min terms m_w · xs[b], xs[b] = xd[b]·Σ_j xq).
 The error against the float32 path is at most Σ_k |W[n, k]| · xd[b(k)] / 2 (each activation is off by at most
 half a step); tests/kernels/test_int8_kernels.py checks that bound. Q8_0, Q4_0, Q4_1, Q4_K and Q6_K have integer
-row dots (kernels/cpu/simd.py, whole row ranges per call); other types use the float dot of kernels/cpu/quant_kernels.py in the same launch.
+row dots (kernels/cpu/simd.py, whole row ranges per call); other types keep the float mat-vec of
+kernels/cpu/quant_kernels.py.
 """
+import functools
+
 import numpy as np
 from numba import njit, prange
 
-from kernels.cpu.quant_kernels import CHUNKS, Q4_0, Q4_1, Q4_K, Q6_K, Q8_0, block_sums, dot_rows
+from kernels.cpu.quant_kernels import CHUNKS, Q4_0, Q4_1, Q4_K, Q6_K, Q8_0, matrix, output
 from kernels.cpu.simd import int8_rows_q4_0, int8_rows_q4_1, int8_rows_q4_k, int8_rows_q6_k, int8_rows_q8_0
 
 INT8_TYPES = (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K)
@@ -35,7 +38,7 @@ def quantize_activations(x, xq, xd, xs):
         xs[b] = d * np.float32(total)
 
 
-@njit(cache=True)
+@njit(inline="always")
 def idot_rows(t, raw, r0, r1, xq, xd, xs, out):
     """out[r] = Σ_k W[r, k]·x[k] for rows r0 <= r < r1 of raw ([N, row_bytes] uint8, type t in INT8_TYPES)
     against the quantized activations."""
@@ -52,18 +55,15 @@ def idot_rows(t, raw, r0, r1, xq, xd, xs, out):
         int8_rows_q6_k(out, raw, r0, r1, xq, xd, xs, k // 256)
 
 
-@njit(parallel=True, cache=True)
-def matvec_int8(raws, types, x, xq, xd, xs, outs):
-    """quant_kernels.matvec with int8 activations for the types in INT8_TYPES (x quantized by
-    quantize_activations into xq, xd, xs); other types use the float dot against x."""
-    xsum = np.empty(x.shape[0] // 32, np.float32)
-    block_sums(x, xsum)
-    for c in prange(len(raws) * CHUNKS):
-        i, part = c // CHUNKS, c % CHUNKS
-        raw, out, t = raws[i], outs[i], types[i]
-        n = raw.shape[0]
-        r0, r1 = part * n // CHUNKS, (part + 1) * n // CHUNKS
-        if t == Q8_0 or t == Q4_0 or t == Q4_1 or t == Q4_K or t == Q6_K:
-            idot_rows(t, raw, r0, r1, xq, xd, xs, out)
-        else:
-            dot_rows(t, raw, r0, r1, x, xsum, out)
+@functools.cache
+def matvec_int8(t: int):
+    """quant_kernels.matvec with int8 activations, for t in INT8_TYPES: f(addresses, rows, row_bytes, xq, xd, xs,
+    out, starts), x quantized by quantize_activations into xq, xd, xs."""
+    @njit(parallel=True, cache=True)
+    def matvec_int8_t(addresses, rows, row_bytes, xq, xd, xs, out, starts):
+        for c in prange(addresses.shape[0] * CHUNKS):
+            i, part = c // CHUNKS, c % CHUNKS
+            n = rows[i]
+            idot_rows(t, matrix(addresses, rows, row_bytes, i), part * n // CHUNKS, (part + 1) * n // CHUNKS, xq, xd,
+                      xs, output(out, starts, rows, i, 1)[0])
+    return matvec_int8_t

@@ -141,8 +141,9 @@ def decode_attention_batch(q, k_new, v_new, k_caches, v_caches, layer_bytes, max
         k = numba.carray(_f32_pointer(k_caches[b] + at), (h_kv, max_lens[b], dh))[g]
         v = numba.carray(_f32_pointer(v_caches[b] + at), (h_kv, max_lens[b], dh))[g]
         s = starts[b] + 1
-        k[s - 1] = k_new[b, g]
-        v[s - 1] = v_new[b, g]
+        for j in range(dh):  # element by element: a row assignment compiles numba's shape-mismatch message code
+            k[s - 1, j] = k_new[b, g, j]
+            v[s - 1, j] = v_new[b, g, j]
         first = max(0, s - window) if window > 0 else 0
         scores = np.empty(s, np.float32)
         for h in range(g * group, (g + 1) * group):

@@ -7,8 +7,12 @@ check both agree.
 
 f16 scales are read through a 65536-entry table (as ggml does), so no float16 arithmetic is needed.
 """
+import functools
+
+import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from kernels.cpu.simd import (float_rows_q4_0, float_rows_q4_1, float_rows_q4_k, float_rows_q5_0, float_rows_q5_1,
                               float_rows_q5_k, float_rows_q6_k, float_rows_q8_0, float_tiles_q4_0, float_tiles_q4_1,
@@ -189,9 +193,10 @@ def _i8(v):
     return (np.int32(v) ^ 128) - 128
 
 
-@njit(cache=True)
+@njit(inline="always")
 def dequantize_row(t, row, out):
-    """Dequantize one row of stored blocks (uint8) of GGML type t into out (float32, row length)."""
+    """Dequantize one row of stored blocks (uint8) of GGML type t into out (float32, row length). Inlined: where
+    t is a kernel's compile-time type only that type's branch is compiled."""
     if t == Q8_0:
         _row_q8_0(row, out)
     elif t == Q4_0:
@@ -214,6 +219,15 @@ def dequantize_row(t, row, out):
         _row_bf16(row, out)
 
 
+@njit(inline="always")
+def _row_half(t, row, out):
+    """dequantize_row for F16 or BF16 (t at run time: two small branches)."""
+    if t == F16:
+        _row_f16(row, out)
+    else:
+        _row_bf16(row, out)
+
+
 @njit(cache=True)
 def block_sums(x, out):
     """out[b] = Σ_j x[32b + j]: x: [K] float32 → out: [K/32] float32 (the min and offset terms of the dots)."""
@@ -224,7 +238,7 @@ def block_sums(x, out):
         out[b] = total
 
 
-@njit(cache=True, fastmath=True)
+@njit(inline="always")
 def dot_rows(t, raw, r0, r1, x, xsum, out):
     """out[r] = Σ_k W[r, k]·x[k] for rows r0 <= r < r1 of raw ([N, row_bytes] uint8 of type t); xsum: block_sums
     of x. The quantized types run a fused row loop of kernels/cpu/simd.py; F16/BF16 rows are converted, then
@@ -247,16 +261,23 @@ def dot_rows(t, raw, r0, r1, x, xsum, out):
     elif t == Q6_K:
         float_rows_q6_k(out, raw, r0, r1, x, xsum, k // 256)
     else:
-        buf = np.empty(k, np.float32)
-        for r in range(r0, r1):
-            dequantize_row(t, raw[r], buf)
-            total = np.float32(0.0)
-            for j in range(k):
-                total += buf[j] * x[j]
-            out[r] = total
+        _dot_rows_half(t, raw, r0, r1, x, out)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=True)
+def _dot_rows_half(t, raw, r0, r1, x, out):
+    """dot_rows for F16/BF16: each row converted to float32, then dotted."""
+    k = x.shape[0]
+    buf = np.empty(k, np.float32)
+    for r in range(r0, r1):
+        _row_half(t, raw[r], buf)
+        total = np.float32(0.0)
+        for j in range(k):
+            total += buf[j] * x[j]
+        out[r] = total
+
+
+@njit(inline="always")
 def dot_rows_tile(t, raw, r0, r1, xi, out):
     """dot_rows for a tile of 8 or 4 tokens: out[:, r] += W[r] · x[:, :]ᵀ for r0 <= r < r1; xi: [K/32, tile, 32]
     float32 (interleave_tile of the tile's x), out: [tile, N]; raw: the rows' bytes of xi's span of K. Each row is
@@ -279,16 +300,16 @@ def dot_rows_tile(t, raw, r0, r1, xi, out):
     elif t == Q6_K:
         float_tiles_q6_k(out, raw, r0, r1, xi, n // 8)
     else:
-        _dot_rows_dequantized(t, raw, r0, r1, xi, out)
+        _tile_rows_half(t, raw, r0, r1, xi, out)
 
 
 @njit(cache=True, fastmath=True)
-def _dot_rows_dequantized(t, raw, r0, r1, xi, out):
-    """dot_rows_tile for the types without a fused loop (F32, F16, BF16): each row dequantized, then dotted."""
+def _tile_rows_half(t, raw, r0, r1, xi, out):
+    """dot_rows_tile for F16/BF16: each row converted to float32, then dotted with every token of the tile."""
     groups, tile = xi.shape[0], xi.shape[1]
     buf = np.empty(groups * 32, np.float32)
     for r in range(r0, r1):
-        dequantize_row(t, raw[r], buf)
+        _row_half(t, raw[r], buf)
         for tok in range(tile):
             total = np.float32(0.0)
             for g in range(groups):
@@ -306,66 +327,106 @@ def interleave_tile(x, xi):
                 xi[g, tok, j] = x[tok, g * 32 + j]
 
 
-@njit(parallel=True, cache=True)
-def dequantize_rows(raw, t, out):
-    """raw: [n, row_bytes] uint8 of type t → out: [n, K] float32, rows spread over threads."""
-    for r in prange(raw.shape[0]):
-        dequantize_row(t, raw[r], out[r])
+@intrinsic
+def _pointer(typingctx, address, dtype):
+    """The integer `address` as a pointer to `dtype` (a NumPy scalar type) that numba.carray can view."""
+    ptr = types.CPointer(dtype.dtype)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(ptr))
+    return ptr(address, dtype), codegen
 
 
-@njit(nogil=True, cache=True)
-def dequantize_rows_serial(raw, t, out):
-    """dequantize_rows on the calling thread only, without the GIL (for callers running their own threads)."""
-    for r in range(raw.shape[0]):
-        dequantize_row(t, raw[r], out[r])
+@njit(inline="always")
+def matrix(addresses, rows, row_bytes, i):
+    """Matrix i of a launch: [rows[i], row_bytes[i]] uint8 at addresses[i] (C-contiguous, kept alive by the caller)."""
+    return numba.carray(_pointer(addresses[i], np.uint8), (rows[i], row_bytes[i]))
 
+
+@njit(inline="always")
+def output(out, starts, rows, i, tokens):
+    """Output i of a launch: [tokens, rows[i]] float32 starting starts[i]·tokens values into the flat buffer out."""
+    return numba.carray(_pointer(out.ctypes.data + 4 * tokens * starts[i], np.float32), (tokens, rows[i]))
+
+
+# The kernels below are made per GGML type (t a compile-time constant of a closure, kept apart in numba's cache by
+# its value): a model compiles only its own weight types' code, and each kernel has one signature whatever the number
+# of matrices, which come as addresses. A launch's matrices all have type t; outputs go to one flat buffer, matrix i
+# at starts[i]·T.
 
 CHUNKS = 32  # row chunks per matrix: the unit of work handed to a thread
 
 
-@njit(parallel=True, cache=True)
-def matvec(raws, types, x, outs):
-    """outs[i][n] = Σ_k W_i[n, k]·x[k] for several matrices sharing the input x, in one parallel launch.
+@functools.cache
+def matvec(t: int):
+    """The mat-vec kernel for type t: f(addresses, rows, row_bytes, x, out, starts) sets out's matrix i to
+    W_i·x for several [N_i, K] matrices sharing x: [K] float32, in one parallel launch.
 
-    raws: tuple of [N_i, row_bytes_i] uint8; types: tuple of GGML type ids; x: [K] float32; outs: tuple of [N_i]
-    float32. Fused: each weight is unpacked in registers and multiplied into running float32 sums, so every
-    weight byte is read from memory once.
-    """
-    xsum = np.empty(x.shape[0] // 32, np.float32)
-    block_sums(x, xsum)
-    for c in prange(len(raws) * CHUNKS):
-        i, part = c // CHUNKS, c % CHUNKS
-        n = raws[i].shape[0]
-        dot_rows(types[i], raws[i], part * n // CHUNKS, (part + 1) * n // CHUNKS, x, xsum, outs[i])
+    Fused: each weight is unpacked in registers and multiplied into running float32 sums, so every weight byte is
+    read from memory once. addresses, rows, row_bytes, starts: [M] int64 (starts: where each output begins, in rows)."""
+    @njit(parallel=True, cache=True)
+    def matvec_t(addresses, rows, row_bytes, x, out, starts):
+        xsum = np.empty(x.shape[0] // 32, np.float32)
+        block_sums(x, xsum)
+        for c in prange(addresses.shape[0] * CHUNKS):
+            i, part = c // CHUNKS, c % CHUNKS
+            n = rows[i]
+            dot_rows(t, matrix(addresses, rows, row_bytes, i), part * n // CHUNKS, (part + 1) * n // CHUNKS, x,
+                     xsum, output(out, starts, rows, i, 1)[0])
+    return matvec_t
 
 
 SPAN_K = 768  # the most values of K dotted per pass: a tile's activations for them (24 KB) stay in L1
 
 
-@njit(parallel=True, cache=True)
-def matmat(raws, types, x, outs):
-    """matvec for a few tokens at once: outs[i][t, n] += Σ_k W_i[n, k]·x[t, k]; x: [T, K] float32 with T a
-    multiple of 4; outs: tuple of zeroed [T, N_i] float32. Tokens go in tiles of 8 (then one of 4 for the rest),
-    K in spans of at most SPAN_K (multiples of 256); each weight byte is read from memory once and unpacked once
-    per tile, and the tile's activations for the span stay in L1 cache."""
-    tokens, k = x.shape
-    starts = list(range(0, tokens - tokens % 8, 8))
-    if tokens % 8:
-        starts.append(tokens - 4)
-    tiles = []
-    for first in starts:
-        xi = np.empty((k // 32, 8 if first + 8 <= tokens else 4, 32), np.float32)
-        interleave_tile(x[first:first + xi.shape[1]], xi)
-        tiles.append(xi)
-    spans = -(-k // SPAN_K)
-    span = -(-k // spans // 256) * 256
-    for c in prange(len(raws) * CHUNKS):
-        i, part = c // CHUNKS, c % CHUNKS
-        n, row_bytes = raws[i].shape
-        for lo in range(0, k, span):
-            hi = min(k, lo + span)
-            raw = raws[i][:, lo * row_bytes // k:hi * row_bytes // k]
-            for j in range(len(starts)):
-                first = starts[j]
-                dot_rows_tile(types[i], raw, part * n // CHUNKS, (part + 1) * n // CHUNKS, tiles[j][lo // 32:hi // 32],
-                              outs[i][first:first + tiles[j].shape[1]])
+@functools.cache
+def matmat(t: int):
+    """matvec for a few tokens at once: f(addresses, rows, row_bytes, x, out, starts) adds W_i·x[t] into out's
+    matrix i ([T, N_i], zeroed by the caller); x: [T, K] float32 with T a multiple of 4. Tokens go in tiles of 8
+    (then one of 4 for the rest), K in spans of at most SPAN_K (multiples of 256); each weight byte is read from
+    memory once and unpacked once per tile, and the tile's activations for the span stay in L1 cache."""
+    @njit(parallel=True, cache=True)
+    def matmat_t(addresses, rows, row_bytes, x, out, starts):
+        tokens, k = x.shape
+        firsts = list(range(0, tokens - tokens % 8, 8))
+        if tokens % 8:
+            firsts.append(tokens - 4)
+        tiles = []
+        for first in firsts:
+            xi = np.empty((k // 32, 8 if first + 8 <= tokens else 4, 32), np.float32)
+            interleave_tile(x[first:first + xi.shape[1]], xi)
+            tiles.append(xi)
+        spans = -(-k // SPAN_K)
+        span = -(-k // spans // 256) * 256
+        for c in prange(addresses.shape[0] * CHUNKS):
+            i, part = c // CHUNKS, c % CHUNKS
+            n, rb = rows[i], row_bytes[i]
+            full, o = matrix(addresses, rows, row_bytes, i), output(out, starts, rows, i, tokens)
+            for lo in range(0, k, span):
+                hi = min(k, lo + span)
+                raw = full[:, lo * rb // k:hi * rb // k]
+                for j in range(len(firsts)):
+                    first = firsts[j]
+                    dot_rows_tile(t, raw, part * n // CHUNKS, (part + 1) * n // CHUNKS, tiles[j][lo // 32:hi // 32],
+                                  o[first:first + tiles[j].shape[1]])
+    return matmat_t
+
+
+@functools.cache
+def dequantize_rows(t: int):
+    """f(raw, out): raw: [n, row_bytes] uint8 of type t → out: [n, K] float32, rows spread over threads."""
+    @njit(parallel=True, cache=True)
+    def dequantize_rows_t(raw, out):
+        for r in prange(raw.shape[0]):
+            dequantize_row(t, raw[r], out[r])
+    return dequantize_rows_t
+
+
+@functools.cache
+def dequantize_rows_serial(t: int):
+    """dequantize_rows on the calling thread only, without the GIL (for callers running their own threads)."""
+    @njit(nogil=True, cache=True)
+    def dequantize_rows_serial_t(raw, out):
+        for r in range(raw.shape[0]):
+            dequantize_row(t, raw[r], out[r])
+    return dequantize_rows_serial_t

@@ -28,7 +28,7 @@ def weights(t, n, k, seed=0):
 def test_dequantize_rows_bit_exact(t, threads):
     w, ref = weights(t, 7, 512 if t in K_QUANTS else 96)
     out = np.empty(ref.shape, np.float32)
-    quant_kernels.dequantize_rows(w.raw, int(t), out)
+    quant_kernels.dequantize_rows(int(t))(w.raw, out)
     np.testing.assert_array_equal(out.view(np.uint32), ref.view(np.uint32))
 
 
@@ -73,11 +73,12 @@ def test_ops_dispatches_to_the_fast_path_and_the_reference_agrees(monkeypatch):
     np.testing.assert_array_equal(ops.embedding(ids, w, compiled), ref[ids])
 
 
-@pytest.mark.parametrize("T", [2, 5])
+@pytest.mark.parametrize("T", [1, 2, 5])
 def test_fused_launch_over_several_matrices_and_tokens(T, threads):
-    """q/k/v-style: matrices of different types and row counts sharing x, a few tokens (a decode batch)."""
-    ws = [weights(t, n, 512) for t, n in ((GGMLType.Q4_K, 7), (GGMLType.Q6_K, 33), (GGMLType.Q8_0, 3),
-                                          (GGMLType.F16, 4))]
+    """q/k/v-style: matrices of different types and row counts sharing x, one token or a few (a decode batch);
+    one launch per type, so a type's matrices need not be neighbours in the list."""
+    ws = [weights(t, n, 512, seed) for seed, (t, n) in enumerate(
+        ((GGMLType.Q4_K, 7), (GGMLType.Q6_K, 33), (GGMLType.Q4_K, 5), (GGMLType.Q8_0, 3), (GGMLType.F16, 4)))]
     x = np.random.default_rng(T).standard_normal((T, 512)).astype(np.float32)
     outs = cpu.matmul_transb_many(x, [w for w, _ in ws])
     for out, (_, ref) in zip(outs, ws):
