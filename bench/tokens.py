@@ -164,9 +164,10 @@ def child(engine: str, path: str, a) -> None:
 def spawn(engine: str, path: str, a) -> dict | None:
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp, "result.json")
-        cmd = [sys.executable, "-m", "bench.tokens", "--child", engine, "--child-path", path, "--result", str(result),
-               "--prompt-len", str(a.prompt_len), "--gen", str(a.gen), "--threads", str(a.threads),
-               "--repeat", str(a.repeat), "--activations", a.activations, "--device", a.device]
+        cmd = [sys.executable, "-m", "bench.tokens", "--model", a.model, "--child", engine, "--child-path", path,
+               "--result", str(result), "--prompt-len", str(a.prompt_len), "--gen", str(a.gen),
+               "--threads", str(a.threads), "--repeat", str(a.repeat), "--activations", a.activations,
+               "--device", a.device]
         r = subprocess.run(cmd)
         if r.returncode != 0 or not result.exists():
             print(f"{engine}: failed (exit status {r.returncode})", file=sys.stderr)
@@ -239,28 +240,40 @@ def report(results: dict, bw: float, load: float, a, model: str) -> dict:
             "transformers_dtype": "float32", "results": results, "ratios": ratios}
 
 
+def positive(text: str) -> int:
+    """The argparse type of the count flags: an integer >= 1. (Not engine.cli.common's: the peers' child processes
+    parse these flags too, and must not import the engine into the peak memory they report.)"""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.tokens", description=__doc__.split("\n")[0])
-    ap.add_argument("--model", help="registry id, .gguf path or HF-style directory")
-    ap.add_argument("--prompt-len", type=int, default=128)
-    ap.add_argument("--gen", type=int, default=64, help="decoded tokens")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=1, help="timed runs per engine; the best is reported")
+    ap.add_argument("--model", required=True, help="registry id, .gguf path or HF-style directory")
+    ap.add_argument("--prompt-len", type=positive, default=128, metavar="N", help="prompt tokens (default: 128)")
+    ap.add_argument("--gen", type=positive, default=64, metavar="N", help="decoded tokens (default: 64)")
+    ap.add_argument("--threads", type=positive, default=2, metavar="N", help="threads of every engine (default: 2)")
+    ap.add_argument("--repeat", type=positive, default=1, metavar="N",
+                    help="timed runs per engine; the best is reported (default: 1)")
     ap.add_argument("--activations", choices=("float32", "int8"), default="float32",
-                    help="our one-token mat-vec activations (int8: the opt-in integer path)")
-    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where our engine runs")
-    ap.add_argument("--vs", action="append", default=[], choices=ENGINES[1:], help="peer engine (repeatable)")
+                    help="our one-token mat-vec activations (int8: the opt-in integer path; default: float32)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where our engine runs (default: cpu)")
+    ap.add_argument("--vs", action="append", default=[], choices=ENGINES[1:],
+                    help="peer engine (repeatable; default: none)")
     ap.add_argument("--hf-dir", default=None, help="HF directory for transformers (default: the model)")
     ap.add_argument("--no-ours", action="store_true", help="run the peers only")
-    ap.add_argument("--json", default=None, help="write every figure to this file")
+    ap.add_argument("--json", default=None, help="write every figure to this file (default: none)")
     ap.add_argument("--child", choices=ENGINES, help=argparse.SUPPRESS)
     ap.add_argument("--child-path", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
         return child(a.child, a.child_path, a)
-    if not a.model:
-        ap.error("--model is required")
 
     from engine.formats import hub
     source = hub.resolve(a.model)

@@ -8,4 +8,19 @@ def __getattr__(name):
     if name in __all__:
         from engine.runtime import llm
         return getattr(llm, name)
+    if name == "__version__":
+        globals()[name] = _version()
+        return globals()[name]
     raise AttributeError(f"module 'engine' has no attribute {name!r}")
+
+
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml's, as pip installed it); pyproject.toml's own when
+    the package runs from a checkout that was never installed."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("engine")
+    except PackageNotFoundError:
+        import tomllib
+        from pathlib import Path
+        return tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["version"]

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from dataclasses import asdict
 
 from engine.chat import Chat, Piece
-from engine.cli.common import add_model_arg, add_run_args, exit_status, load_from_args, loaded_line
+from engine.cli.common import (add_model_arg, add_run_args, exit_status, in_flag_terms, load_from_args, loaded_line,
+                               new_parser)
 from engine.errors import EngineError
 from engine.runtime.sampler import SamplingParams
 
@@ -19,16 +20,19 @@ HELP = """commands:
 Ctrl-C stops an answer (the partial answer is kept; /regen redoes it). Start a message with // to send a '/'."""
 
 DIM, RESET = "\x1b[2m", "\x1b[0m"
+DESCRIPTION = """Chat with a language model in the terminal: type a message and the answer streams back. The
+conversation is kept, and each turn reuses what the model already read. /help lists the commands (/undo,
+/regen, /system, /save, ...). Ctrl-C stops an answer, Ctrl-D exits."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m engine.chat", description="Interactive chat with a model.")
+    p = new_parser("python -m engine.chat", DESCRIPTION)
     add_model_arg(p)
-    p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--system", default=None, metavar="TEXT", help="system prompt (default: the template's, if any)")
     p.add_argument("--hide-thinking", action="store_true", help="do not print the model's reasoning")
     think = p.add_mutually_exclusive_group()
     think.add_argument("--thinking", dest="enable_thinking", action="store_true", default=None,
-                       help="pass enable_thinking=True to the template")
+                       help="pass enable_thinking=True to the template (default: the template's choice)")
     think.add_argument("--no-thinking", dest="enable_thinking", action="store_false",
                        help="pass enable_thinking=False to the template (Qwen3: answer without reasoning)")
     add_run_args(p)
@@ -69,7 +73,7 @@ class _Repl:
                 else:
                     self.answer(self.chat.send(line[1:] if line.startswith("//") else line, **self.sampling))
             except EngineError as e:
-                print(f"error: {e}", file=self.err, flush=True)
+                print(f"error: {in_flag_terms(e)}", file=self.err, flush=True)
 
     def command(self, line: str) -> str | None:
         name, _, arg = line.partition(" ")
@@ -107,7 +111,7 @@ class _Repl:
         print(f"({text})", file=self.err, flush=True)
 
     def answer(self, pieces: Iterator[Piece]) -> None:
-        """Stream an answer; Ctrl-C cancels it (a second Ctrl-C interrupts at once)."""
+        """Stream an answer; Ctrl-C cancels it and nothing more is printed (a second Ctrl-C interrupts at once)."""
         presses = 0
 
         def on_sigint(signum, frame):
@@ -121,6 +125,8 @@ class _Repl:
         kind, last = "content", ""
         try:
             for piece in pieces:
+                if presses:  # the piece sampled while Ctrl-C came: the answer ends before it
+                    break
                 if piece.kind != kind:
                     self._switch(piece.kind, last)
                     kind = piece.kind

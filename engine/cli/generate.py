@@ -4,16 +4,22 @@ import argparse
 import sys
 
 from engine.cli.chat import run_cli
-from engine.cli.common import add_model_arg, add_run_args, exit_status, load_from_args, loaded_line
+from engine.cli.common import (EXIT_STATUS, add_model_arg, add_run_args, exit_status, load_from_args, loaded_line,
+                               new_parser, non_blank)
 from engine.runtime.sampler import SamplingParams
+
+DESCRIPTION = """Complete one prompt with a language model: the answer streams to stdout, load time and speed
+go to stderr. When the model has a chat template the prompt is sent as a user message (--chat, the default);
+--raw completes the text as it is. --chat without --prompt starts the interactive chat (engine.chat)."""
+EXAMPLE = 'example: python -m engine.generate --prompt "The capital of France is" --raw --max-tokens 16'
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m engine.generate", description=__doc__)
+    p = new_parser("python -m engine.generate", DESCRIPTION, f"{EXAMPLE}\n\n{EXIT_STATUS}")
     add_model_arg(p)
-    p.add_argument("--prompt", default=None, help="the prompt (with --chat: the user message; --chat without "
-                   "--prompt starts the interactive chat of python -m engine.chat)")
-    p.add_argument("--system", default=None, help="system message (chat mode)")
+    p.add_argument("--prompt", type=non_blank, default=None, metavar="TEXT", help="the prompt (with --chat: the "
+                   "user message); required unless --chat starts the interactive chat")
+    p.add_argument("--system", default=None, metavar="TEXT", help="system message, in chat mode (default: none)")
     chat = p.add_mutually_exclusive_group()
     chat.add_argument("--chat", dest="chat", action="store_true", default=None,
                       help="render the prompt with the model's chat template (default when it has one)")

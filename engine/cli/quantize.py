@@ -5,27 +5,44 @@ import json
 import sys
 from pathlib import Path
 
+from engine.cli.common import int_in, new_parser
 from engine.errors import EngineError
 from engine.formats import convert
+from engine.runtime.quality import MIN_CTX
+
+DESCRIPTION = """Write a quantized GGUF file from an HF-style model directory or a GGUF file, as llama.cpp's
+convert_hf_to_gguf.py and llama-quantize do. --report then measures what quantizing cost: perplexity and KL
+divergence on a shipped text."""
+EXIT_STATUS = """exit status: 0 on success; 1 when SRC cannot be converted; 2 for a bad flag or a report that
+cannot run (e.g. --report-ctx past the model's context)."""
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m engine.quantize", description=convert.__doc__.split("\n")[0])
-    ap.add_argument("src", help="HF-style model directory or .gguf file")
+def build_parser() -> argparse.ArgumentParser:
+    ap = new_parser("python -m engine.quantize", DESCRIPTION, EXIT_STATUS)
+    ap.add_argument("src", metavar="SRC", help="HF-style model directory or .gguf file")
     ap.add_argument("--type", required=True, choices=list(convert.FILE_TYPES),
                     help="tensor type mix (as llama-quantize)")
-    ap.add_argument("-o", "--output", required=True, help="the .gguf file to write")
-    ap.add_argument("--tokenizer-pre", default=None,
-                    help="llama.cpp pre-tokenizer name (tokenizer.ggml.pre) when it cannot be detected")
+    ap.add_argument("-o", "--output", required=True, metavar="OUT", help="the .gguf file to write")
+    ap.add_argument("--tokenizer-pre", default=None, metavar="NAME", help="llama.cpp pre-tokenizer name "
+                    "(tokenizer.ggml.pre) when it cannot be detected (default: detected)")
     ap.add_argument("--report", action="store_true",
                     help="then measure what quantizing cost: perplexity of SRC and OUT and OUT's KL divergence "
                          "from SRC on a shipped public-domain text (engine/runtime/quality.py)")
-    ap.add_argument("--report-file", default=None, help="also write the report as JSON here (implies --report)")
-    ap.add_argument("--report-text", default=None, help="the text of the report (default: the shipped one)")
-    ap.add_argument("--report-ctx", type=int, default=512, help="tokens per chunk (default %(default)s)")
-    ap.add_argument("--report-chunks", type=int, default=None, help="chunks to score (default: all of the text)")
-    ap.add_argument("--threads", type=int, default=None, help="threads of the report's forwards (default: all)")
-    args = ap.parse_args(argv)
+    ap.add_argument("--report-file", default=None, metavar="FILE",
+                    help="also write the report as JSON here; implies --report (default: none)")
+    ap.add_argument("--report-text", default=None, metavar="FILE", help="the text of the report (default: the "
+                    "shipped one)")
+    ap.add_argument("--report-ctx", type=int_in(MIN_CTX), default=512, metavar="N",
+                    help=f"tokens per chunk, >= {MIN_CTX}")
+    ap.add_argument("--report-chunks", type=int_in(1), default=None, metavar="N",
+                    help="chunks to score (default: all of the text)")
+    ap.add_argument("--threads", type=int_in(1), default=None, metavar="N",
+                    help="threads of the report's forwards (default: all cores)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         types = convert.convert(args.src, args.output, args.type, args.tokenizer_pre)
     except EngineError as e:

@@ -1,41 +1,81 @@
-"""`python -m engine.serve`: the OpenAI-compatible server and web UI (engine/server/) under uvicorn."""
+"""`python -m engine.serve`: the OpenAI-compatible server and web UI (engine/server/) under uvicorn, on a socket
+bound before the model loads (a busy port is reported at once)."""
 import argparse
+import errno
+import socket
 import sys
 
-from engine.cli.common import add_model_arg, load_from_args, loaded_line
-from engine.errors import EngineError
+from engine.cli.common import (add_load_args, add_model_arg, exit_status, int_in, load_from_args, loaded_line,
+                               new_parser, number_at_least)
+
+DESCRIPTION = """Serve a language model over HTTP: an OpenAI-compatible API under /v1 (chat completions,
+completions, models) and a chat web UI at /. Needs the serve extra: pip install -e '.[serve]'."""
+EXIT_STATUS = """exit status: 0 after Ctrl-C; 1 when the port is in use, the serve extra is missing or the model
+cannot load; 2 for a bad flag (a value out of range, --ctx-size past the model's context)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m engine.serve", description=__doc__)
+    p = new_parser("python -m engine.serve", DESCRIPTION, EXIT_STATUS)
     add_model_arg(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-batch", type=int, default=8, help="sequences decoded together in one batched forward")
-    p.add_argument("--max-queue", type=int, default=32, help="requests that may wait for a place in the batch; "
-                   "more are answered 429 with Retry-After")
-    p.add_argument("--kv-budget", type=float, default=1024, help="MiB of KV cache kept for conversations (least "
-                   "recently used caches are dropped and recomputed when needed)")
-    p.add_argument("--ctx-size", type=int, default=None, help="context length per sequence (default: the model's)")
-    p.add_argument("--threads", type=int, default=None, help="worker threads (default: ENGINE_THREADS or all cores)")
-    p.add_argument("--activations", choices=("float32", "int8"), default=None,
-                   help="one-token mat-vec activations: float32 (default, exact) or int8 (opt-in, faster)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on: 127.0.0.1 is this machine only, "
+                   "0.0.0.0 every network interface")
+    p.add_argument("--port", type=int_in(0, 65535), default=8000, metavar="N", help="port to listen on; 0: any free "
+                   "port, shown when serving starts")
+    p.add_argument("--max-batch", type=int_in(1), default=8, metavar="N",
+                   help="sequences decoded together in one batched forward")
+    p.add_argument("--max-queue", type=int_in(0), default=32, metavar="N", help="requests that may wait for a "
+                   "place in the batch; more are answered 429 with Retry-After")
+    p.add_argument("--kv-budget", type=number_at_least(0), default=1024, metavar="MiB", help="MiB of KV cache kept "
+                   "for conversations; the least recently used caches are dropped, and recomputed when needed")
+    add_load_args(p, per=" per sequence")
     return p
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on host:port (as uvicorn binds one); OSError when it cannot."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen()
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _listen_error(host: str, port: int, e: OSError) -> str:
+    if e.errno == errno.EADDRINUSE:
+        return f"port {port} on {host} is in use (Errno {e.errno}): pass --port N (0: any free port)"
+    return f"cannot listen on {host}:{port} ({e}): check --host and --port"
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    import uvicorn
-
-    from engine.server import create_app
     try:
+        import uvicorn
+
+        from engine.server import create_app
+    except ImportError as e:
+        print(f"error: {e}; the server needs the serve extra: pip install -e '.[serve]'", file=sys.stderr)
+        return 1
+    try:
+        sock = listen(args.host, args.port)
+    except OSError as e:
+        print(f"error: {_listen_error(args.host, args.port, e)}", file=sys.stderr)
+        return 1
+
+    def serve() -> None:
         llm = load_from_args(args)
         app = create_app(llm, max_batch=args.max_batch, max_queue=args.max_queue,
                          kv_budget=int(args.kv_budget * (1 << 20)))
-    except EngineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"{loaded_line(llm)}; serving on http://{args.host}:{args.port}/ (OpenAI API under /v1)", file=sys.stderr,
-          flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    return 0
+        host, port = sock.getsockname()[:2]
+        url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+        print(f"{loaded_line(llm)}; serving on {url} (OpenAI API under /v1)", file=sys.stderr, flush=True)
+        try:
+            uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+        except KeyboardInterrupt:  # the Ctrl-C uvicorn shut down on, raised again: the way to stop a server
+            pass
+
+    with sock:
+        return exit_status(serve)

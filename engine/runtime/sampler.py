@@ -98,6 +98,28 @@ def check_stop(name: str, stop) -> tuple[str, ...]:
     return tuple(stops)
 
 
+def _flag_type(name: str):
+    """The argparse type of field name's flag: its text as the number RULES[name] accepts, else an
+    ArgumentTypeError (argparse's "argument --top-p: ..." error, exit status 2)."""
+    rule = RULES[name]
+
+    def parse(text: str):
+        try:
+            return check_number(name, (int if rule.integer else float)(text), rule)
+        except (ValueError, InvalidRequestError):
+            kind = "an integer" if rule.integer else "a finite number"
+            bound = f"in {rule.span()}" if rule.hi is not None else f"{'>' if rule.lo_open else '>='} {rule.lo}"
+            raise argparse.ArgumentTypeError(f"must be {kind} {bound}, got {text!r}") from None
+    return parse
+
+
+def _stop_flag(text: str) -> str:
+    """The argparse type of --stop: a non-empty string (as check_stop)."""
+    if not text:
+        raise argparse.ArgumentTypeError("must be a non-empty string")
+    return text
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """One generation's settings. Order of application (as in transformers): repetition penalty over the last
@@ -134,15 +156,25 @@ class SamplingParams:
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
-        """The sampling flags (--max-tokens, --temperature, ...); each left out keeps the model's default."""
-        model = "default: the model's recommended value, else the engine's (README: Sampling defaults)"
-        flags = [("--max-tokens", int, "tokens to generate (default: the rest of the context)"),
-                 ("--temperature", float, f"0 is greedy; {model}"), ("--top-k", int, model),
-                 ("--top-p", float, model), ("--min-p", float, model), ("--repeat-penalty", float, model),
-                 ("--repeat-last-n", int, model), ("--seed", int, "default: random")]
-        for flag, kind, text in flags:
-            parser.add_argument(flag, type=kind, default=None, help=text)
-        parser.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+        """The sampling flags (--max-tokens, --temperature, ...); each left out keeps the model's default. Their
+        values are checked while parsing, by the fields' rules: a bad one is argparse's error naming the flag."""
+        group = parser.add_argument_group("sampling", "Each flag left out takes the model's recommended value, "
+                                          "else the engine's (README: Sampling defaults).")
+        model = "default: the model's"
+        flags = [("max_tokens", "N", "tokens to generate, >= 1 (default: the rest of the context)"),
+                 ("temperature", "T", f"randomness, >= 0; 0 is greedy ({model})"),
+                 ("top_k", "K", f"sample among the K most likely tokens, >= 1 ({model})"),
+                 ("top_p", "P", f"sample among the most likely tokens whose probabilities add up to P, in (0, 1] "
+                                f"({model})"),
+                 ("min_p", "P", f"drop tokens less likely than P x the most likely one, in [0, 1) ({model})"),
+                 ("repeat_penalty", "R", f"penalize the tokens of the last --repeat-last-n, > 0; 1 is off ({model})"),
+                 ("repeat_last_n", "N", f"how many recent tokens --repeat-penalty looks at, >= 0 ({model})"),
+                 ("seed", "N", "random seed for reproducible sampling, a 64-bit integer (default: random)")]
+        for name, metavar, text in flags:
+            group.add_argument("--" + name.replace("_", "-"), type=_flag_type(name), default=None, metavar=metavar,
+                               help=text)
+        group.add_argument("--stop", action="append", type=_stop_flag, default=None, metavar="STR",
+                           help="stop before this string, never printed (repeatable; default: none)")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, defaults: "SamplingParams") -> "SamplingParams":
