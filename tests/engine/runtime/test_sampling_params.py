@@ -1,6 +1,6 @@
 """SamplingParams as every entry point builds it: the same settings from command-line flags, Python keywords and an
-OpenAI body; the model's recommended defaults (generation_config.json, GGUF general.sampling.*) over the engine's;
-validation errors that name the field."""
+OpenAI body; the model's recommended defaults (generation_config.json, GGUF general.sampling.*, then the registry's
+model-card values) over the engine's; validation errors that name the field."""
 import json
 import shutil
 from dataclasses import asdict
@@ -12,7 +12,7 @@ import pytest
 import engine
 from engine.cli import chat, generate
 from engine.errors import InvalidRequestError, ModelFileError
-from engine.runtime.sampler import SamplingParams
+from engine.runtime.sampler import SamplingParams, model_defaults
 from gguf_copy import copy_gguf
 
 TINY = Path(__file__).parents[2] / "fixtures" / "tiny" / "qwen3"
@@ -144,3 +144,25 @@ def test_generate_chat_and_cli_start_from_the_model_defaults(tmp_path):
     assert SamplingParams.from_args(generate.build_parser().parse_args([]), llm.sampling_defaults).repeat_penalty == \
         pytest.approx(1.3)
     assert asdict(llm.sampling_defaults)["repeat_penalty"] == 1.3  # float32 read back as its shortest decimal
+
+
+def test_registry_sampling_sits_between_the_model_file_and_the_engine_defaults(tmp_path):
+    card = {"temperature": 0.2, "top_p": 0.9, "repeat_penalty": 1.1}
+    assert model_defaults({}, None, 100, "m.gguf", card) == SamplingParams(**card)
+    assert model_defaults({}, None, 100, "m.gguf") == model_defaults({}, None, 100, "m.gguf", {}) == ENGINE_DEFAULTS
+    gguf_keys = {"general.sampling.temp": 0.7, "general.sampling.top_k": 0}  # the file wins, field by field
+    assert model_defaults(gguf_keys, None, 100, "m.gguf", card) == \
+        SamplingParams(temperature=0.7, top_k=None, top_p=0.9, repeat_penalty=1.1)
+    hf = hf_copy(tmp_path, {"temperature": 0.6, "top_k": 20, "eos_token_id": [381, 379]})
+    assert model_defaults(None, hf, 100, str(hf), card) == \
+        SamplingParams(temperature=0.6, top_k=20, top_p=0.9, repeat_penalty=1.1)
+
+
+def test_the_embedded_model_samples_by_its_card_and_temperature_0_is_greedy(smollm2_gguf):
+    llm = engine.load("smollm2", n_ctx=256)
+    assert llm.sampling_defaults == SamplingParams(temperature=0.2, top_p=0.9, repeat_penalty=1.1)
+    assert SamplingParams.from_args(generate.build_parser().parse_args(["--temperature", "0"]),
+                                    llm.sampling_defaults).temperature == 0
+    greedy = ["".join(llm.generate("The sea is", max_tokens=8, temperature=0, seed=seed)) for seed in (1, 2)]
+    assert greedy[0] == greedy[1]
+    assert engine.load(str(smollm2_gguf), n_ctx=256).sampling_defaults == ENGINE_DEFAULTS  # a path: no registry
