@@ -601,18 +601,25 @@ def _local_only() -> str | None:
 
 
 @contextlib.contextmanager
-def _quiet_hub():
+def _quiet_hub(offline: bool = False):
     """huggingface_hub's and urllib3's log warnings (its "Retrying in 1s" lines) and Python warnings off while
-    we call the hub: a failure is reported once, by our ModelNotFoundError. Progress bars are not logging."""
+    we call the hub: a failure is reported once, by our ModelNotFoundError. Progress bars are not logging.
+    offline: huggingface_hub's own offline mode too (HF_HUB_OFFLINE, read at its import) for a call that keeps
+    to the cache; without it huggingface_hub 2.x still asks the endpoint for its user-agent data (3 s)."""
+    from huggingface_hub import constants
+
     loggers = [logging.getLogger(name) for name in ("huggingface_hub", "urllib3")]
     levels = [logger.level for logger in loggers]
+    was_offline = constants.HF_HUB_OFFLINE
     for logger in loggers:
         logger.setLevel(logging.ERROR)
+    constants.HF_HUB_OFFLINE = was_offline or offline
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
+        constants.HF_HUB_OFFLINE = was_offline
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
 
@@ -692,7 +699,7 @@ def _from_hub(call, *, model_id: str, repo: str, what: str | None, cli_file: str
     if local_only:
         kw["local_files_only"] = True
     try:
-        with _quiet_hub():
+        with _quiet_hub(offline=bool(local_only)):
             return Path(call(kw))
     except KeyboardInterrupt:
         raise

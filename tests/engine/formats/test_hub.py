@@ -479,14 +479,22 @@ def test_unreachable_hub_is_one_quick_error(hub_at, closed_port, model, repo, wh
     assert capfd.readouterr().err == ""  # no retry messages
 
 
-def test_unreachable_hub_still_serves_its_cache(hub_at, closed_port):
-    cache = hub_at(closed_port)
+@pytest.mark.parametrize("port", ["closed_port", "silent_port"])
+def test_unreachable_hub_still_serves_its_cache(hub_at, port, request, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "0.5")
+    cache = hub_at(request.getfixturevalue(port))
     gguf = put_in_hf_cache(cache, "Qwen/Qwen3-0.6B-GGUF", {"Qwen3-0.6B-Q8_0.gguf": b"GGUF" + b"\0" * 8})
     tok = put_in_hf_cache(cache, "Qwen/Qwen3-0.6B", {"tokenizer.json": b"{}", "config.json": b"{}",
                                                       "model.safetensors": b"x"})
+    was_offline = constants.HF_HUB_OFFLINE
+    t0 = time.monotonic()
     src = resolve("qwen3.0.6b_q8")
     assert src.gguf_paths == [gguf / "Qwen3-0.6B-Q8_0.gguf"] and src.tokenizer_dir == tok
     assert resolve("qwen3.0.6b_base").hf_dir == tok
+    assert time.monotonic() - t0 < 2.5  # one 0.5 s probe; huggingface_hub waits on nothing either
+    assert constants.HF_HUB_OFFLINE == was_offline  # its offline mode only lasted our calls
 
 
 def test_silent_hub_times_out_and_the_cli_prints_one_line(hub_at, silent_port):
