@@ -16,10 +16,10 @@
                                 ``org/name:Q8_0/model-00001-of-00002.gguf``); a split file brings all parts.
 
 Downloads go through ``huggingface_hub`` (tqdm progress bars; HF_HOME / HF_HUB_CACHE, HF_ENDPOINT, HF_TOKEN
-and HF_HUB_OFFLINE are honoured, read when the call is made). Before its first call the endpoint is probed
-(one HEAD, 3 s or HF_HUB_ETAG_TIMEOUT, proxies from the environment): when it does not answer, the calls keep
-to the local cache, as with HF_HUB_OFFLINE, instead of huggingface_hub's ~25 s of retries. Its log warnings
-are silenced during our calls. Every failure to get a file, whatever the reason, is one ``ModelNotFoundError``
+and HF_HUB_OFFLINE are honoured, read when the call is made). Before the hub is called its endpoint is probed
+(one HEAD within 3 s or HF_HUB_ETAG_TIMEOUT, proxies from the environment; the verdict kept for a minute): when
+it does not answer, the calls keep to the local cache, as with HF_HUB_OFFLINE, instead of huggingface_hub's
+~25 s of retries. Its log warnings are silenced during our calls. Every failure to get a file, whatever the reason, is one ``ModelNotFoundError``
 that names the model, the repo and file, the reason, and how to pass a local file instead.
 """
 
