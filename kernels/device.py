@@ -12,6 +12,7 @@ import os
 import threading
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import numpy
 
@@ -69,16 +70,16 @@ class Device:
         """A NumPy array of a (copied from the GPU when a is a device array)."""
         return a.get() if cuda.takes(a) else numpy.asarray(a)
 
-    def enter(self) -> None:
-        """Give the calling thread this device's kernel threads before it computes: numba's count is per thread;
-        BLAS's is per process, so it is set on every call (cheap when unchanged): one thread beside the compiled
-        kernels, whose own threads do the work (OpenBLAS workers spin after each call and would starve them),
-        `threads` for the NumPy path."""
+    def enter(self, threads: int | None = None) -> None:
+        """Give the calling thread this device's kernel threads (or `threads`, fewer, when other processes take
+        cores: engine.runtime.cores) before it computes: numba's count is per thread; BLAS's is per process, so it
+        is set on every call (cheap when unchanged): one thread beside the compiled kernels, whose own threads do
+        the work (OpenBLAS workers spin after each call and would starve them), `threads` for the NumPy path."""
         if self.kind != "cpu":
             return
         if self.compiled:
             import numba
-            numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
+            numba.set_num_threads(min(threads or self.threads, self.threads, numba.config.NUMBA_NUM_THREADS))
         for lib in _blas():
             n = 1 if self.compiled else self.threads
             if lib.num_threads != n:
@@ -114,7 +115,7 @@ def select_device(device: str | None = None, kernels: str | None = None, activat
                   threads: int | None = None) -> Device:
     """The Device a model is loaded onto. None reads the environment: ENGINE_DEVICE ("auto", the default: CUDA
     when CuPy sees a GPU; "cpu"; "cuda"), ENGINE_KERNELS ("numba" default, "numpy"), ENGINE_ACTIVATIONS
-    ("float32" default, "int8"), ENGINE_THREADS (default: every core; more than the cores are capped)."""
+    ("float32" default, "int8"), ENGINE_THREADS (default: every usable core, usable_cores(); more are capped)."""
     kind = (device or os.environ.get("ENGINE_DEVICE") or "auto").lower()
     if kind == "auto":
         kind = "cuda" if cuda.available() else "cpu"
@@ -122,7 +123,7 @@ def select_device(device: str | None = None, kernels: str | None = None, activat
         raise DeviceError("--device cuda was asked for but no CUDA GPU is usable here (CuPy missing or no device "
                           "seen); install the GPU extra (pip install -e .[cuda]) on a machine with an NVIDIA GPU "
                           "and driver, or use --device cpu.")
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     threads = threads or _env_int("ENGINE_THREADS") or cores
     dev = Device(kind, kernels or os.environ.get("ENGINE_KERNELS") or "numba",
                  activations or os.environ.get("ENGINE_ACTIVATIONS") or "float32",
@@ -130,6 +131,33 @@ def select_device(device: str | None = None, kernels: str | None = None, activat
     if dev.compiled:
         cpu.configure_openmp()
     return dev
+
+
+def usable_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use: its CPU affinity (taskset, a container's cpuset), capped by a cgroup CPU
+    quota (v2 cpu.max, v1 cpu.cfs_quota_us / cpu.cfs_period_us) rounded down, at least 1. More kernel threads than
+    that would be descheduled or throttled in the middle of a parallel kernel, which every thread then waits for."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    quota = _cgroup_quota(cgroup)
+    return max(1, min(cores, int(quota)) if quota is not None else cores)
+
+
+def _cgroup_quota(cgroup: Path) -> float | None:
+    """CPUs allowed by the cgroup's quota (None: no quota, or no cgroup file to read)."""
+    for path, read in ((cgroup / "cpu.max", lambda t: t.split()),
+                       (cgroup / "cpu" / "cpu.cfs_quota_us",
+                        lambda t: [t.strip(), (cgroup / "cpu" / "cpu.cfs_period_us").read_text().strip()])):
+        try:
+            quota, period = read(path.read_text())[:2]
+            if quota in ("max", "-1"):
+                return None
+            return int(quota) / int(period) if int(period) > 0 and int(quota) > 0 else None
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def _env_int(name: str) -> int | None:

@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from engine.runtime.cores import CoreShare
 from engine.runtime.graphs import DecodeGraphs
 
 
@@ -89,6 +90,7 @@ class DirectRunner(Runner):
     token."""
 
     compute_lock = threading.Lock()
+    cores = CoreShare()  # the CPU forwards' thread count under contention; used under compute_lock only
 
     def __init__(self, model):
         super().__init__()
@@ -98,6 +100,8 @@ class DirectRunner(Runner):
 
     def forward(self, tokens, positions, cache, last_only: bool = False):
         with self.compute_lock:
+            if self.device.compiled:
+                return self.cores.run(self.device, lambda: self.model.forward(tokens, positions, cache, last_only))
             self.device.enter()
             logits = None
             if self.graphs is not None and len(tokens) == 1:

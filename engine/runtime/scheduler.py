@@ -155,6 +155,18 @@ class BatchingRunner(Runner):
                 batch.append((job, n))
         return batch
 
+    def _forward(self, tokens, positions, batch: list[tuple[_Job, int]], last_only: bool) -> np.ndarray:
+        """The batch's packed forward, host logits; the caller holds the compute lock."""
+        dev = self.model.device
+
+        def forward():
+            return dev.to_host(self.model.forward_packed(tokens, positions, [j.cache for j, _ in batch],
+                                                         [n for _, n in batch], last_only=last_only))
+        if dev.compiled:
+            return DirectRunner.cores.run(dev, forward)
+        dev.enter()
+        return forward()
+
     def _run(self, batch: list[tuple[_Job, int]]) -> None:
         if not batch:
             return
@@ -163,9 +175,7 @@ class BatchingRunner(Runner):
         all_rows = any(not j.last_only for j, _ in batch)
         try:
             with DirectRunner.compute_lock:
-                self.model.device.enter()
-                logits = self.model.device.to_host(self.model.forward_packed(
-                    tokens, positions, [j.cache for j, _ in batch], [n for _, n in batch], last_only=not all_rows))
+                logits = self._forward(tokens, positions, batch, last_only=not all_rows)
         except BaseException as e:  # noqa: BLE001 — handed to every waiting thread
             with self._cond:
                 for job, _ in batch:

@@ -3,6 +3,7 @@ import pytest
 
 from engine.errors import DeviceError, InvalidRequestError
 from kernels import cpu, cuda
+from kernels import device
 from kernels.device import Device, select_device
 
 
@@ -55,3 +56,28 @@ def test_device_selection(monkeypatch):
         select_device(None)
     with pytest.raises(DeviceError, match="auto, cpu, cuda"):
         select_device("tpu")
+
+
+@pytest.mark.parametrize("files, cores, expected", [
+    ({}, 4, 4),                                                     # no cgroup files: the affinity
+    ({"cpu.max": "max 100000\n"}, 4, 4),                            # v2, no quota
+    ({"cpu.max": "150000 100000\n"}, 4, 1),                         # v2, 1.5 CPUs: rounded down
+    ({"cpu.max": "300000 100000\n"}, 2, 2),                         # a quota above the affinity
+    ({"cpu.max": "50000 100000\n"}, 4, 1),                          # below one CPU: still one thread
+    ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 8, 2),  # v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, 8, 8),      # v1, no quota
+    ({"cpu.max": "garbage"}, 3, 3),                                 # unreadable: ignored
+])
+def test_usable_cores_follows_affinity_and_cgroup_quota(tmp_path, monkeypatch, files, cores, expected):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert device.usable_cores(tmp_path) == expected
+
+
+def test_default_threads_are_the_usable_cores(monkeypatch):
+    monkeypatch.delenv("ENGINE_THREADS", raising=False)
+    monkeypatch.setattr(device, "usable_cores", lambda: 1)
+    assert select_device("cpu").threads == 1
+    assert select_device("cpu", threads=8).threads == 1  # capped
