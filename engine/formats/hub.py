@@ -17,7 +17,7 @@
 
 Downloads go through ``huggingface_hub`` (tqdm progress bars; HF_HOME / HF_HUB_CACHE, HF_ENDPOINT, HF_TOKEN
 and HF_HUB_OFFLINE are honoured, read when the call is made). Before the hub is called its endpoint is probed
-(one HEAD within 3 s or HF_HUB_ETAG_TIMEOUT, proxies from the environment; the verdict kept for a minute): when
+(one HEAD within 2 s or HF_HUB_ETAG_TIMEOUT, proxies from the environment; the verdict kept for a minute): when
 it does not answer, the calls keep to the local cache, as with HF_HUB_OFFLINE, instead of huggingface_hub's
 ~25 s of retries. Its log warnings are silenced during our calls. Every failure to get a file, whatever the reason, is one ``ModelNotFoundError``
 that names the model, the repo and file, the reason, and how to pass a local file instead.
@@ -520,7 +520,7 @@ def _offline() -> bool:
 
 
 _DEFAULT_ENDPOINT = "https://huggingface.co"
-_PROBE_TIMEOUT_S = 3.0  # how long the hub may take to answer before we call it unreachable
+_PROBE_TIMEOUT_S = 2.0  # how long the hub may take to answer before we call it unreachable
 _PROBE_TTL_S = 60.0  # how long a probe's verdict is reused (one resolve() makes several hub calls)
 _probes: dict[str, tuple[float, str | None]] = {}  # endpoint -> (when, _probe's verdict)
 
@@ -530,7 +530,7 @@ def _endpoint() -> str:
 
 
 def _probe_timeout() -> float:
-    """HF_HUB_ETAG_TIMEOUT (huggingface_hub's wait for file metadata) when the user set it, else 3 s."""
+    """HF_HUB_ETAG_TIMEOUT (huggingface_hub's wait for file metadata) when the user set it, else 2 s."""
     try:
         value = float(os.environ.get("HF_HUB_ETAG_TIMEOUT", ""))
     except ValueError:
