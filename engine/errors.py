@@ -6,7 +6,7 @@ from kernels.errors import DeviceError, EngineError, InvalidRequestError, Unsupp
 from models.errors import ModelFileError
 
 __all__ = ["EngineError", "ModelFileError", "UnsupportedModelError", "TokenizerError", "ModelNotFoundError",
-           "TemplateError", "ContextOverflowError", "DeviceError", "InvalidRequestError"]
+           "TemplateError", "ContextOverflowError", "DeviceError", "InvalidRequestError", "SessionStorageError"]
 
 
 class TokenizerError(EngineError):
@@ -23,3 +23,8 @@ class TemplateError(EngineError):
 
 class ContextOverflowError(EngineError):
     """The prompt (plus what is asked to be generated) does not fit in the context window."""
+
+
+class SessionStorageError(EngineError):
+    """The sessions database (engine.chat.sessions_db) cannot be opened, read or written: a corrupt or foreign file,
+    a schema from a newer engine, a file locked by another process past the busy timeout, a disk error."""

@@ -141,3 +141,19 @@ def smollm2_tokenizer(smollm2_gguf):
     from engine.text.tokenizer import Tokenizer
 
     return Tokenizer.from_gguf(read_metadata(smollm2_gguf))
+
+
+# --- sessions database (tests/engine/chat/test_sessions_db.py, tests/engine/server/test_sessions_restart.py) ------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _engine_data_in_tmp(tmp_path_factory):
+    """ENGINE_DATA points at a temporary folder for the whole run, so that servers started without --sessions-db
+    (python -m engine.serve in a subprocess included) never write the user's ~/.local/share/engine."""
+    old = os.environ.get("ENGINE_DATA")
+    os.environ["ENGINE_DATA"] = str(tmp_path_factory.mktemp("engine-data"))
+    yield
+    if old is None:
+        os.environ.pop("ENGINE_DATA", None)
+    else:
+        os.environ["ENGINE_DATA"] = old

@@ -1,6 +1,6 @@
 """Conversations on top of the runtime: `Chat` (conversation.py: a multi-turn chat whose KV cache is reused from
 turn to turn, cancellation, save/load, and its per-turn `Usage`), `SessionStore` (store.py: many chats under one
-KV byte budget) and the `<think>` reasoning split (thinking.py: `Piece`, `ThinkSplitter`). It imports
+KV byte budget, saved through sessions_db.py's SQLite `SessionsDB`) and the `<think>` reasoning split (thinking.py: `Piece`, `ThinkSplitter`). It imports
 engine.runtime, engine.text, engine.formats and engine.errors, never engine.server or engine.cli;
 `python -m engine.chat` runs the REPL of engine/cli/chat.py (__main__.py)."""
 from engine.chat.conversation import Chat, Usage

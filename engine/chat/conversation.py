@@ -113,6 +113,7 @@ class Chat:
         elif text is not None:
             self.messages.insert(0, {"role": "system", "content": text})
         self._trim_cache()
+        self._changed()
 
     @property
     def cached_ids(self) -> list[int]:
@@ -150,6 +151,7 @@ class Chat:
         removed = self.messages[last_user:]
         del self.messages[last_user:]
         self._trim_cache()
+        self._changed()
         return removed
 
     def reset(self) -> None:
@@ -157,6 +159,7 @@ class Chat:
         self._settle_turn()
         del self.messages[1 if self.system is not None else 0:]
         self._trim_cache()
+        self._changed()
 
     # -- turns --
 
@@ -300,6 +303,11 @@ class Chat:
     def _drop_cache(self) -> None:
         """Free the KV cache (eviction); the next turn recomputes the conversation."""
         self._cache, self._ids, self._peak = None, [], 0
+
+    def _changed(self) -> None:
+        """Tell the SessionStore holding this chat (if any) that the conversation changed, so it saves it."""
+        if self._store is not None:
+            self._store._changed(self)
 
     def _trim_cache(self) -> None:
         """Truncate the cache to what the current conversation (rendered without a generation prompt) shares."""

@@ -5,6 +5,7 @@ import errno
 import socket
 import sys
 
+from engine.chat.sessions_db import SessionsDB, default_sessions_db
 from engine.cli.common import (add_load_args, add_model_arg, exit_status, int_in, load_from_args, loaded_line,
                                new_parser, number_at_least)
 
@@ -27,6 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "place in the batch; more are answered 429 with Retry-After")
     p.add_argument("--kv-budget", type=number_at_least(0), default=1024, metavar="MiB", help="MiB of KV cache kept "
                    "for conversations; the least recently used caches are dropped, and recomputed when needed")
+    p.add_argument("--sessions-db", default=None, metavar="PATH", help="SQLite file that keeps the UI's "
+                   "conversations across restarts; :memory: keeps them in this process only (default: "
+                   "$ENGINE_DATA/sessions.sqlite3, else $XDG_DATA_HOME/engine/sessions.sqlite3, else "
+                   "~/.local/share/engine/sessions.sqlite3)")
     add_load_args(p, per=" per sequence")
     return p
 
@@ -66,9 +71,11 @@ def main(argv=None) -> int:
         return 1
 
     def serve() -> None:
+        db = SessionsDB(args.sessions_db or default_sessions_db())  # a bad file fails before the model loads
+        print(f"sessions: {db.path} ({len(db.sessions())} saved)", file=sys.stderr, flush=True)
         llm = load_from_args(args)
         app = create_app(llm, max_batch=args.max_batch, max_queue=args.max_queue,
-                         kv_budget=int(args.kv_budget * (1 << 20)))
+                         kv_budget=int(args.kv_budget * (1 << 20)), sessions_db=db)
         host, port = sock.getsockname()[:2]
         url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
         print(f"{loaded_line(llm)}; serving on {url} (OpenAI API under /v1)", file=sys.stderr, flush=True)

@@ -22,9 +22,12 @@ __all__ = ["create_app", "Service", "Run", "SessionInfo", "ApiError", "ClientGon
            "internal_error", "parse_json", "MAX_BODY_BYTES", "WEB_DIR"]
 
 
-def create_app(llm, max_batch: int = 8, max_queue: int = 32, kv_budget: int = 1 << 30, model_id: str | None = None):
-    """The FastAPI app serving llm (an engine.LLM). See the module docstring and README.md."""
-    service = Service(llm, max_batch, max_queue, kv_budget, model_id)
+def create_app(llm, max_batch: int = 8, max_queue: int = 32, kv_budget: int = 1 << 30, model_id: str | None = None,
+               sessions_db=":memory:"):
+    """The FastAPI app serving llm (an engine.LLM). sessions_db: where the UI sessions are saved, a path,
+    ":memory:" (nothing written to disk) or an engine.chat.sessions_db.SessionsDB. See the module docstring and
+    README.md."""
+    service = Service(llm, max_batch, max_queue, kv_budget, model_id, sessions_db=sessions_db)
 
     @asynccontextmanager
     async def lifespan(app):

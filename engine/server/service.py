@@ -2,17 +2,19 @@
 more wait; beyond that: 429 with Retry-After) whose generation loop runs on an engine.runtime.scheduler.BatchingRunner
 (Service serves llm.with_runner(it)), so all running requests share one batched forward per token. Chat completions
 reuse the KV cache of an earlier request whose prompt shares the longest prefix (a follow-up costs only its new
-tokens); UI sessions are engine.chat Chats in the same SessionStore (the KV byte budget, LRU eviction)."""
+tokens); UI sessions are engine.chat Chats in the same SessionStore (the KV byte budget, LRU eviction), saved in
+its SessionsDB (sessions_db: a path, ":memory:" or an open engine.chat.sessions_db.SessionsDB)."""
 import asyncio
 import itertools
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 from starlette.requests import HTTPConnection
 
 from engine.chat import SessionStore
+from engine.chat.sessions_db import MEMORY, SessionInfo, SessionsDB
 from engine.errors import InvalidRequestError
 from engine.runtime.generate import common_prefix
 from engine.runtime.scheduler import BatchingRunner
@@ -47,15 +49,6 @@ class Run:
             self.ended = (await self.items.get())[0] == "end"
 
 
-@dataclass
-class SessionInfo:
-    """A UI conversation: its Chat lives in the SessionStore under id."""
-    id: str
-    title: str
-    created: float
-    updated: float
-
-
 def _putter(loop: asyncio.AbstractEventLoop, items: asyncio.Queue) -> Callable[[tuple], None]:
     """put(item) from a worker thread onto items, on loop; a no-op once the loop is gone."""
     def put(item: tuple) -> None:
@@ -71,15 +64,16 @@ class Service:
     waits (queued)."""
 
     def __init__(self, llm, max_batch: int = 8, max_queue: int = 32, kv_budget: int = 1 << 30,
-                 model_id: str | None = None):
+                 model_id: str | None = None, sessions_db: str | SessionsDB = MEMORY):
         if max_batch < 1 or max_queue < 0:
             raise InvalidRequestError("max_batch must be >= 1 and max_queue >= 0")
         self.llm, self.max_batch, self.max_queue = llm, max_batch, max_queue
         self.model_id = model_id or llm.source.id
         self.scheduler = BatchingRunner(llm.model)
         self.served = llm.with_runner(self.scheduler)
-        self.store = SessionStore(self.served, max_bytes=kv_budget)
-        self.sessions: dict[str, SessionInfo] = {}
+        db = sessions_db if isinstance(sessions_db, SessionsDB) else SessionsDB(sessions_db)
+        self.store = SessionStore(self.served, max_bytes=kv_budget, db=db)
+        self.sessions: dict[str, SessionInfo] = self.store.infos  # the UI sessions, those of the db at start first
         self.active = self.queued = 0
         self.requests = self.rejected = 0
         self._pool = ThreadPoolExecutor(max_batch, thread_name_prefix="engine-request")
@@ -96,6 +90,7 @@ class Service:
     def close(self) -> None:
         self.scheduler.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.store.db.close()
 
     def admit(self) -> None:
         """Count a new request in, or raise 429 when max_batch run and max_queue wait."""
@@ -190,7 +185,8 @@ class Service:
 
     def session_view(self, info: SessionInfo, messages: bool = True) -> dict:
         chat = self.store.get(info.id)
-        view = asdict(info) | {"system": chat.system, "n_messages": len(chat.messages)}
+        view = asdict(info) | {"system": chat.system, "enable_thinking": chat.enable_thinking,
+                               "n_messages": len(chat.messages)}
         if messages:
             view["messages"] = [m for m in chat.messages if m["role"] != "system"]
         return view

@@ -36,8 +36,7 @@ async def create_session(request: Request):
         raise ApiError(400, "this model has no chat template, so it cannot chat")
     now = time.time()
     info = SessionInfo(uuid.uuid4().hex[:12], title[:200], now, now)
-    service.store.get(info.id, system=system or None)
-    service.sessions[info.id] = info
+    service.store.create(info, system=system or None)  # saved in the sessions db; listed in service.sessions
     return service.session_view(info)
 
 
@@ -64,6 +63,7 @@ async def update_session(sid: str, request: Request):
         except EngineError as e:
             raise ApiError(409, str(e)) from None
     info.updated = time.time()
+    service.store.save(sid)
     return service.session_view(info)
 
 
