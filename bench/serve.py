@@ -85,7 +85,7 @@ def main(argv=None) -> int:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "engine.serve", "--port", str(port), "--max-batch", str(max(levels)),
-           "--ctx-size", "1024"] + (["--model", args.model] if args.model else []) + \
+           "--ctx-size", "1024", "--sessions-db", ":memory:"] + (["--model", args.model] if args.model else []) + \
           (["--threads", str(args.threads)] if args.threads else [])
     server = subprocess.Popen(cmd, env=os.environ.copy())
     try:
