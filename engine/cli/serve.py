@@ -13,6 +13,11 @@ DESCRIPTION = """Serve a language model over HTTP: an OpenAI-compatible API unde
 completions, models) and a chat web UI at /. Needs the serve extra: pip install -e '.[serve]'."""
 EXIT_STATUS = """exit status: 0 after Ctrl-C; 1 when the port is in use, the serve extra is missing or the model
 cannot load; 2 for a bad flag (a value out of range, --ctx-size past the model's context)."""
+# llama.cpp's server and vLLM generate until the end of the context when a request has no max_tokens, so their
+# users expect an answer never to be cut short; but a small model that rambles or loops then runs for minutes
+# (SmolLM2's 8192 tokens). 2048 is well past complete answers (SmolLM2's "Tell me a story." ended by itself after
+# 290-630 tokens in 13 runs of 16) and ends the other 3, which loop or ramble, within a minute instead of four.
+MAX_TOKENS_DEFAULT = 2048
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "place in the batch; more are answered 429 with Retry-After")
     p.add_argument("--kv-budget", type=number_at_least(0), default=1024, metavar="MiB", help="MiB of KV cache kept "
                    "for conversations; the least recently used caches are dropped, and recomputed when needed")
+    p.add_argument("--max-tokens-default", type=int_in(0), default=MAX_TOKENS_DEFAULT, metavar="N", help="most "
+                   "tokens an API request without max_tokens generates (at most the rest of the context); 0: the "
+                   "rest of the context. A request's own max_tokens is honoured up to the context")
     p.add_argument("--sessions-db", default=None, metavar="PATH", help="SQLite file that keeps the UI's "
                    "conversations across restarts; :memory: keeps them in this process only (default: "
                    "$ENGINE_DATA/sessions.sqlite3, else $XDG_DATA_HOME/engine/sessions.sqlite3, else "
@@ -75,7 +83,8 @@ def main(argv=None) -> int:
         print(f"sessions: {db.path} ({len(db.sessions())} saved)", file=sys.stderr, flush=True)
         llm = load_from_args(args)
         app = create_app(llm, max_batch=args.max_batch, max_queue=args.max_queue,
-                         kv_budget=int(args.kv_budget * (1 << 20)), sessions_db=db)
+                         kv_budget=int(args.kv_budget * (1 << 20)), sessions_db=db,
+                         model_id=args.model, max_tokens_default=args.max_tokens_default or None)
         host, port = sock.getsockname()[:2]
         url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
         print(f"{loaded_line(llm)}; serving on {url} (OpenAI API under /v1)", file=sys.stderr, flush=True)

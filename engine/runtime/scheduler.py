@@ -15,6 +15,7 @@ own KVCache. A thread's sequence joins the batch with its first forward and leav
 """
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,12 +54,14 @@ class BatchingRunner(Runner):
     """Runs model.forward_packed on its own thread for all request threads, under DirectRunner.compute_lock (the
     kernels' scratch buffers are process-wide). model: models.Llama (or any model with forward_packed).
     prefill_chunk: most prompt rows per step. gather_s: longest wait for stragglers at a token boundary.
-    Counters: steps (packed forwards run), rows (tokens run), max_rows_per_step."""
+    Counters: steps (packed forwards run), rows (tokens run), max_rows_per_step, step_sizes (steps by the number of
+    sequences in them, a collections.Counter)."""
 
     def __init__(self, model, prefill_chunk: int = 256, gather_s: float = 0.02):
         super().__init__()
         self.model, self.prefill_chunk, self.gather_s = model, prefill_chunk, gather_s
         self.steps = self.rows = self.max_rows_per_step = 0
+        self.step_sizes: Counter[int] = Counter()
         self._cond = threading.Condition()
         self._pending: list[_Job] = []
         self._joined: set[int] = set()
@@ -186,6 +189,7 @@ class BatchingRunner(Runner):
         self.steps += 1
         self.rows += len(tokens)
         self.max_rows_per_step = max(self.max_rows_per_step, len(tokens))
+        self.step_sizes[len(batch)] += 1
         ends = np.cumsum([n for _, n in batch])
         with self._cond:
             for s, (job, n) in enumerate(batch):

@@ -9,6 +9,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.errors import (ContextOverflowError, EngineError, InvalidRequestError, TemplateError,
                            TokenizerError)
+from engine.server.metrics import metrics_of
 
 CLIENT_ERRORS = (InvalidRequestError, ContextOverflowError, TemplateError, TokenizerError)  # the request's fault
 log = logging.getLogger(__name__)
@@ -56,6 +57,15 @@ def failure(e: Exception, rid: str) -> ApiError:
     return internal_error(rid)
 
 
+def counted(conn, e: ApiError) -> ApiError:
+    """e, counted in the metrics (by type and code) of the app that conn (a request, WebSocket or ASGI scope)
+    came to."""
+    metrics = metrics_of(conn)
+    if metrics is not None:
+        metrics.error(e.type, e.code)
+    return e
+
+
 class RequestIds:
     """ASGI middleware: every HTTP request gets an id (scope["state"]["request_id"], the X-Request-Id response
     header). An unexpected exception is logged with that id and answered as an OpenAI-shaped 500 naming it, and
@@ -85,11 +95,12 @@ class RequestIds:
             log.exception("request %s (%s %s) failed", rid, scope.get("method"), scope.get("path"))
             if started:
                 raise  # the response is under way: only closing the connection can tell the client
-            await JSONResponse(internal_error(rid).body(), status_code=500)(scope, receive, send_with_id)
+            error = counted(scope, internal_error(rid))
+            await JSONResponse(error.body(), status_code=500)(scope, receive, send_with_id)
 
 
 async def api_error(request, e: ApiError):
-    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+    return JSONResponse(counted(request, e).body(), status_code=e.status, headers=e.headers)
 
 
 async def engine_failure(request, e: EngineError):
@@ -103,7 +114,8 @@ async def client_gone(request, e: ClientGone):
 async def http_error(request, e: StarletteHTTPException):
     """Starlette's own errors (an unknown path: 404, a wrong method: 405) in OpenAI's shape."""
     type_ = "not_found_error" if e.status_code == 404 else "invalid_request_error"
-    return JSONResponse(ApiError(e.status_code, str(e.detail), type_).body(), status_code=e.status_code)
+    error = counted(request, ApiError(e.status_code, str(e.detail), type_))
+    return JSONResponse(error.body(), status_code=e.status_code)
 
 
 def add_exception_handlers(app) -> None:

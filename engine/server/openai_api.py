@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from engine.runtime.generate import GenerationStats
-from engine.server.errors import ApiError, ClientGone, failure
+from engine.server.errors import ApiError, ClientGone, counted, failure
 from engine.server.service import Run, service_of
 from engine.server.validation import (chat_messages, check_model, completion_prompt, enable_thinking,
                                       include_usage, read_json, sampling_params)
@@ -77,6 +77,7 @@ async def answer(request: Request, body: dict, kind: str, make, stats: Callable[
     if not body.get("stream"):
         async with aclosing(pieces):
             parts = await while_connected(request, _collect(pieces))
+        service.metrics.usage(stats())
         return JSONResponse(head | {"choices": [shape(parts, None, _finish(stats()))], "usage": usage(stats())})
     head["object"] += ".chunk" if kind == "chat" else ""
     try:  # fail before the stream starts when the request itself is bad
@@ -100,11 +101,12 @@ async def _events(request: Request, head: dict, chat: bool, first, pieces: Run, 
             yield sse(head | {"choices": [shape([first], True, None)]})
             async for piece in pieces:
                 yield sse(head | {"choices": [shape([piece], True, None)]})
+        service_of(request).metrics.usage(stats())
         yield sse(head | {"choices": [shape([], True, _finish(stats()))]})
         if with_usage:
             yield sse(head | {"choices": [], "usage": usage(stats())})
     except Exception as e:  # noqa: BLE001 — the stream has started: the error goes in it
-        yield sse(failure(e, request.state.request_id).body())
+        yield sse(counted(request, failure(e, request.state.request_id)).body())
     finally:
         await pieces.aclose()
     yield sse("[DONE]")
@@ -135,9 +137,10 @@ async def health(request: Request):
 @router.get("/v1/models")
 async def models(request: Request):
     service = service_of(request)
-    return {"object": "list", "data": [{"id": service.model_id, "object": "model", "created": 0,
-                                       "owned_by": "engine", "context_length": service.llm.n_ctx,
-                                       "sampling_defaults": asdict(service.llm.sampling_defaults)}]}
+    return {"object": "list", "data": [{"id": i, "object": "model", "created": 0, "owned_by": "engine",
+                                       "context_length": service.llm.n_ctx, "max_tokens_default":
+                                       service.max_tokens_default, "sampling_defaults":
+                                       asdict(service.llm.sampling_defaults)} for i in service.model_ids]}
 
 
 async def _generation_request(request: Request):
@@ -145,7 +148,7 @@ async def _generation_request(request: Request):
     checked (400 otherwise)."""
     service = service_of(request)
     body = await read_json(request)
-    check_model(body, service.model_id)
+    check_model(body, service.model_ids)
     return service, body, sampling_params(body, service.llm)
 
 
@@ -160,9 +163,10 @@ async def chat_completions(request: Request):
     stats = [GenerationStats()]  # the turn's usage, once the worker thread has it
 
     def make():
-        sid, chat = service.api_chat(messages, thinking)
+        sid, chat, n_prompt = service.api_chat(messages, thinking)
         try:
-            gen = chat.regenerate(**asdict(params))
+            max_tokens = service.max_tokens(params.max_tokens, n_prompt)
+            gen = chat.regenerate(**asdict(params) | {"max_tokens": max_tokens})
             with closing(gen):
                 yield from gen
         finally:
@@ -178,7 +182,7 @@ async def completions(request: Request):
     llm = service.llm
     prompt = completion_prompt(body)
     ids = llm.encode_prompt(prompt)
-    max_tokens = params.max_tokens or max(1, llm.n_ctx - len(ids))
+    max_tokens = service.max_tokens(params.max_tokens, len(ids))
     if len(ids) + max_tokens > llm.n_ctx:
         raise ApiError(400, f"the prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) exceed the "
                        f"{llm.n_ctx}-token context; shorten the prompt or lower max_tokens",

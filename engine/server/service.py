@@ -7,6 +7,7 @@ its SessionsDB (sessions_db: a path, ":memory:" or an open engine.chat.sessions_
 import asyncio
 import itertools
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -19,6 +20,7 @@ from engine.errors import InvalidRequestError
 from engine.runtime.generate import common_prefix
 from engine.runtime.scheduler import BatchingRunner
 from engine.server.errors import ApiError
+from engine.server.metrics import Metrics
 
 
 class Run:
@@ -59,16 +61,29 @@ def _putter(loop: asyncio.AbstractEventLoop, items: asyncio.Queue) -> Callable[[
     return put
 
 
+def served_ids(source, started_as: str | None = None) -> list[str]:
+    """The model ids a server answers to: the resolved id (source.id, first: responses name it), the id it was
+    started with (e.g. --model's text) and the registry's aliases of its entry (the arch id, "smollm2", when it is
+    the arch's default variant)."""
+    spec = source.spec
+    ids = [source.id, *([started_as.strip()] if started_as and started_as.strip() else []),
+           *([spec.arch] if spec is not None and spec.default else [])]
+    return list(dict.fromkeys(ids))
+
+
 class Service:
     """Runs requests on worker threads against the batching runner (scheduler); counts what runs (active) and
-    waits (queued)."""
+    waits (queued). model_id: the id the server was started with (served_ids). max_tokens_default: the most tokens
+    an API request without max_tokens generates (None: the rest of the context)."""
 
     def __init__(self, llm, max_batch: int = 8, max_queue: int = 32, kv_budget: int = 1 << 30,
-                 model_id: str | None = None, sessions_db: str | SessionsDB = MEMORY):
-        if max_batch < 1 or max_queue < 0:
-            raise InvalidRequestError("max_batch must be >= 1 and max_queue >= 0")
+                 model_id: str | None = None, max_tokens_default: int | None = None,
+                 sessions_db: str | SessionsDB = MEMORY):
+        if max_batch < 1 or max_queue < 0 or (max_tokens_default is not None and max_tokens_default < 1):
+            raise InvalidRequestError("max_batch and max_tokens_default must be >= 1 and max_queue >= 0")
         self.llm, self.max_batch, self.max_queue = llm, max_batch, max_queue
-        self.model_id = model_id or llm.source.id
+        self.model_ids = served_ids(llm.source, model_id)
+        self.model_id, self.max_tokens_default = self.model_ids[0], max_tokens_default
         self.scheduler = BatchingRunner(llm.model)
         self.served = llm.with_runner(self.scheduler)
         db = sessions_db if isinstance(sessions_db, SessionsDB) else SessionsDB(sessions_db)
@@ -80,6 +95,7 @@ class Service:
         self._lock = threading.Lock()
         self._api_idle: list[str] = []  # API cache slots (sessions "api:N") not in use
         self._api_ids = itertools.count()
+        self.metrics = Metrics(self)
 
     def health(self) -> dict:
         return {"status": "ok", "model": self.model_id, "active": self.active, "queued": self.queued,
@@ -107,7 +123,7 @@ class Service:
         a Run. Setting cancel, or closing the Run, stops it before its next token and frees its place in the
         batch; closing it while it waits gives its queue place back at once."""
         self.admit()
-        run = Run(cancel)
+        run, start = Run(cancel), time.perf_counter()
         put = _putter(asyncio.get_running_loop(), run.items)
 
         def unqueued(future) -> None:  # cancelled before a worker took it (Run.aclose, or shutdown)
@@ -117,7 +133,7 @@ class Service:
                 put(("end", None))
 
         try:
-            run.future = self._pool.submit(self._work, make, cancel, put)
+            run.future = self._pool.submit(self._work, make, cancel, put, start)
         except RuntimeError:
             with self._lock:
                 self.queued -= 1
@@ -125,18 +141,21 @@ class Service:
         run.future.add_done_callback(unqueued)
         return run
 
-    def _work(self, make: Callable[[], Iterator], cancel: threading.Event, put: Callable[[tuple], None]) -> None:
-        """A worker thread's part of run: make()'s items (or its error) through put, then ("end", None)."""
+    def _work(self, make: Callable[[], Iterator], cancel: threading.Event, put: Callable[[tuple], None],
+              start: float) -> None:
+        """A worker thread's part of run: make()'s items (or its error) through put, then ("end", None); each
+        item timed (time to first token since start, then between items)."""
         with self._lock:
             self.queued -= 1
             self.active += 1
         try:
             if cancel.is_set():
                 return
-            it = make()
+            it, clock = make(), self.metrics.clock(start)
             try:
                 for item in it:
                     put(("item", item))
+                    clock.tick()
                     if cancel.is_set():
                         break
             finally:
@@ -152,9 +171,15 @@ class Service:
 
     # -- chat completions on pooled caches --
 
+    def max_tokens(self, asked: int | None, n_prompt: int) -> int:
+        """The max_tokens of an API request whose prompt has n_prompt tokens: the one asked for, else the rest of
+        the context, at most max_tokens_default."""
+        rest = max(1, self.llm.n_ctx - n_prompt)
+        return asked or min(rest, self.max_tokens_default or rest)
+
     def api_chat(self, messages: list[dict], enable_thinking):
-        """(session id, Chat) of the idle API cache slot whose tokens share the longest prefix with messages'
-        prompt (a new slot when none shares any and fewer than 2 × max_batch exist). Give it back with
+        """(session id, Chat, prompt tokens) of the idle API cache slot whose tokens share the longest prefix with
+        messages' prompt (a new slot when none shares any and fewer than 2 × max_batch exist). Give it back with
         release_api_chat."""
         ids = self.llm.encode_chat(self.llm.apply_chat_template(
             messages, **({} if enable_thinking is None else {"enable_thinking": enable_thinking})))
@@ -169,7 +194,7 @@ class Service:
         chat = self.store.get(sid, context_overflow="error")
         chat.enable_thinking = enable_thinking
         chat.messages = messages
-        return sid, chat
+        return sid, chat, len(ids)
 
     def release_api_chat(self, sid: str) -> None:
         with self._lock:

@@ -10,7 +10,7 @@ from dataclasses import asdict
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 
 from engine.errors import EngineError
-from engine.server.errors import ApiError, failure
+from engine.server.errors import ApiError, counted, failure
 from engine.server.openai_api import usage
 from engine.server.service import Service, SessionInfo, service_of
 from engine.server.validation import read_json, sampling_params, ws_message
@@ -165,12 +165,13 @@ class SessionSocket:
                 async for piece in pieces:
                     await self.send({"type": "piece", "kind": piece.kind, "text": piece.text}, cancel)
             u = chat.last_usage
+            self.service.metrics.usage(u)
             info.updated = time.time()
             await self.send({"type": "done", "finish_reason": u.finish_reason if u else None,
                              "usage": usage(u) if u else None, "tokens_per_s": round(u.decode_tps, 2) if u else 0.0,
                              "session": self.service.session_view(info, messages=False)}, cancel)
         except Exception as e:  # noqa: BLE001 — every failed turn ends with an error frame
-            error = failure(e, uuid.uuid4().hex[:16])
+            error = counted(self.websocket, failure(e, uuid.uuid4().hex[:16]))
             await self.send({"type": "error", "message": error.message, "status": error.status}, cancel)
 
 

@@ -63,14 +63,14 @@ def ws_message(frame: dict) -> dict:
     return parse_json(frame["text"], "the frame")
 
 
-def check_model(body: dict, model_id: str) -> None:
-    """The body's "model" must be absent, empty or model_id (404 for another model)."""
+def check_model(body: dict, model_ids: list[str]) -> None:
+    """The body's "model" must be absent, empty or one of model_ids (404 for another model)."""
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise ApiError(400, "'model' must be a string", param="model", code="invalid_type")
-    if model not in (None, "", model_id):
-        raise ApiError(404, f"the model {model!r} does not exist here; this server serves {model_id!r} "
-                       "(GET /v1/models)", param="model", code="model_not_found")
+    if model not in (None, "", *model_ids):
+        raise ApiError(404, f"the model {model!r} does not exist here; this server serves "
+                       f"{' = '.join(map(repr, model_ids))} (GET /v1/models)", param="model", code="model_not_found")
 
 
 def sampling_params(body: dict, llm) -> SamplingParams:
