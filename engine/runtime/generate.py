@@ -8,6 +8,7 @@ import numpy as np
 
 from engine.errors import ModelFileError
 from engine.runtime.sampler import Sampler, SamplingParams
+from engine.runtime.structured import Guide
 
 
 @dataclass
@@ -35,7 +36,8 @@ class Cancelled(Exception):
 
 
 def generate_tokens(runner, cache, ids: list[int], params: SamplingParams, max_tokens: int, eos_ids,
-                    stats: GenerationStats, where: str = "the model", *, cancel=None, history: list[int] | None = None):
+                    stats: GenerationStats, where: str = "the model", *, cancel=None, history: list[int] | None = None,
+                    guide=None):
     """Yield sampled token ids after ids, running forwards on runner (an engine.runtime.runner.Runner). The cache may
     already hold a prefix of ids; only the rest is run. Non-finite logits end generation with ModelFileError
     naming `where` (the model file).
@@ -48,6 +50,10 @@ def generate_tokens(runner, cache, ids: list[int], params: SamplingParams, max_t
     forward is submitted before the token is yielded: a runner that queues it (engine.runtime.scheduler.BatchingRunner)
     runs it while the caller works on the token (detokenizing, streaming); if the caller then stops, that forward
     is still waited for (it writes the cache, which then holds the token).
+
+    guide (an engine.runtime.structured.Guide, for params.response_format): the tokens it forbids are never
+    sampled. Each token's mask is computed on a helper thread while the forward that gives its logits runs; when
+    the grammar can take nothing more the generation ends there ("stop"), without another forward.
     """
     sampler = Sampler(params)
     keep = min(cache.length, len(ids) - 1)  # at least one token must run to get logits
@@ -58,10 +64,13 @@ def generate_tokens(runner, cache, ids: list[int], params: SamplingParams, max_t
     t0 = time.perf_counter()
     new = np.asarray(history[keep:])
     _check(cancel)
+    if guide is not None:
+        guide.start()
     logits = runner.forward(new, np.arange(keep, keep + len(new)), cache, last_only=True)
     stats.finish_reason = "length"
     for n in range(max_tokens):
-        token = sampler(finite_logits(logits[-1], where), history)
+        allowed = None if guide is None else guide.allowed(logits.shape[-1])
+        token = sampler(finite_logits(logits[-1], where), history, allowed)
         now = time.perf_counter()
         if n == 0:
             stats.prefill_s = now - t0
@@ -72,10 +81,16 @@ def generate_tokens(runner, cache, ids: list[int], params: SamplingParams, max_t
             return
         stats.completion_tokens += 1
         history.append(token)
-        if n + 1 == max_tokens or cache.length >= cache.max_len:
+        if guide is not None:
+            guide.consume(token)
+            if guide.finished:
+                stats.finish_reason = "stop"
+        if n + 1 == max_tokens or cache.length >= cache.max_len or (guide is not None and guide.finished):
             yield token
             return
         ahead = runner.submit(np.asarray([token]), np.asarray([cache.length]), cache, last_only=True)
+        if guide is not None:
+            guide.start()
         try:
             yield token
             _check(cancel)
@@ -120,9 +135,10 @@ def stream_text(runner, tokenizer, cache, ids, params, max_tokens, stops, stats,
     string."""
     from engine.text.tokenizer import StreamDecoder
     decoder = StreamDecoder(tokenizer, continuation=True)
+    guide = None if params.response_format is None else Guide(params.response_format, tokenizer)
     pending = ""
     for token in generate_tokens(runner, cache, ids, params, max_tokens, tokenizer.eos_ids, stats, where,
-                                 cancel=cancel, history=history):
+                                 cancel=cancel, history=history, guide=guide):
         pending += decoder.push(token)
         hits = [i for i in (pending.find(s) for s in stops) if i >= 0]
         if hits:

@@ -95,9 +95,13 @@ class LLM:
         """Stream the continuation of prompt (text or token ids) as text pieces.
 
         sampling: SamplingParams fields (max_tokens, temperature, top_k, top_p, min_p, repeat_penalty,
-        repeat_last_n, seed, stop); those left out keep self.sampling_defaults. Stops at an end-of-sequence token,
-        after max_tokens tokens (default: the rest of the context), at a full context, or before any stop string
-        (which is never emitted). Statistics land in self.last_stats.
+        repeat_last_n, seed, stop, response_format); those left out keep self.sampling_defaults. Stops at an
+        end-of-sequence token, after max_tokens tokens (default: the rest of the context), at a full context, or
+        before any stop string (which is never emitted). Statistics land in self.last_stats.
+        response_format constrains the text: {"type": "json_schema", "json_schema": {"name", "schema"}},
+        {"type": "json_object"}, {"type": "regex", "regex"}, {"type": "grammar", "grammar"} or a Pydantic model
+        class (engine.runtime.structured.response_format); one that does not compile raises InvalidRequestError
+        here, before anything runs.
         """
         params = SamplingParams.from_kwargs(self.sampling_defaults, **sampling)
         ids = self.encode_prompt(prompt)

@@ -19,6 +19,8 @@ import numpy as np
 
 from engine.errors import InvalidRequestError, ModelFileError
 from engine.formats import jsonfile
+from engine.runtime import structured
+from engine.runtime.structured import ResponseFormat
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 SEED_MIN, SEED_END = -(1 << 63), 1 << 64  # seeds in [SEED_MIN, SEED_END), taken modulo 2**64
@@ -126,6 +128,9 @@ class SamplingParams:
     repeat_last_n tokens, temperature, top-k, top-p, min-p, then a draw. temperature == 0 means greedy.
     seed: any integer in [-2**63, 2**64); a negative one is taken modulo 2**64. max_tokens: None is the rest of
     the context. stop: strings that end the text (never emitted); a single string or a list is kept as a tuple.
+    response_format: the constraint the output must satisfy (engine.runtime.structured.ResponseFormat; any form
+    structured.response_format reads is compiled to one: {"type": "json_schema", ...}, a Pydantic model, ...), or
+    None for free text.
 
     Built with from_kwargs (Python), from_args (command lines) or from_openai (request bodies) over a model's
     defaults (LLM.sampling_defaults, see model_defaults); the field values are checked here, once, for all."""
@@ -138,11 +143,13 @@ class SamplingParams:
     seed: int | None = None
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
+    response_format: ResponseFormat | None = None
 
     def __post_init__(self):
         for name, rule in RULES.items():
             check_number(name, getattr(self, name), rule)
         object.__setattr__(self, "stop", check_stop("stop", self.stop))
+        object.__setattr__(self, "response_format", structured.response_format(self.response_format))
 
     @classmethod
     def from_kwargs(cls, defaults: "SamplingParams", **kwargs) -> "SamplingParams":
@@ -175,6 +182,7 @@ class SamplingParams:
                                help=text)
         group.add_argument("--stop", action="append", type=_stop_flag, default=None, metavar="STR",
                            help="stop before this string, never printed (repeatable; default: none)")
+        _add_format_arguments(parser)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, defaults: "SamplingParams") -> "SamplingParams":
@@ -202,7 +210,42 @@ class SamplingParams:
             if len(given["stop"]) > MAX_API_STOPS:
                 raise InvalidRequestError(f"'stop' takes at most {MAX_API_STOPS} strings, got {len(given['stop'])}",
                                           param="stop", code="invalid_value")
+        if body.get("response_format") is not None:
+            given["response_format"] = structured.response_format(body["response_format"])
         return cls.from_kwargs(defaults, **given)
+
+
+def _format_flag(kind: str):
+    """The argparse type of --json-schema FILE, --grammar FILE (GBNF; Lark when the file ends in .lark) or
+    --regex PATTERN: the compiled ResponseFormat, else argparse's error naming the flag (before the model loads)."""
+    def parse(text: str) -> ResponseFormat:
+        try:
+            if kind == "regex":
+                return structured.regex(text)
+            path = Path(text)
+            content = path.read_text(encoding="utf-8")
+            if kind == "grammar":
+                return structured.grammar(content, "lark" if path.suffix == ".lark" else None)
+            return structured.json_schema(jsonfile.loads(content), path.stem)
+        except OSError as e:
+            raise argparse.ArgumentTypeError(f"cannot read {text}: {e.strerror or e}") from None
+        except (ValueError, InvalidRequestError) as e:
+            raise argparse.ArgumentTypeError(str(e).replace("'response_format': ", "")) from None
+    return parse
+
+
+def _add_format_arguments(parser: argparse.ArgumentParser) -> None:
+    """--json-schema, --grammar and --regex (one at most): the output's constraint (SamplingParams.response_format)."""
+    group = parser.add_argument_group("structured output", "Constrain the output (README: Structured outputs).")
+    one = group.add_mutually_exclusive_group()
+    one.add_argument("--json-schema", dest="response_format", type=_format_flag("json_schema"), default=None,
+                     metavar="FILE", help="answer with JSON valid against the JSON schema in FILE (default: free text)")
+    one.add_argument("--grammar", dest="response_format", type=_format_flag("grammar"), default=None,
+                     metavar="FILE", help="answer in the grammar of FILE: GBNF (llama.cpp's), or Lark for a .lark file "
+                     "(default: free text)")
+    one.add_argument("--regex", dest="response_format", type=_format_flag("regex"), default=None,
+                     metavar="PATTERN", help="answer with text that the regular expression matches whole "
+                     "(default: free text)")
 
 
 # A model's recommended settings: GGUF keys (llama.cpp's gguf.Keys.General.SAMPLING_*) and generation_config.json
@@ -290,14 +333,21 @@ class Sampler:
         self.params = params
         self.rng = np.random.default_rng(None if params.seed is None else params.seed % SEED_END)
 
-    def distribution(self, logits: np.ndarray, history: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    def distribution(self, logits: np.ndarray, history: list[int],
+                     allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The candidates and their probabilities after every filter: (ids [n] int, probs [n] float64), most
-        likely first. logits: [V] float32; history: token ids so far (prompt + generated)."""
+        likely first. logits: [V] float32; history: token ids so far (prompt + generated); allowed: [V] bool, the
+        tokens a constraint allows (structured.Guide.allowed; the others get -inf after the penalty)."""
         p = self.params
         logits = np.asarray(logits, dtype=np.float32)
         _top(logits)
         if p.repeat_penalty != 1.0 and p.repeat_last_n and history:
             logits = _penalize(logits, history[-p.repeat_last_n:], p.repeat_penalty)
+        if allowed is not None:
+            if not allowed.any():
+                raise InvalidRequestError("'response_format': the constraint allows no token here (the grammar "
+                                          "accepts nothing after what was generated)", param="response_format")
+            logits = np.where(allowed, logits, np.float32(-np.inf))
         if p.temperature == 0:
             return np.array([int(np.argmax(logits))]), np.ones(1)
         with np.errstate(all="ignore"):
@@ -317,7 +367,7 @@ class Sampler:
             keep = min(keep, max(1, int(np.sum(probs >= p.min_p * probs[0]))))
         return order[:keep], probs[:keep] / probs[:keep].sum()
 
-    def __call__(self, logits: np.ndarray, history: list[int]) -> int:
-        """Draw the next token id. logits: [V] float32; history: token ids so far."""
-        ids, probs = self.distribution(logits, history)
+    def __call__(self, logits: np.ndarray, history: list[int], allowed: np.ndarray | None = None) -> int:
+        """Draw the next token id. logits: [V] float32; history: token ids so far; allowed: see distribution."""
+        ids, probs = self.distribution(logits, history, allowed)
         return int(ids[0]) if len(ids) == 1 else int(ids[self.rng.choice(len(ids), p=probs)])

@@ -145,10 +145,13 @@ async def models(request: Request):
 
 async def _generation_request(request: Request):
     """(Service, body, SamplingParams) of a completion request: the JSON body read, its model and sampling fields
-    checked (400 otherwise)."""
+    checked (400 otherwise). A response_format is compiled on a worker thread, off the event loop (a large schema
+    or grammar can take a while)."""
     service = service_of(request)
     body = await read_json(request)
     check_model(body, service.model_ids)
+    if body.get("response_format") is not None:
+        return service, body, await asyncio.to_thread(sampling_params, body, service.llm)
     return service, body, sampling_params(body, service.llm)
 
 
