@@ -27,7 +27,7 @@ import os
 import threading
 import weakref
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from engine.chat.thinking import Piece, ThinkSplitter, opens_thinking
@@ -355,12 +355,18 @@ class Chat:
         stream = stream_text(self.llm.runner, self.llm.tokenizer, cache, ids, turn.params, max_tokens,
                              list(turn.params.stop), usage, cancel=turn.cancel, history=self._ids)
         finished = False
+        carried: list = []  # log-probabilities of text the splitter still holds
         try:
             for chunk in stream:
+                carried += getattr(chunk, "logprobs", ())
                 for piece in splitter.feed(chunk):
+                    if carried:
+                        piece, carried = replace(piece, logprobs=tuple(carried)), []
                     parts[piece.kind].append(piece.text)
                     yield piece
             for piece in splitter.flush():
+                if carried:
+                    piece, carried = replace(piece, logprobs=tuple(carried)), []
                 parts[piece.kind].append(piece.text)
                 yield piece
             finished = True

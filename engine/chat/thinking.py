@@ -11,9 +11,11 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 @dataclass(frozen=True)
 class Piece:
-    """A streamed piece of an answer. kind: "content" (the answer) or "reasoning" (inside <think>…</think>)."""
+    """A streamed piece of an answer. kind: "content" (the answer) or "reasoning" (inside <think>…</think>).
+    logprobs: the engine.runtime.generate.TokenLogprob of the tokens it completes (when asked for with logprobs=k)."""
     text: str
     kind: str = "content"
+    logprobs: tuple = ()
 
     def __str__(self) -> str:
         return self.text

@@ -1,13 +1,14 @@
 """The streaming generate loop. The command line, `python -m engine.generate --prompt TEXT`, is
 engine/cli/generate.py."""
 import time
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from engine.errors import ModelFileError
-from engine.runtime.sampler import Sampler, SamplingParams
+from engine.runtime.sampler import Sampler, SamplingParams, logprobs
 from engine.runtime.structured import Guide
 
 
@@ -37,7 +38,7 @@ class Cancelled(Exception):
 
 def generate_tokens(runner, cache, ids: list[int], params: SamplingParams, max_tokens: int, eos_ids,
                     stats: GenerationStats, where: str = "the model", *, cancel=None, history: list[int] | None = None,
-                    guide=None):
+                    guide=None, logprob_log: list | None = None):
     """Yield sampled token ids after ids, running forwards on runner (an engine.runtime.runner.Runner). The cache may
     already hold a prefix of ids; only the rest is run. Non-finite logits end generation with ModelFileError
     naming `where` (the model file).
@@ -54,6 +55,9 @@ def generate_tokens(runner, cache, ids: list[int], params: SamplingParams, max_t
     guide (an engine.runtime.structured.Guide, for params.response_format): the tokens it forbids are never
     sampled. Each token's mask is computed on a helper thread while the forward that gives its logits runs; when
     the grammar can take nothing more the generation ends there ("stop"), without another forward.
+
+    logprob_log (with params.logprobs set): each token's sampler.logprobs (its log-probability and the
+    params.logprobs most likely (id, log-probability) pairs) is appended before the token is yielded.
     """
     sampler = Sampler(params)
     keep = min(cache.length, len(ids) - 1)  # at least one token must run to get logits
@@ -70,7 +74,8 @@ def generate_tokens(runner, cache, ids: list[int], params: SamplingParams, max_t
     stats.finish_reason = "length"
     for n in range(max_tokens):
         allowed = None if guide is None else guide.allowed(logits.shape[-1])
-        token = sampler(finite_logits(logits[-1], where), history, allowed)
+        processed = sampler.processed(finite_logits(logits[-1], where), history, allowed)
+        token = sampler.draw(processed)
         now = time.perf_counter()
         if n == 0:
             stats.prefill_s = now - t0
@@ -81,6 +86,8 @@ def generate_tokens(runner, cache, ids: list[int], params: SamplingParams, max_t
             return
         stats.completion_tokens += 1
         history.append(token)
+        if logprob_log is not None and params.logprobs is not None:
+            logprob_log.append(logprobs(processed, token, params.logprobs))
         if guide is not None:
             guide.consume(token)
             if guide.finished:
@@ -129,26 +136,85 @@ def _held_back(text: str, stops: list[str]) -> int:
                default=0)
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability, as an item of OpenAI's logprobs.content: its id, its text (its bytes
+    decoded, U+FFFD for part of a character), its bytes, its logprob and the most likely alternatives (top)."""
+    id: int
+    token: str
+    bytes: bytes
+    logprob: float
+    top: tuple["TokenLogprob", ...] = ()
+
+    def to_openai(self, with_top: bool = True) -> dict:
+        item = {"token": self.token, "logprob": self.logprob, "bytes": list(self.bytes)}
+        return item | ({"top_logprobs": [t.to_openai(False) for t in self.top]} if with_top else {})
+
+
+class Piece(str):
+    """A piece of generated text (a str) with the TokenLogprob of each token whose text it completes: what
+    generate yields when logprobs are asked for."""
+
+    def __new__(cls, text: str, logprobs=()):
+        piece = super().__new__(cls, text)
+        piece.logprobs = tuple(logprobs)
+        return piece
+
+
+class _Logprobs:
+    """Tokens' log-probabilities waiting for the text that holds them: a token goes with the piece that takes the
+    text up to the end of its own (text cut at a stop string drops the tokens past the cut)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.log: list = []  # generate_tokens' logprob_log
+        self.waiting: deque = deque()  # (characters decoded up to the token's end, TokenLogprob)
+        self.decoded = self.emitted = 0
+
+    def entry(self, token_id: int, logprob: float) -> TokenLogprob:
+        raw = self.tokenizer.token_bytes(token_id)
+        return TokenLogprob(token_id, raw.decode("utf-8", errors="replace"), raw, logprob)
+
+    def add(self, token: int, chars: int) -> None:
+        logprob, top = self.log.pop()
+        self.decoded += chars
+        self.waiting.append((self.decoded, replace(self.entry(token, logprob),
+                                                   top=tuple(self.entry(i, lp) for i, lp in top))))
+
+    def piece(self, text: str) -> Piece:
+        self.emitted += len(text)
+        done = []
+        while self.waiting and self.waiting[0][0] <= self.emitted:
+            done.append(self.waiting.popleft()[1])
+        return Piece(text, done)
+
+
 def stream_text(runner, tokenizer, cache, ids, params, max_tokens, stops, stats, where: str = "the model", *,
                 cancel=None, history: list[int] | None = None):
     """Text pieces of generate_tokens' tokens (same arguments): UTF-8 safe, and cut before the first stop
-    string."""
+    string. With params.logprobs set, each piece is a Piece carrying its tokens' TokenLogprobs."""
     from engine.text.tokenizer import StreamDecoder
     decoder = StreamDecoder(tokenizer, continuation=True)
     guide = None if params.response_format is None else Guide(params.response_format, tokenizer)
+    lps = None if params.logprobs is None else _Logprobs(tokenizer)
+    piece = str if lps is None else lps.piece
     pending = ""
     for token in generate_tokens(runner, cache, ids, params, max_tokens, tokenizer.eos_ids, stats, where,
-                                 cancel=cancel, history=history, guide=guide):
-        pending += decoder.push(token)
+                                 cancel=cancel, history=history, guide=guide,
+                                 logprob_log=None if lps is None else lps.log):
+        text = decoder.push(token)
+        pending += text
+        if lps is not None:
+            lps.add(token, len(text))
         hits = [i for i in (pending.find(s) for s in stops) if i >= 0]
         if hits:
             stats.finish_reason = "stop"
             if min(hits):
-                yield pending[:min(hits)]
+                yield piece(pending[:min(hits)])
             return
         cut = len(pending) - _held_back(pending, stops)
         if cut:
-            yield pending[:cut]
+            yield piece(pending[:cut])
             pending = pending[cut:]
     pending += decoder.flush()
     hits = [i for i in (pending.find(s) for s in stops) if i >= 0]
@@ -156,4 +222,4 @@ def stream_text(runner, tokenizer, cache, ids, params, max_tokens, stops, stats,
         stats.finish_reason = "stop"
         pending = pending[:min(hits)]
     if pending:
-        yield pending
+        yield piece(pending)

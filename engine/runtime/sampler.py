@@ -54,6 +54,7 @@ RULES = {
     "repeat_last_n": _Rule(integer=True, lo=0),
     "seed": _Rule(integer=True, lo=SEED_MIN, hi=SEED_END, hi_open=True, optional=True),
     "max_tokens": _Rule(integer=True, lo=1, optional=True),
+    "logprobs": _Rule(integer=True, lo=0, hi=20, optional=True),
 }
 
 
@@ -130,7 +131,8 @@ class SamplingParams:
     the context. stop: strings that end the text (never emitted); a single string or a list is kept as a tuple.
     response_format: the constraint the output must satisfy (engine.runtime.structured.ResponseFormat; any form
     structured.response_format reads is compiled to one: {"type": "json_schema", ...}, a Pydantic model, ...), or
-    None for free text.
+    None for free text. logprobs: None, or report each generated token's log-probability with that many (0-20)
+    most likely alternatives (engine.runtime.generate.TokenLogprob).
 
     Built with from_kwargs (Python), from_args (command lines) or from_openai (request bodies) over a model's
     defaults (LLM.sampling_defaults, see model_defaults); the field values are checked here, once, for all."""
@@ -144,6 +146,7 @@ class SamplingParams:
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
     response_format: ResponseFormat | None = None
+    logprobs: int | None = None
 
     def __post_init__(self):
         for name, rule in RULES.items():
@@ -333,11 +336,10 @@ class Sampler:
         self.params = params
         self.rng = np.random.default_rng(None if params.seed is None else params.seed % SEED_END)
 
-    def distribution(self, logits: np.ndarray, history: list[int],
-                     allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The candidates and their probabilities after every filter: (ids [n] int, probs [n] float64), most
-        likely first. logits: [V] float32; history: token ids so far (prompt + generated); allowed: [V] bool, the
-        tokens a constraint allows (structured.Guide.allowed; the others get -inf after the penalty)."""
+    def processed(self, logits: np.ndarray, history: list[int], allowed: np.ndarray | None = None) -> np.ndarray:
+        """logits: [V] float32 after the repetition penalty over history (token ids so far, prompt + generated) and
+        the constraint (allowed: [V] bool, the tokens a constraint allows, structured.Guide.allowed; the others
+        get -inf): what the filters of distribution start from, and what log-probabilities are reported of."""
         p = self.params
         logits = np.asarray(logits, dtype=np.float32)
         _top(logits)
@@ -348,6 +350,17 @@ class Sampler:
                 raise InvalidRequestError("'response_format': the constraint allows no token here (the grammar "
                                           "accepts nothing after what was generated)", param="response_format")
             logits = np.where(allowed, logits, np.float32(-np.inf))
+        return logits
+
+    def distribution(self, logits: np.ndarray, history: list[int],
+                     allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The candidates and their probabilities after every filter: (ids [n] int, probs [n] float64), most
+        likely first. logits, history, allowed: as processed."""
+        return self.filtered(self.processed(logits, history, allowed))
+
+    def filtered(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """distribution of logits already processed: temperature, top-k, top-p, min-p."""
+        p = self.params
         if p.temperature == 0:
             return np.array([int(np.argmax(logits))]), np.ones(1)
         with np.errstate(all="ignore"):
@@ -369,5 +382,24 @@ class Sampler:
 
     def __call__(self, logits: np.ndarray, history: list[int], allowed: np.ndarray | None = None) -> int:
         """Draw the next token id. logits: [V] float32; history: token ids so far; allowed: see distribution."""
-        ids, probs = self.distribution(logits, history, allowed)
+        return self.draw(self.processed(logits, history, allowed))
+
+    def draw(self, logits: np.ndarray) -> int:
+        """Draw a token id from processed logits."""
+        ids, probs = self.filtered(logits)
         return int(ids[0]) if len(ids) == 1 else int(ids[self.rng.choice(len(ids), p=probs)])
+
+
+def logprobs(logits: np.ndarray, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:
+    """The log-probability of token under log_softmax(logits) (float64 of processed float32 logits, as OpenAI
+    reports them: after penalties and constraints, before temperature and the top-k/p filters), and the `top` most
+    likely (id, log-probability) pairs, most likely first (ties by id)."""
+    x = logits.astype(np.float64)
+    finite = np.isfinite(x)
+    peak = x[finite].max()
+    with np.errstate(under="ignore", invalid="ignore"):
+        lse = peak + np.log(np.exp(x[finite] - peak).sum())
+    lp = np.where(finite, x - lse, -np.inf)
+    best = np.argpartition(-lp, top - 1)[:top] if 0 < top < len(lp) else np.arange(len(lp) if top else 0)
+    best = best[np.lexsort((best, -lp[best]))]
+    return float(lp[token]), [(int(i), float(lp[i])) for i in best]

@@ -7,16 +7,17 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import aclosing, closing
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from engine.runtime.generate import GenerationStats
+from engine.runtime.generate import GenerationStats, Piece
 from engine.server.errors import ApiError, ClientGone, counted, failure
+from engine.server.logprobs import chat_logprobs, prompt_logprobs, text_logprobs
 from engine.server.service import Run, service_of
 from engine.server.validation import (chat_messages, check_model, completion_prompt, enable_thinking,
-                                      include_usage, read_json, sampling_params)
+                                      include_usage, logprobs_setting, read_json, sampling_params)
 
 router = APIRouter()
 
@@ -112,21 +113,36 @@ async def _events(request: Request, head: dict, chat: bool, first, pieces: Run, 
     yield sse("[DONE]")
 
 
-def _chat_choice(pieces, delta, finish) -> dict:
-    """A chat choice of pieces: a delta (streamed) or the whole message, reasoning apart from content."""
-    content = "".join(p.text for p in pieces if p.kind == "content")
-    reasoning = "".join(p.text for p in pieces if p.kind == "reasoning")
-    if delta:
-        d = ({"content": content} if content else {}) | ({"reasoning_content": reasoning} if reasoning else {})
-        return {"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}
-    msg = {"role": "assistant", "content": content}
-    if reasoning:
-        msg["reasoning_content"] = reasoning.strip("\n")
-    return {"index": 0, "message": msg, "logprobs": None, "finish_reason": finish}
+def _chat_shape(asked: bool):
+    """shape(pieces, delta, finish): a chat choice of pieces, a delta (streamed) or the whole message, reasoning
+    apart from content; asked: logprobs were asked for."""
+    def shape(pieces, delta, finish) -> dict:
+        content = "".join(p.text for p in pieces if p.kind == "content")
+        reasoning = "".join(p.text for p in pieces if p.kind == "reasoning")
+        lp = chat_logprobs(pieces, asked and (bool(pieces) or not delta))
+        if delta:
+            d = ({"content": content} if content else {}) | ({"reasoning_content": reasoning} if reasoning else {})
+            return {"index": 0, "delta": d, "logprobs": lp, "finish_reason": finish}
+        msg = {"role": "assistant", "content": content}
+        if reasoning:
+            msg["reasoning_content"] = reasoning.strip("\n")
+        return {"index": 0, "message": msg, "logprobs": lp, "finish_reason": finish}
+    return shape
 
 
-def _text_choice(pieces, delta, finish) -> dict:
-    return {"index": 0, "text": "".join(pieces), "logprobs": None, "finish_reason": finish}
+def _text_shape(asked: bool):
+    """shape(pieces, delta, finish): a completion choice of pieces; its logprobs' text offsets count from the
+    start of the whole answer, chunk after chunk."""
+    offset = 0
+
+    def shape(pieces, delta, finish) -> dict:
+        nonlocal offset
+        text = "".join(pieces)
+        entries = [t for p in pieces for t in getattr(p, "logprobs", ())]
+        lp = text_logprobs(entries, offset, asked and (bool(pieces) or not delta))
+        offset += len(text)
+        return {"index": 0, "text": text, "logprobs": lp, "finish_reason": finish}
+    return shape
 
 
 @router.get("/health")
@@ -143,21 +159,26 @@ async def models(request: Request):
                                        asdict(service.llm.sampling_defaults)} for i in service.model_ids]}
 
 
-async def _generation_request(request: Request):
-    """(Service, body, SamplingParams) of a completion request: the JSON body read, its model and sampling fields
-    checked (400 otherwise). A response_format is compiled on a worker thread, off the event loop (a large schema
-    or grammar can take a while)."""
+async def _generation_request(request: Request, chat: bool):
+    """(Service, body, SamplingParams) of a completion request: the JSON body read, its model, sampling and
+    logprobs fields checked (400 otherwise). A response_format is compiled on a worker thread, off the event loop
+    (a large schema or grammar can take a while). Completions' echo with max_tokens 0 only scores the prompt:
+    max_tokens is then left to the default here."""
     service = service_of(request)
     body = await read_json(request)
     check_model(body, service.model_ids)
+    top = logprobs_setting(body, chat)
+    fields = {k: v for k, v in body.items() if not (k == "max_tokens" and v == 0 and body.get("echo") is True)}
     if body.get("response_format") is not None:
-        return service, body, await asyncio.to_thread(sampling_params, body, service.llm)
-    return service, body, sampling_params(body, service.llm)
+        params = await asyncio.to_thread(sampling_params, fields, service.llm)
+    else:
+        params = sampling_params(fields, service.llm)
+    return service, body, replace(params, logprobs=top)
 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request):
-    service, body, params = await _generation_request(request)
+    service, body, params = await _generation_request(request, chat=True)
     llm = service.llm
     messages = chat_messages(body)
     thinking = enable_thinking(body)
@@ -176,24 +197,30 @@ async def chat_completions(request: Request):
             stats[0] = chat.last_usage or stats[0]
             service.release_api_chat(sid)
 
-    return await answer(request, body, "chat", make, lambda: stats[0], _chat_choice)
+    return await answer(request, body, "chat", make, lambda: stats[0], _chat_shape(params.logprobs is not None))
 
 
 @router.post("/v1/completions")
 async def completions(request: Request):
-    service, body, params = await _generation_request(request)
+    service, body, params = await _generation_request(request, chat=False)
     llm = service.llm
     prompt = completion_prompt(body)
     ids = llm.encode_prompt(prompt)
-    max_tokens = service.max_tokens(params.max_tokens, len(ids))
+    echo, score_only = body.get("echo") is True, body.get("echo") is True and body.get("max_tokens") == 0
+    max_tokens = 0 if score_only else service.max_tokens(params.max_tokens, len(ids))
     if len(ids) + max_tokens > llm.n_ctx:
         raise ApiError(400, f"the prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) exceed the "
                        f"{llm.n_ctx}-token context; shorten the prompt or lower max_tokens",
                        param="max_tokens", code="context_length_exceeded")
-    stats = GenerationStats()
+    stats = GenerationStats(prompt_tokens=len(ids), finish_reason="length")
 
     def make():
-        cache = llm.new_cache(len(ids) + max_tokens)
-        return service.served.stream(ids, cache, params, max_tokens, stats=stats)
+        if echo:
+            text = prompt if isinstance(prompt, str) else llm.tokenizer.decode(ids)
+            yield Piece(text, prompt_logprobs(service.served, ids, params.logprobs or 0)
+                        if params.logprobs is not None else ())
+        if not score_only:
+            cache = llm.new_cache(len(ids) + max_tokens)
+            yield from service.served.stream(ids, cache, params, max_tokens, stats=stats)
 
-    return await answer(request, body, "text", make, lambda: stats, _text_choice)
+    return await answer(request, body, "text", make, lambda: stats, _text_shape(params.logprobs is not None))

@@ -86,6 +86,28 @@ def sampling_params(body: dict, llm) -> SamplingParams:
     return SamplingParams.from_openai(body, llm.sampling_defaults, llm.n_ctx)
 
 
+def logprobs_setting(body: dict, chat: bool) -> int | None:
+    """How many alternatives go with each token's log-probability, None when none are asked for: chat's
+    logprobs (a boolean) and top_logprobs (0-20, with logprobs true), completions' logprobs (0-20)."""
+    asked, top = body.get("logprobs"), body.get("top_logprobs")
+    if chat:
+        if asked is not None and not isinstance(asked, bool):
+            raise ApiError(400, "'logprobs' must be a boolean", param="logprobs", code="invalid_type")
+        if top is not None and not asked:
+            raise ApiError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+        return _logprobs_count("top_logprobs", top or 0) if asked else None
+    if body.get("echo") is not None and not isinstance(body.get("echo"), bool):
+        raise ApiError(400, "'echo' must be a boolean", param="echo", code="invalid_type")
+    return None if asked is None else _logprobs_count("logprobs", asked)
+
+
+def _logprobs_count(name: str, value) -> int:
+    if type(value) is not int or not 0 <= value <= 20:
+        raise ApiError(400, f"'{name}' must be an integer in [0, 20], got {json.dumps(value)[:40]}", param=name,
+                       code="invalid_value")
+    return value
+
+
 def include_usage(body: dict) -> bool:
     """Whether a stream ends with a usage chunk (stream_options.include_usage)."""
     opts = body.get("stream_options") or {}
