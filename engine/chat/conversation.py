@@ -30,10 +30,13 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from engine.chat.thinking import Piece, ThinkSplitter, opens_thinking
+from engine.chat.thinking import THINK_OPEN, Piece, ThinkSplitter, opens_thinking
+from engine.chat.tools import (ToolChoice, ToolSplitter, call_grammar, call_parser, check_tool_choice, check_tools,
+                               template_view)
 from engine.errors import ContextOverflowError, EngineError, InvalidRequestError, TemplateError
 from engine.runtime.generate import Cancelled, GenerationStats, common_prefix, stream_text
 from engine.runtime.sampler import SamplingParams
+from engine.text.toolcalls import detect_format
 
 __all__ = ["Chat", "Usage"]
 
@@ -45,8 +48,8 @@ SAVE_FORMAT = "engine-chat"
 class Usage(GenerationStats):
     """What one turn did: GenerationStats (prompt_tokens, cached_tokens, completion_tokens, prefill_s, decode_s,
     finish_reason, prefill_tps, decode_tps) plus dropped_messages, the oldest messages removed to fit the context.
-    finish_reason: "stop" (end of turn or a stop string), "length" (max_tokens or a full context), "cancelled",
-    or "error"."""
+    finish_reason: "stop" (end of turn or a stop string), "length" (max_tokens or a full context), "tool_calls"
+    (the answer ended with tool calls), "cancelled", or "error"."""
     dropped_messages: int = 0
 
 
@@ -54,9 +57,20 @@ class Usage(GenerationStats):
 class _Turn:
     """One send / regenerate in progress."""
     params: SamplingParams
-    user: str | None  # the new user message; None to (re)answer the last one
+    new: list[dict]  # the messages the turn adds (the user's, or tool results); [] to (re)answer the last one
+    choice: ToolChoice = ToolChoice()  # how the answer may call chat.tools
     cancel: threading.Event = field(default_factory=threading.Event)
     gen: weakref.ref | None = None  # the turn's generator, weakly: dropping the iterator closes (cancels) the turn
+
+
+def render_chat(llm, messages: list[dict], add_generation_prompt: bool = True, enable_thinking: bool | None = None,
+                tools: list[dict] | None = None) -> str:
+    """messages rendered by llm's chat template as a Chat renders them: reasoning left out (Qwen3's template expects
+    history without it), tool calls and results as engine.chat.tools.template_view shows them, enable_thinking
+    passed when not None, tools (checked) offered."""
+    messages, tools = template_view(messages, tools, llm.template.source)
+    kwargs = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+    return llm.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tools=tools, **kwargs)
 
 
 class Chat:
@@ -69,7 +83,9 @@ class Chat:
     ContextOverflowError is raised when even the system prompt and the last user message do not fit.
 
     messages: list of {"role", "content"} dicts (assistant answers that reasoned also carry "reasoning_content",
-    which is never rendered back into the prompt). last_usage: Usage of the latest turn.
+    which is never rendered back into the prompt; those that called tools carry OpenAI's "tool_calls", and the
+    results follow as {"role": "tool", "tool_call_id", "name", "content"}). tools: the functions offered (see
+    send). last_usage: Usage of the latest turn (finish_reason "tool_calls" when the answer ended with calls).
     A Chat runs one turn at a time; use one Chat per conversation (SessionStore for many).
     """
 
@@ -91,6 +107,7 @@ class Chat:
         self._turn: _Turn | None = None
         self._running = False
         self._store = None           # the SessionStore holding this chat, if any
+        self._tools: list[dict] | None = None
         self.system = system
 
     # -- conversation state --
@@ -114,6 +131,16 @@ class Chat:
             self.messages.insert(0, {"role": "system", "content": text})
         self._trim_cache()
         self._changed()
+
+    @property
+    def tools(self) -> list[dict] | None:
+        """The functions the model may call (OpenAI's tools list, checked; None: none), rendered by the chat template
+        on every turn; send / regenerate / send_tool_results(tools=...) set it too."""
+        return self._tools
+
+    @tools.setter
+    def tools(self, tools) -> None:
+        self._tools = check_tools(tools)
 
     @property
     def cached_ids(self) -> list[int]:
@@ -163,23 +190,46 @@ class Chat:
 
     # -- turns --
 
-    def send(self, text: str, **sampling) -> Iterator[Piece]:
+    def send(self, text: str, *, tools=None, tool_choice=None, parallel_tool_calls=None,
+             **sampling) -> Iterator[Piece]:
         """Add a user message and stream the answer as Pieces; the answer joins `messages` when the stream ends.
 
         sampling: the keywords of LLM.generate (max_tokens, temperature, top_k, top_p, min_p, repeat_penalty,
         repeat_last_n, seed, stop; defaults: llm.sampling_defaults, max_tokens None being the rest of the context).
+        tools (OpenAI's list; sets chat.tools, None keeps it), tool_choice ("auto" (None), "none", "required",
+        {"type": "function", "function": {"name"}}) and parallel_tool_calls (None: true): see engine.chat.tools;
+        each call comes as a Piece of kind "tool_call" (its tool_call: id, name, arguments as JSON text), and the
+        answer's message carries them as OpenAI's "tool_calls".
         Options are checked now; the turn runs as the iterator is consumed. Closing the iterator early cancels the turn (see the module docstring).
         """
         if not isinstance(text, str) or not text.strip():
             raise InvalidRequestError("the message is empty; pass some text to send.")
-        return self._start(_Turn(SamplingParams.from_kwargs(self.llm.sampling_defaults, **sampling), user=text))
+        return self._start(self._turn_of([{"role": "user", "content": text}], tools, tool_choice, parallel_tool_calls,
+                                         sampling))
 
-    def regenerate(self, **sampling) -> Iterator[Piece]:
-        """Drop the last answer and stream a new one for the same user message (sampling as in send). The cache
-        keeps the prompt, so only the answer is computed again."""
+    def regenerate(self, *, tools=None, tool_choice=None, parallel_tool_calls=None, **sampling) -> Iterator[Piece]:
+        """Drop the last answer and stream a new one for the same user message (or tool results; options as in
+        send). The cache keeps the prompt, so only the answer is computed again."""
         if not any(m["role"] == "user" for m in self.messages):
             raise InvalidRequestError("nothing to regenerate: send a message first.")
-        return self._start(_Turn(SamplingParams.from_kwargs(self.llm.sampling_defaults, **sampling), user=None))
+        return self._start(self._turn_of([], tools, tool_choice, parallel_tool_calls, sampling))
+
+    def send_tool_results(self, results: dict, *, tools=None, tool_choice=None, parallel_tool_calls=None,
+                          **sampling) -> Iterator[Piece]:
+        """Add the results of the last answer's tool calls as "tool" messages and stream the answer that follows
+        (options as in send). results: {call id: result}, a result being text or any JSON value (sent as its JSON
+        text), in the order the template should show them."""
+        last = next((m for m in reversed(self.messages) if m["role"] == "assistant"), None)
+        calls = {c["id"]: c["function"]["name"] for c in (last or {}).get("tool_calls") or ()}
+        if not isinstance(results, dict) or not results or not calls:
+            raise InvalidRequestError("send_tool_results needs {call id: result} for the calls of the last answer"
+                                      + ("" if calls else ", and the last answer called no tool"))
+        unknown = sorted(set(results) - set(calls))
+        if unknown:
+            raise InvalidRequestError(f"no call of the last answer has the id(s) {unknown}; its calls: {sorted(calls)}")
+        new = [{"role": "tool", "tool_call_id": i, "name": calls[i],
+                "content": r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)} for i, r in results.items()]
+        return self._start(self._turn_of(new, tools, tool_choice, parallel_tool_calls, sampling))
 
     def send_async(self, text: str, **sampling) -> AsyncIterator[Piece]:
         """send() as an async iterator: each generation step runs on a worker thread, so the event loop stays free.
@@ -192,6 +242,10 @@ class Chat:
         """regenerate() as an async iterator (see send_async)."""
         return self._iterate_async(self.regenerate(**sampling))
 
+    def send_tool_results_async(self, results: dict, **options) -> AsyncIterator[Piece]:
+        """send_tool_results() as an async iterator (see send_async)."""
+        return self._iterate_async(self.send_tool_results(results, **options))
+
     def cancel(self) -> None:
         """Stop the running answer before its next token (thread-safe; a no-op when no turn runs)."""
         turn = self._turn
@@ -201,11 +255,11 @@ class Chat:
     # -- save / load --
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the conversation (messages and options, not the cache) as JSON."""
+        """Write the conversation (messages and options, tools included; not the cache) as JSON."""
         self._settle_turn()
         data = {"format": SAVE_FORMAT, "version": 1, "model": getattr(getattr(self.llm, "source", None), "id", None),
                 "enable_thinking": self.enable_thinking, "context_overflow": self.context_overflow,
-                "messages": self.messages}
+                "tools": self.tools, "messages": self.messages}
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         try:
@@ -235,15 +289,40 @@ class Chat:
         chat = cls(llm, enable_thinking=data.get("enable_thinking"),
                    context_overflow=data.get("context_overflow") or "truncate_oldest")
         chat.messages = messages
+        chat.tools = data.get("tools")
         return chat
 
     # -- internals --
 
     def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
-        # Reasoning is not passed back (Qwen3's template expects history without it).
-        plain = [{"role": m["role"], "content": m["content"]} for m in messages]
-        kwargs = {} if self.enable_thinking is None else {"enable_thinking": self.enable_thinking}
-        return self.llm.apply_chat_template(plain, add_generation_prompt=add_generation_prompt, **kwargs)
+        turn = self._turn  # a turn whose tool_choice is "none" does not show the tools
+        tools = None if turn is not None and turn.choice.mode == "none" else self.tools
+        return render_chat(self.llm, messages, add_generation_prompt, self.enable_thinking, tools)
+
+    def _turn_of(self, new: list[dict], tools, tool_choice, parallel_tool_calls, sampling: dict) -> _Turn:
+        """A turn adding new messages, its options checked (tools, when given, replace chat.tools)."""
+        params = SamplingParams.from_kwargs(self.llm.sampling_defaults, **sampling)
+        tools = self.tools if tools is None else check_tools(tools)
+        choice = check_tool_choice(tool_choice, parallel_tool_calls, tools)
+        if choice.constrained and params.response_format is not None:
+            raise InvalidRequestError("a required or named tool_choice constrains the answer to a call; it cannot "
+                                      "take a response_format too", param="tool_choice")
+        self._settle_turn()
+        self._tools = tools
+        return _Turn(params, new, choice=choice)
+
+    def _splitter(self, turn: _Turn, prompt: str) -> ToolSplitter:
+        """The turn's ToolSplitter; with a required or named tool_choice, the grammar of its calls goes into
+        turn.params (a thinking template may reason first)."""
+        source, tokenizer = self.llm.template.source, self.llm.tokenizer
+        fmt, opened = detect_format(source), opens_thinking(prompt)
+        if self.tools and turn.choice.constrained:
+            may_think = THINK_OPEN in source and self.enable_thinking is not False
+            thinking = "open" if opened else "optional" if may_think else None
+            grammar = call_grammar(fmt, self.tools, turn.choice, tokenizer, source, thinking)
+            turn.params = replace(turn.params, response_format=grammar)
+        return ToolSplitter(ThinkSplitter(reasoning=opened), call_parser(fmt, self.tools, turn.choice),
+                            turn.choice.parallel)
 
     def _fit(self, max_tokens: int | None) -> tuple[str, list[int], int]:
         """Render the conversation for the next answer, dropping the oldest exchanges while prompt + max_tokens
@@ -325,13 +404,14 @@ class Chat:
     def _run(self, turn: _Turn) -> Iterator[Piece]:
         """The body of a turn: fit the prompt, reuse the cache prefix, stream pieces, record the answer."""
         snapshot = list(self.messages)
-        if turn.user is not None:
-            self.messages.append({"role": "user", "content": turn.user})
+        if turn.new:
+            self.messages += turn.new
         else:
             while self.messages and self.messages[-1]["role"] == "assistant":
                 self.messages.pop()
         try:
             text, ids, dropped = self._fit(turn.params.max_tokens)
+            splitter = self._splitter(turn, text)
             max_tokens = turn.params.max_tokens or self.llm.n_ctx - len(ids)
             if self._store is not None:
                 self._store._begin_turn(self, len(ids) + max_tokens)
@@ -349,8 +429,7 @@ class Chat:
         cache.truncate(keep)
         del self._ids[keep:]
         usage = Usage(prompt_tokens=len(ids), dropped_messages=dropped)
-        splitter = ThinkSplitter(reasoning=opens_thinking(text))
-        parts: dict[str, list[str]] = {"content": [], "reasoning": []}
+        parts: dict[str, list[str]] = {"content": [], "reasoning": [], "tool_call": []}
         # the loop fills self._ids with the prompt and the sampled tokens; the cache holds its first cache.length
         stream = stream_text(self.llm.runner, self.llm.tokenizer, cache, ids, turn.params, max_tokens,
                              list(turn.params.stop), usage, cancel=turn.cancel, history=self._ids)
@@ -364,6 +443,8 @@ class Chat:
                         piece, carried = replace(piece, logprobs=tuple(carried)), []
                     parts[piece.kind].append(piece.text)
                     yield piece
+                if splitter.done:  # a call came and parallel_tool_calls is false: the answer ends with it
+                    break
             for piece in splitter.flush():
                 if carried:
                     piece, carried = replace(piece, logprobs=tuple(carried)), []
@@ -383,8 +464,9 @@ class Chat:
             del self._ids[cache.length:]  # exactly the tokens whose keys/values were stored
             self._peak = max(self._peak, cache.length)
             content, reasoning = "".join(parts["content"]), "".join(parts["reasoning"]).strip("\n")
-            if finished or content or reasoning:
+            if finished or content or reasoning or splitter.calls:
                 answer = {"role": "assistant", "content": content}
+                splitter.finish(answer, usage)
                 if reasoning:
                     answer["reasoning_content"] = reasoning
                 self.messages.append(answer)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.text.toolcalls import ToolCall
+
 __all__ = ["THINK_OPEN", "THINK_CLOSE", "Piece", "ThinkSplitter", "opens_thinking"]
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -16,6 +18,8 @@ class Piece:
     text: str
     kind: str = "content"
     logprobs: tuple = ()
+    tool_call: ToolCall | None = None  # kind "tool_call" (text ""): a call the answer makes (engine.chat.tools)
+    index: int = 0  # kind "tool_call": the call's place among the answer's calls (OpenAI's tool_calls[].index)
 
     def __str__(self) -> str:
         return self.text

@@ -17,7 +17,7 @@ from engine.server.errors import ApiError, ClientGone, counted, failure
 from engine.server.logprobs import chat_logprobs, prompt_logprobs, text_logprobs
 from engine.server.service import Run, service_of
 from engine.server.validation import (chat_messages, check_model, completion_prompt, enable_thinking,
-                                      include_usage, logprobs_setting, read_json, sampling_params)
+                                      include_usage, logprobs_setting, read_json, sampling_params, tool_options)
 
 router = APIRouter()
 
@@ -30,7 +30,7 @@ def usage(stats: GenerationStats) -> dict:
 
 
 def _finish(stats: GenerationStats) -> str:
-    return "length" if stats.finish_reason == "length" else "stop"
+    return stats.finish_reason if stats.finish_reason in ("length", "tool_calls") else "stop"
 
 
 def sse(payload) -> str:
@@ -119,11 +119,16 @@ def _chat_shape(asked: bool):
     def shape(pieces, delta, finish) -> dict:
         content = "".join(p.text for p in pieces if p.kind == "content")
         reasoning = "".join(p.text for p in pieces if p.kind == "reasoning")
+        calls = [p.tool_call.to_openai() | ({"index": p.index} if delta else {}) for p in pieces
+                 if p.kind == "tool_call"]  # streamed: each call whole in one delta, arguments included
         lp = chat_logprobs(pieces, asked and (bool(pieces) or not delta))
         if delta:
             d = ({"content": content} if content else {}) | ({"reasoning_content": reasoning} if reasoning else {})
+            d |= {"tool_calls": calls} if calls else {}
             return {"index": 0, "delta": d, "logprobs": lp, "finish_reason": finish}
-        msg = {"role": "assistant", "content": content}
+        msg = {"role": "assistant", "content": content or (None if calls else "")}
+        if calls:
+            msg["tool_calls"] = calls
         if reasoning:
             msg["reasoning_content"] = reasoning.strip("\n")
         return {"index": 0, "message": msg, "logprobs": lp, "finish_reason": finish}
@@ -181,16 +186,17 @@ async def chat_completions(request: Request):
     service, body, params = await _generation_request(request, chat=True)
     llm = service.llm
     messages = chat_messages(body)
+    tools, choice = tool_options(body)
     thinking = enable_thinking(body)
     if llm.template is None:
         raise ApiError(400, "this model has no chat template; use /v1/completions with a raw prompt")
     stats = [GenerationStats()]  # the turn's usage, once the worker thread has it
 
     def make():
-        sid, chat, n_prompt = service.api_chat(messages, thinking)
+        sid, chat, n_prompt = service.api_chat(messages, thinking, None if choice.mode == "none" else tools)
         try:
             max_tokens = service.max_tokens(params.max_tokens, n_prompt)
-            gen = chat.regenerate(**asdict(params) | {"max_tokens": max_tokens})
+            gen = chat.regenerate(**asdict(params) | {"max_tokens": max_tokens}, tool_choice=choice)
             with closing(gen):
                 yield from gen
         finally:

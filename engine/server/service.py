@@ -15,6 +15,7 @@ from dataclasses import asdict
 from starlette.requests import HTTPConnection
 
 from engine.chat import SessionStore
+from engine.chat.conversation import render_chat
 from engine.chat.sessions_db import MEMORY, SessionInfo, SessionsDB
 from engine.errors import InvalidRequestError
 from engine.runtime.generate import common_prefix
@@ -177,12 +178,11 @@ class Service:
         rest = max(1, self.llm.n_ctx - n_prompt)
         return asked or min(rest, self.max_tokens_default or rest)
 
-    def api_chat(self, messages: list[dict], enable_thinking):
+    def api_chat(self, messages: list[dict], enable_thinking, tools: list[dict] | None = None):
         """(session id, Chat, prompt tokens) of the idle API cache slot whose tokens share the longest prefix with
-        messages' prompt (a new slot when none shares any and fewer than 2 × max_batch exist). Give it back with
-        release_api_chat."""
-        ids = self.llm.encode_chat(self.llm.apply_chat_template(
-            messages, **({} if enable_thinking is None else {"enable_thinking": enable_thinking})))
+        messages' prompt (a new slot when none shares any and fewer than 2 × max_batch exist), its tools set (those
+        the prompt shows: None for a tool_choice "none"). Give it back with release_api_chat."""
+        ids = self.llm.encode_chat(render_chat(self.llm, messages, True, enable_thinking, tools))
         with self._lock:
             scored = [(common_prefix(self.store.get(sid).cached_ids, ids), sid) for sid in self._api_idle]
             best = max(scored, default=(0, None))
@@ -194,6 +194,7 @@ class Service:
         chat = self.store.get(sid, context_overflow="error")
         chat.enable_thinking = enable_thinking
         chat.messages = messages
+        chat.tools = tools
         return sid, chat, len(ids)
 
     def release_api_chat(self, sid: str) -> None:

@@ -1,9 +1,11 @@
 """Request checks: JSON bodies and WebSocket frames (bounded size and nesting, valid Unicode) and the OpenAI fields
-(model, messages, prompt, sampling, stream options); anything else is an ApiError in OpenAI's shape."""
+(model, messages with tool calls and results, prompt, sampling, stream options, tools); anything else is an ApiError
+in OpenAI's shape (the tools' checks, engine.chat.tools, raise InvalidRequestError naming the field: a 400 too)."""
 import json
 
 from starlette.requests import ClientDisconnect, Request
 
+from engine.chat.tools import ToolChoice, check_tool_choice, check_tools
 from engine.formats import jsonfile
 from engine.runtime.sampler import SamplingParams
 from engine.server.errors import ApiError, ClientGone
@@ -127,8 +129,51 @@ def _text_of(content, i: int) -> str:
     raise ApiError(400, f"messages[{i}].content must be a string or a list of text parts", param=f"messages[{i}]")
 
 
+def _tool_call(call, where: str) -> dict:
+    """An assistant message's tool call, {"id", "type": "function", "function": {"name", "arguments"}}, checked;
+    arguments as the JSON text of an object (an object is accepted too)."""
+    function = call.get("function") if isinstance(call, dict) else None
+    if not (isinstance(function, dict) and isinstance(call.get("id"), str) and call.get("type", "function") ==
+            "function" and isinstance(function.get("name"), str)):
+        raise ApiError(400, f"'{where}' must be {{\"id\", \"type\": \"function\", \"function\": {{\"name\", "
+                       "\"arguments\"}}", param=where, code="invalid_type")
+    args = function.get("arguments")
+    try:
+        parsed = json.loads(args) if isinstance(args, str) else args
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise ApiError(400, f"'{where}.function.arguments' must be the JSON text of an object",
+                       param=f"{where}.function.arguments", code="invalid_value")
+    arguments = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
+    return {"id": call["id"], "type": "function", "function": {"name": function["name"], "arguments": arguments}}
+
+
+def _message(m: dict, i: int) -> dict:
+    """One message as {"role", "content": text} (developer → system), with an assistant's tool_calls (its content
+    may then be null) and a tool message's tool_call_id (and name, when given)."""
+    role, where = "system" if m["role"] == "developer" else m["role"], f"messages[{i}]"
+    out = {"role": role, "content": _text_of(m.get("content") or "", i)}
+    calls = m.get("tool_calls")
+    if role == "assistant" and calls is not None:
+        if not isinstance(calls, list):
+            raise ApiError(400, f"'{where}.tool_calls' must be a list", param=f"{where}.tool_calls",
+                           code="invalid_type")
+        if calls:
+            out["tool_calls"] = [_tool_call(c, f"{where}.tool_calls[{j}]") for j, c in enumerate(calls)]
+    if role == "tool":
+        if not isinstance(m.get("tool_call_id"), str):
+            raise ApiError(400, f"'{where}.tool_call_id' must be the id of the call this message answers",
+                           param=f"{where}.tool_call_id", code="invalid_type")
+        out["tool_call_id"] = m["tool_call_id"]
+        if isinstance(m.get("name"), str):
+            out["name"] = m["name"]
+    return out
+
+
 def chat_messages(body: dict) -> list[dict]:
-    """The body's messages as {"role", "content": text} (developer → system); at least one user message."""
+    """The body's messages as {"role", "content": text} (developer → system; assistant tool_calls and tool messages'
+    tool_call_id kept, see _message); at least one user message."""
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise ApiError(400, "'messages' must be a non-empty list of {\"role\", \"content\"} objects",
@@ -137,11 +182,17 @@ def chat_messages(body: dict) -> list[dict]:
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or m.get("role") not in ROLES:
             raise ApiError(400, f"messages[{i}] needs a role among {ROLES}", param=f"messages[{i}]")
-        role = "system" if m["role"] == "developer" else m["role"]
-        out.append({"role": role, "content": _text_of(m.get("content") or "", i)})
+        out.append(_message(m, i))
     if not any(m["role"] == "user" for m in out):
         raise ApiError(400, "'messages' needs at least one user message", param="messages")
     return out
+
+
+def tool_options(body: dict) -> tuple[list[dict] | None, ToolChoice]:
+    """The body's tools (OpenAI's list, checked; None when absent or empty) and its tool_choice and
+    parallel_tool_calls (engine.chat.tools: a bad one is a 400 naming the field)."""
+    tools = check_tools(body.get("tools"))
+    return tools, check_tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"), tools)
 
 
 def enable_thinking(body: dict) -> bool | None:
