@@ -21,6 +21,7 @@ from engine import __main__ as engine_main
 from engine.chat import Piece
 from engine.cli import chat, common, generate, quantize, serve
 from engine.cli.chat import _Repl
+from serve_process import start_serve
 
 ROOT = Path(__file__).parents[3]
 TINY_HF = str(ROOT / "tests" / "fixtures" / "tiny" / "qwen2" / "hf")
@@ -163,15 +164,9 @@ def test_serve_reports_a_busy_port_before_loading(no_load, capsys):
 
 
 def test_serve_listens_before_it_prints_its_url_and_stops_on_ctrl_c(smollm2_gguf):
-    p = subprocess.Popen([sys.executable, "-m", "engine.serve", "--model", str(smollm2_gguf), "--port", "0",
-                          "--threads", "1", "--device", "cpu"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    p, url = start_serve("--model", str(smollm2_gguf), "--threads", "1", "--device", "cpu")
     try:
-        line = ""
-        while "serving on" not in line:
-            line = p.stderr.readline()
-            assert line, f"exit status {p.wait()}"
-        url = re.search(r"serving on (http://127\.0\.0\.1:\d+/)", line).group(1)
-        assert httpx.get(url + "health", timeout=30).json()["status"] == "ok"
+        assert httpx.get(url + "/health", timeout=30).json()["status"] == "ok"
         p.send_signal(signal.SIGINT)
         assert p.wait(timeout=60) == 0
     finally:

@@ -1,4 +1,5 @@
 """A live engine server on 127.0.0.1 (uvicorn on a thread) for the server and browser tests."""
+import json
 import socket
 import threading
 import time
@@ -34,3 +35,15 @@ class LiveServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+def ws_turn(ws, message: dict) -> tuple[str, dict]:
+    """Send a UI WebSocket message; (the streamed text, the closing "done" or "error" message)."""
+    ws.send(json.dumps(message))
+    text = ""
+    while True:
+        m = json.loads(ws.recv(timeout=60))
+        if m["type"] == "piece":
+            text += m["text"]
+        elif m["type"] in ("done", "error"):
+            return text, m

@@ -1,8 +1,5 @@
 """The ids a server answers to (what it was started with, the resolved registry id, its aliases) and
 --max-tokens-default: a request without max_tokens gets min(N, the rest of the context)."""
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -13,6 +10,7 @@ import engine
 from engine.formats import hub
 from engine.server.service import served_ids
 from live_server import LiveServer
+from serve_process import start_serve
 
 ROOT = Path(__file__).parents[3]
 TINY = ROOT / "tests" / "fixtures" / "tiny" / "qwen3" / "model-Q8_0.gguf"
@@ -67,16 +65,10 @@ def test_the_default_is_at_most_the_rest_of_the_context(capped):
 
 def test_serve_answers_to_the_id_it_was_started_with_and_its_aliases(smollm2_gguf):
     """python -m engine.serve --model smollm2: every listed id works with the official client, others are 404."""
-    p = subprocess.Popen([sys.executable, "-m", "engine.serve", "--model", "smollm2", "--port", "0", "--threads",
-                          "1", "--device", "cpu", "--ctx-size", "512", "--max-tokens-default", "3"], cwd=ROOT,
-                         stderr=subprocess.PIPE, text=True)
+    p, url = start_serve("--model", "smollm2", "--threads", "1", "--device", "cpu", "--ctx-size", "512",
+                         "--max-tokens-default", "3")
     try:
-        line = ""
-        while "serving on" not in line:
-            line = p.stderr.readline()
-            assert line, f"exit status {p.wait()}"
-        url = re.search(r"serving on (http://127\.0\.0\.1:\d+/)", line).group(1)
-        client = openai.OpenAI(base_url=url + "v1", api_key="unused", max_retries=0, timeout=60)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
         models = client.models.list().data
         assert [(m.id, m.object, m.owned_by) for m in models] == [("smollm2.135m_q4", "model", "engine"),
                                                                   ("smollm2", "model", "engine")]

@@ -15,7 +15,7 @@ from websockets.sync.client import connect
 
 import engine
 from engine.runtime.runner import DirectRunner
-from live_server import LiveServer
+from live_server import LiveServer, ws_turn
 
 TINY = Path(__file__).parents[2] / "fixtures" / "tiny" / "qwen3" / "model-Q8_0.gguf"
 GREEDY = dict(temperature=0, extra_body={"repeat_penalty": 1.3})
@@ -203,17 +203,6 @@ def test_overload_is_429_with_retry_after():
         assert httpx.post(srv.url + "/v1/chat/completions", json={"messages": MSG, "max_tokens": 2}).status_code == 200
     finally:
         srv.stop()
-
-
-def ws_turn(ws, message: dict) -> tuple[str, dict]:
-    ws.send(json.dumps(message))
-    text = ""
-    while True:
-        m = json.loads(ws.recv(timeout=30))
-        if m["type"] == "piece":
-            text += m["text"]
-        elif m["type"] in ("done", "error"):
-            return text, m
 
 
 def test_sessions_api_and_websocket(server):

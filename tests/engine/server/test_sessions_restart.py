@@ -3,11 +3,8 @@ a second turn SIGKILLed mid-stream, a restart on the same file. The session, its
 and the finished turn are all there (the turn in flight is not), and a new turn recomputes the conversation. Also:
 a corrupt --sessions-db is one `error:` line and exit status 1, before the model loads."""
 import json
-import re
 import signal
 import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import httpx
@@ -15,6 +12,8 @@ from websockets.sync.client import connect
 
 import engine
 from engine.cli import serve
+from live_server import ws_turn
+from serve_process import start_serve
 
 ROOT = Path(__file__).parents[3]
 TINY = ROOT / "tests" / "fixtures" / "tiny" / "qwen3" / "model-Q8_0.gguf"
@@ -23,25 +22,7 @@ OPTIONS = {"max_tokens": 6, "temperature": 0, "repeat_penalty": 1.3, "enable_thi
 
 def start_server(db: Path) -> tuple[subprocess.Popen, str]:
     """engine.serve on a free port with db as its sessions file; (process, base url) once it serves."""
-    p = subprocess.Popen([sys.executable, "-m", "engine.serve", "--model", str(TINY), "--port", "0", "--threads", "1",
-                          "--device", "cpu", "--sessions-db", str(db)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    line = ""
-    while "serving on" not in line:
-        line = p.stderr.readline()
-        assert line, f"the server exited with status {p.wait()}"
-    threading.Thread(target=p.stderr.read, daemon=True).start()  # keep draining: a full pipe would block it
-    return p, re.search(r"serving on (http://127\.0\.0\.1:\d+)/", line).group(1)
-
-
-def turn(ws, message: dict) -> tuple[str, dict]:
-    ws.send(json.dumps(message))
-    text = ""
-    while True:
-        m = json.loads(ws.recv(timeout=60))
-        if m["type"] == "piece":
-            text += m["text"]
-        elif m["type"] in ("done", "error"):
-            return text, m
+    return start_serve("--model", str(TINY), "--threads", "1", "--device", "cpu", "--sessions-db", str(db))
 
 
 def first_life(p: subprocess.Popen, url: str) -> tuple[str, list[dict]]:
@@ -52,7 +33,7 @@ def first_life(p: subprocess.Popen, url: str) -> tuple[str, list[dict]]:
     sid = httpx.post(api, json={"system": "Be brief."}).json()["id"]
     httpx.post(api, json={"title": "Empty one"})
     with connect(url.replace("http", "ws") + f"/api/sessions/{sid}/ws") as ws:
-        _, done = turn(ws, {"type": "send", "content": "Hello there", "options": OPTIONS})
+        _, done = ws_turn(ws, {"type": "send", "content": "Hello there", "options": OPTIONS})
         assert done["type"] == "done" and done["session"]["title"] == "Hello there"
         assert httpx.patch(f"{api}/{sid}", json={"title": "Kept title"}).status_code == 200
         messages = httpx.get(f"{api}/{sid}").json()["messages"]
@@ -84,7 +65,7 @@ def test_sessions_survive_a_sigkill_mid_stream_and_a_restart(tmp_path):
         assert got["title"] == "Kept title" and got["system"] == "Be brief." and got["enable_thinking"] is False
         assert got["messages"] == messages  # the finished turn; the one in flight left nothing
         with connect(url.replace("http", "ws") + f"/api/sessions/{sid}/ws") as ws:
-            text, done = turn(ws, {"type": "send", "content": "Again", "options": OPTIONS})
+            text, done = ws_turn(ws, {"type": "send", "content": "Again", "options": OPTIONS})
         assert done["type"] == "done" and done["usage"]["completion_tokens"] == 6
         assert done["usage"]["prompt_tokens_details"]["cached_tokens"] == 0  # the cache was recomputed
         after = httpx.get(f"{api}/{sid}").json()["messages"]
