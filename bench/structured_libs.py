@@ -49,6 +49,8 @@ class Llguidance:
         failed, messages = self.llg.LLMatcher.validate_grammar_with_warnings(grammar)
         if failed:
             raise ValueError(messages[0])
+        if self.matcher(grammar).is_error():  # what the engine does per request: a matcher over the vocabulary
+            raise ValueError(self.matcher(grammar).get_error())
         return grammar
 
     def matcher(self, compiled):

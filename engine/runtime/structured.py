@@ -180,14 +180,14 @@ MASK_THREADS = 4  # helper threads computing masks (shared by all generations; a
 
 
 class _Vocabulary:
-    """What llguidance.TokenizerWrapper reads from a tokenizer: each token's bytes (special tokens behind a 0xFF
-    byte, which no text holds, so a grammar never produces them as text), the special and end-of-sequence ids,
+    """What llguidance.TokenizerWrapper reads from a tokenizer: each token's bytes (special and end-of-sequence tokens
+    behind a 0xFF byte, which no text holds, so a grammar never produces them as text), those ids,
     and a tokenize function (llguidance tokenizes the bytes a grammar forces with it, then allows only the first
     of those tokens)."""
 
     def __init__(self, tokenizer):
         n = tokenizer.vocab_size
-        self.special_token_ids = [i for i in range(n) if tokenizer.is_special(i)]
+        self.special_token_ids = [i for i in range(n) if tokenizer.is_special(i) or i in tokenizer.eos_ids]
         special = set(self.special_token_ids)
         self.tokens = [(b"\xff" if i in special else b"") + tokenizer.token_bytes(i) for i in range(n)]
         self.eos_token_id = min(tokenizer.eos_ids) if tokenizer.eos_ids else None
@@ -278,6 +278,10 @@ class Guide:
             self._pending.result()
             self._pending = None
         self._check()
+        return self.unpack(n)
+
+    def unpack(self, n: int) -> np.ndarray:
+        """The last mask computed, over n logits (tokens past the vocabulary are not allowed)."""
         bits = np.unpackbits(self._bits.view(np.uint8), bitorder="little").view(bool)
         return bits[:n] if len(bits) >= n else np.concatenate([bits, np.zeros(n - len(bits), bool)])
 
