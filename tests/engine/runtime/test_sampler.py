@@ -146,3 +146,29 @@ def test_masked_logits_keep_zero_probability():
     ours[ids] = probs
     assert ours[1] == 0 and ours[3] == 0
     np.testing.assert_allclose(ours[[0, 2]], [np.e / (np.e + 1), 1 / (np.e + 1)])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sorting_a_head_of_the_vocabulary_gives_the_full_sorts_cut(seed, monkeypatch):
+    """Sampler._most_likely sorts only the most likely candidates until top-p / min-p cut inside them: the ids,
+    their order (ties by id) and their probabilities equal those of sorting the whole vocabulary (HEAD past it),
+    with ties, -inf and flat logits."""
+    from engine.runtime import sampler as sampler_module
+    rng = np.random.default_rng(seed)
+    for trial in range(100):
+        v = int(rng.integers(2, 3000))
+        logits = (rng.standard_normal(v) * rng.uniform(0.1, 8)).astype(np.float32)
+        if trial % 4 == 1:
+            logits = np.round(logits)  # many exact ties
+        elif trial % 4 == 2:
+            logits[rng.random(v) < 0.5] = -np.inf  # a constraint's mask
+        elif trial % 4 == 3:
+            logits[:] = 0  # all tied
+        params = SamplingParams(temperature=float(rng.uniform(0.1, 2)), top_p=[0.5, 0.9, 0.999, 1.0][trial % 4],
+                                min_p=[None, 0.05, 1e-4][trial % 3])
+        monkeypatch.setattr(sampler_module, "HEAD", 16)
+        ids, probs = Sampler(params).filtered(logits)
+        monkeypatch.setattr(sampler_module, "HEAD", 1 << 30)
+        full_ids, full_probs = Sampler(params).filtered(logits)
+        np.testing.assert_array_equal(ids, full_ids)
+        np.testing.assert_allclose(probs, full_probs, rtol=1e-12, atol=0)
