@@ -110,7 +110,7 @@ SAMPLING = {
 CHAT_FIELDS = SAMPLING | {"stream_options": options_ok("include_usage"),
                           "chat_template_kwargs": lambda v: not v or (isinstance(v, dict) and (
                               v.get("enable_thinking") is None or isinstance(v.get("enable_thinking"), bool))),
-                          "user": lambda v: True, "logprobs": lambda v: True}
+                          "user": lambda v: True, "logprobs": lambda v: v is None or isinstance(v, bool)}
 
 
 def prompt_ok(v):
@@ -157,7 +157,8 @@ class Generator:
         return self.field(CHAT, CHAT_FIELDS, "/v1/chat/completions")
 
     def completion_field(self) -> Case:
-        fields = SAMPLING | {"prompt": prompt_ok, "echo": lambda v: True}
+        fields = SAMPLING | {"prompt": prompt_ok, "echo": lambda v: v is None or isinstance(v, bool),
+                             "logprobs": lambda v: v is None or (type(v) is int and 0 <= v <= 20)}
         case = self.field(COMPLETION, fields, "/v1/completions")
         if self.rng.random() < 0.3:  # prompts as token ids, in and out of the vocabulary
             ids = [self.rng.choice([0, 1, VOCAB - 1, VOCAB, -1, 2 ** 64]) for _ in range(self.rng.randint(1, 3))]
