@@ -20,14 +20,9 @@ from engine.runtime import structured
 from engine.text.template import ChatTemplate
 from engine.text.tokenizer import StreamDecoder, Tokenizer
 from engine.text.toolcalls import detect_format
+from tool_defs import TOOLS, WEATHER
 
 TINY = Path(__file__).parents[2] / "fixtures" / "tiny"
-WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 24},
-                                            "unit": {"enum": ["celsius", "fahrenheit"]}},
-           "required": ["city", "unit"], "additionalProperties": False}
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "The weather in a city now.",
-                                           "parameters": WEATHER}},
-         {"type": "function", "function": {"name": "get_time", "description": "The time now."}}]
 CALL = {"id": "call_1", "type": "function",
         "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}}
 HISTORY = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Paris?"},

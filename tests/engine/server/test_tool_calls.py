@@ -13,13 +13,8 @@ from pydantic import BaseModel, Field
 
 import engine
 from live_server import LiveServer
+from tool_defs import TOOLS, WEATHER
 
-WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 24},
-                                            "unit": {"enum": ["celsius", "fahrenheit"]}},
-           "required": ["city", "unit"], "additionalProperties": False}
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "The weather in a city now.",
-                                           "parameters": WEATHER}},
-         {"type": "function", "function": {"name": "get_time", "description": "The time now."}}]
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 NO_THINKING = {"chat_template_kwargs": {"enable_thinking": False}}
 WEATHER_CALL = {"type": "function", "function": {"name": "get_weather"}}

@@ -68,16 +68,22 @@ def test_settings_show_the_server_sampling_defaults(server, browser):
     assert browser.find_element(By.ID, "opt-temperature").get_attribute("placeholder") == "0 (default)"
 
 
+def set_options(browser, **values: str) -> None:
+    """Open the settings panel and type each value into its option box (opt-<name>)."""
+    from selenium.webdriver.common.by import By
+    browser.execute_script("document.getElementById('settings').open = true")
+    for name, value in values.items():
+        box = browser.find_element(By.ID, f"opt-{name}")
+        box.clear()
+        box.send_keys(value)
+
+
 def test_send_stream_stop_regenerate_reload(server, browser):
     from selenium.webdriver.common.by import By
     find = browser.find_element
     browser.get(server.url + "/")
     wait_for(lambda: find(By.ID, "model-name").get_attribute("textContent") not in ("", "…"))
-    browser.execute_script("document.getElementById('settings').open = true")
-    for name, value in (("opt-max_tokens", "150"), ("opt-temperature", "0")):
-        box = find(By.ID, name)
-        box.clear()
-        box.send_keys(value)
+    set_options(browser, max_tokens="150", temperature="0")
     find(By.ID, "input").send_keys("Hello *there*")
     find(By.ID, "send").click()
 
@@ -126,11 +132,7 @@ def test_header_hint_and_buttons_follow_the_conversation(server, browser):
     assert model in hint and "Shift+Enter" in hint
     buttons = "return ['regenerate', 'undo'].map(id => document.getElementById(id).disabled)"
     assert browser.execute_script(buttons) == [True, True]
-    browser.execute_script("document.getElementById('settings').open = true")
-    for name, value in (("opt-max_tokens", "4"), ("opt-temperature", "0")):
-        box = find(By.ID, name)
-        box.clear()
-        box.send_keys(value)
+    set_options(browser, max_tokens="4", temperature="0")
     find(By.ID, "input").send_keys("Hi")
     find(By.ID, "send").click()
     assert not browser.find_elements(By.ID, "empty-hint")
